@@ -1,0 +1,115 @@
+"""The `oie-jax` command: one entry point, one subcommand per job."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from oie_jax.errors import UserError
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def cmd_convert_hf_to_jax(args):
+    from oie_jax.convert import hf_to_jax
+
+    cfg = hf_to_jax.convert(args.src, args.out, gguf_file=args.gguf_file, dtype=args.dtype)
+    print(f"wrote {args.out}: LLaMA with {cfg.num_params() / 1e6:.1f}M parameters in {cfg.param_dtype}")
+
+
+def cmd_convert_jax_to_hf(args):
+    from oie_jax.convert import jax_to_hf
+
+    out = jax_to_hf.convert(args.src, args.out, dtype=args.dtype,
+                            max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    print(f"wrote {out}: load it with transformers.LlamaForCausalLM.from_pretrained({str(out)!r})")
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    path = Path(args.prompt_file)
+    if not path.is_file():
+        raise UserError("prompt file not found", path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"not UTF-8 text ({exc})", path) from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UserError("no prompts (the file has no non-empty line)", path)
+    return prompts
+
+
+def cmd_generate(args):
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer.generate import Sampling, generate
+    from oie_jax.models.checkpoint import load_model
+
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    prompts = read_prompts(args)
+    tokenizer = load_tokenizer(args.model)
+    overrides = {"dtype": args.dtype} if args.dtype else {}
+    model = load_model(args.model, **overrides)
+    new_tokens = generate(model, tokenizer.encode_batch(prompts), args.max_new_tokens, sampling,
+                          batch_size=args.batch_size)
+    for prompt, tokens in zip(prompts, new_tokens):
+        text = tokenizer.decode(tokens)
+        print(json.dumps({"prompt": prompt, "output": text}, ensure_ascii=False) if args.jsonl else text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oie-jax", description="OIELLM information extraction in JAX/Flax.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser("convert", help="move LLaMA weights between Hugging Face and oie-jax")
+    directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+    to_jax = directions.add_parser(
+        "hf-to-jax", help="Hugging Face safetensors (or GGUF) directory -> oie-jax model directory",
+        description="Reads config.json and single or sharded safetensors tensor by tensor (or a GGUF file "
+                    "through transformers, dequantized) and writes an Orbax checkpoint, our config and the "
+                    "tokenizer files.")
+    to_jax.add_argument("src", help="Hugging Face model directory")
+    to_jax.add_argument("out", help="output oie-jax model directory")
+    to_jax.add_argument("--gguf-file", help="read this GGUF file (name inside SRC) instead of safetensors")
+    to_jax.add_argument("--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the source's)")
+    to_jax.set_defaults(run=cmd_convert_hf_to_jax)
+
+    to_hf = directions.add_parser(
+        "jax-to-hf", help="oie-jax model directory -> Hugging Face directory (safetensors, config, tokenizer)")
+    to_hf.add_argument("src", help="oie-jax model directory")
+    to_hf.add_argument("out", help="output Hugging Face model directory")
+    to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, help="tensor dtype (default: the model's)")
+    to_hf.add_argument("--max-shard-gb", type=float, default=5.0, help="start a new shard above this size")
+    to_hf.set_defaults(run=cmd_convert_jax_to_hf)
+
+    gen = commands.add_parser("generate", help="continue prompts with a model (KV-cache, batched)",
+                              description="Prints one continuation per prompt. Greedy unless --temperature > 0.")
+    gen.add_argument("--model", required=True, help="oie-jax model directory (from `convert hf-to-jax`)")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt")
+    source.add_argument("--prompt-file", help="a UTF-8 file with one prompt per non-empty line")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--dtype", choices=DTYPE_CHOICES, help="compute dtype (default: the model's)")
+    gen.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, output}")
+    gen.set_defaults(run=cmd_generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as exc:
+        print(f"oie-jax: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Hugging Face LLaMA checkpoint -> oie_jax model directory.
+
+Safetensors are read tensor by tensor into preallocated output arrays, so peak host memory stays
+near the size of the output. GGUF files go through `transformers` (dequantized, whole model).
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from oie_jax.convert import layout
+from oie_jax.errors import UserError
+from oie_jax.models import checkpoint
+from oie_jax.models.config import LlamaConfig
+
+INDEX_FILE = "model.safetensors.index.json"
+NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError("file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"invalid JSON ({exc})", path) from None
+
+
+def safetensors_files(src: Path) -> list[Path]:
+    """The weight files of a checkpoint directory: the index's shards, or the single file."""
+    if (src / INDEX_FILE).is_file():
+        weight_map = read_json(src / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError("no weight_map in the index", src / INDEX_FILE)
+        files = [src / name for name in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"shards named by the index are missing: {missing}", src / INDEX_FILE)
+        return files
+    files = sorted(src.glob("*.safetensors"))
+    if not files:
+        raise UserError("no *.safetensors files (and no index) in this directory", src)
+    return files
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray, Path]]:
+    from safetensors import SafetensorError, safe_open
+
+    for path in files:
+        try:
+            with safe_open(str(path), framework="np") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name), path
+        except SafetensorError as exc:
+            raise UserError(f"corrupt safetensors file ({exc})", path) from None
+
+
+def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]], dtype, total: int | None = None):
+    """Places each (name, tensor, file) into a freshly allocated parameter tree of `dtype`."""
+    expected = nnx.to_pure_dict(nnx.state(checkpoint.abstract_model(cfg)))
+    out: dict = {}
+    seen: set[str] = set()
+    for name, tensor, path in tqdm(tensors, total=total, desc="tensors", unit="", leave=False):
+        try:
+            found = layout.lookup(name, cfg)
+        except KeyError:
+            raise UserError(f"unexpected tensor {name!r} for a {cfg.num_layers}-layer LLaMA", path) from None
+        if found is None:
+            continue
+        entry, layer = found
+        value = entry.to_ours(tensor, cfg) if tensor.ndim else tensor
+        want = _get(expected, entry.path).shape
+        want = want[1:] if layer is not None else want
+        if value.shape != want:
+            raise UserError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit the config "
+                            f"(expected {_hf_shape(entry, want, cfg)})", path)
+        if layer is None:
+            _set(out, entry.path, np.ascontiguousarray(value, dtype=dtype))
+        else:
+            _get_or_alloc(out, entry.path, (cfg.num_layers, *want), dtype)[layer] = value
+        seen.add(name)
+    missing = [name for name, _, _ in layout.hf_names(cfg) if name not in seen]
+    if missing:
+        raise UserError(f"{len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
+    return out
+
+
+def _hf_shape(entry: layout.Entry, ours, cfg) -> tuple:
+    return tuple(entry.to_hf(np.empty(ours, np.int8), cfg).shape)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get_or_alloc(tree, path, shape, dtype) -> np.ndarray:
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    if path[-1] not in node:
+        node[path[-1]] = np.empty(shape, dtype)
+    return node[path[-1]]
+
+
+def convert_safetensors_dir(src: Path, out: Path, dtype: str | None = None) -> LlamaConfig:
+    cfg = LlamaConfig.from_hf_config(read_json(src / "config.json"))
+    if dtype:
+        cfg = cfg.replace(param_dtype=dtype)
+    files = safetensors_files(src)
+    params = fill_params(cfg, iter_safetensors(files), NUMPY_DTYPES[cfg.param_dtype])
+    checkpoint.save_model(out, cfg, params, tokenizer_dir=src)
+    return cfg
+
+
+def read_gguf(src: Path, gguf_file: str):
+    """(Hugging Face config dict, {name: float32 array}, tokenizer) of a GGUF file, through transformers."""
+    import torch
+    import transformers
+
+    path = src / gguf_file
+    if not path.is_file():
+        raise UserError("GGUF file not found", path)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UserError(f"cannot read GGUF file ({str(exc).splitlines()[0][:200]})", path) from None
+    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    tensors = {name: t.detach().numpy() for name, t in model.state_dict().items()}
+    return config, tensors, tokenizer
+
+
+def convert_gguf(src: Path, gguf_file: str, out: Path, dtype: str | None = None) -> LlamaConfig:
+    config, tensors, tokenizer = read_gguf(src, gguf_file)
+    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype or "float32")
+    path = src / gguf_file
+    named = ((name, tensor, path) for name, tensor in tensors.items())
+    params = fill_params(cfg, named, NUMPY_DTYPES[cfg.param_dtype], total=len(tensors))
+    checkpoint.save_model(out, cfg, params)
+    tokenizer.save_pretrained(str(out))
+    return cfg
+
+
+def convert(src, out, gguf_file: str | None = None, dtype: str | None = None) -> LlamaConfig:
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise UserError("no such directory", src)
+    if dtype is not None and dtype not in NUMPY_DTYPES:
+        raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
+    if gguf_file:
+        return convert_gguf(src, gguf_file, out, dtype)
+    return convert_safetensors_dir(src, out, dtype)

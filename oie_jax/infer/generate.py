@@ -1,0 +1,144 @@
+"""Batched generation with a preallocated KV cache, compiled once per (batch, length) bucket.
+
+Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), so
+one compiled program serves every batch that falls into it. Positions follow the real tokens of
+each row, as in Hugging Face `generate`, and each row stops on its own at any of the EOS ids.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from oie_jax.errors import UserError
+from oie_jax.models.llama import Llama, init_cache
+
+MIN_LENGTH_BUCKET = 16
+_traces = {"count": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"invalid sampling settings {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+
+
+def trace_count() -> int:
+    """How many times the generation program has been traced (= compiled) in this process."""
+    return _traces["count"]
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+def sample_tokens(logits, key, temperature, top_p, top_k: int):
+    """One token per row from float32 logits (batch, vocab)."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    # Nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p.
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "eos_ids", "pad_id"))
+def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, max_new_tokens, top_k, eos_ids,
+              pad_id):
+    _traces["count"] += 1  # runs once per trace, i.e. per compilation
+    model: Llama = nnx.merge(graphdef, state)
+    batch, prompt_length = tokens.shape
+    cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    logits, cache = model(tokens, positions, prompt_mask, cache)
+    eos = jnp.asarray(eos_ids, jnp.int32)
+
+    def pick(logits, key, done):
+        token = sample_tokens(logits, key, temperature, top_p, top_k)
+        token = jnp.where(done, pad_id, token)
+        return token, done | jnp.isin(token, eos)
+
+    key, first_key = jax.random.split(key)
+    empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
+    token, done = pick(logits[:, -1], first_key, empty_row)
+    out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
+
+    def keep_going(carry):
+        step, _, _, _, done, _, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def step_once(carry):
+        step, cache, token, position, done, out, key = carry
+        key, step_key = jax.random.split(key)
+        logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache)
+        token, done = pick(logits[:, 0], step_key, done)
+        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key
+
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key)
+    return jax.lax.while_loop(keep_going, step_once, carry)[5]
+
+
+def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+             eos_ids=None, pad_id: int | None = None, batch_size: int = 8) -> list[list[int]]:
+    """New tokens for each prompt (token ids), up to and including the first EOS id."""
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("empty prompt: every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise UserError("max_new_tokens must be at least 1")
+    cfg = model.cfg
+    eos_ids = tuple(cfg.eos_token_ids if eos_ids is None else eos_ids)
+    pad_id = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    if longest > cfg.max_position_embeddings:
+        print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}")
+    graphdef, state = nnx.split(model)
+    key = jax.random.key(sampling.seed)
+    # Similar lengths share a batch: less padding, fewer length buckets.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        tokens, mask = left_pad([prompts[i] for i in rows], pad_id)
+        key, batch_key = jax.random.split(key)
+        out = np.asarray(_generate(graphdef, state, tokens, mask, batch_key, jnp.float32(sampling.temperature),
+                                   jnp.float32(sampling.top_p), max_new_tokens=max_new_tokens,
+                                   top_k=sampling.top_k, eos_ids=eos_ids, pad_id=pad_id))
+        for row, i in enumerate(rows):
+            results[i] = cut_at_eos(out[row].tolist(), eos_ids)
+    return results
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask) of shape (bucket(batch), bucket(longest prompt)); padding rows are all-zero masks."""
+    batch, length = bucket(len(prompts)), bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET)
+    tokens = np.full((batch, length), pad_id, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, length - len(prompt):] = prompt
+        mask[row, length - len(prompt):] = 1
+    return tokens, mask
+
+
+def cut_at_eos(tokens: list[int], eos_ids) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[:i + 1]
+    return tokens

@@ -1,0 +1,208 @@
+"""LLaMA decoder in Flax NNX.
+
+Every parameter carries `logical_axes` metadata (see `oie_jax.sharding`); the layers are stored
+stacked on a leading `layers` axis and run with `jax.lax.scan`, so compile time does not grow with
+depth. Weight layouts are chosen so that Hugging Face conversion is transposes and reshapes only:
+
+    embed (vocab, embed)         q (embed, q_heads, head_dim)   o (q_heads, head_dim, embed)
+    lm_head (embed, vocab)       k, v (embed, kv_heads, head_dim)
+    gate, up (embed, mlp)        down (mlp, embed)              norms (norm,)
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from oie_jax.models import rope
+from oie_jax.models.config import LlamaConfig
+
+# Finite, so that a row with no visible key (a padding query) gives a uniform softmax, not NaN.
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys and values of every layer, and the segment id of every slot (0 = empty)."""
+
+    k: jax.Array  # (layers, batch, slots, kv_heads, head_dim)
+    v: jax.Array
+    segment_ids: jax.Array  # (batch, slots)
+    index: jax.Array  # scalar int32: the slot the next token is written to
+
+
+def init_cache(cfg: LlamaConfig, batch: int, slots: int) -> KVCache:
+    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, cfg.dtype),
+        v=jnp.zeros(shape, cfg.dtype),
+        segment_ids=jnp.zeros((batch, slots), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def _param(rngs: nnx.Rngs, cfg: LlamaConfig, shape, logical_axes, scale: float | None = 0.02) -> nnx.Param:
+    if scale is None:
+        value = jnp.ones(shape, cfg.param_dtype)
+    else:
+        value = (scale * jax.random.normal(rngs.params(), shape)).astype(cfg.param_dtype)
+    return nnx.Param(value, logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.eps = cfg.rms_norm_eps
+        self.scale = _param(rngs, cfg, (cfg.hidden_size,), ("norm",), scale=None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Normalise in float32, cast back, then scale: the order Hugging Face uses.
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+def attention_mask(q_segments, q_slots, kv_segments, kv_slots) -> jax.Array:
+    """(batch, q, kv) booleans: causal by slot, within one segment, never to an empty slot.
+
+    Packed rows carry several segments (ids 1, 2, ...); padding and empty cache slots are 0.
+    """
+    same_segment = q_segments[:, :, None] == kv_segments[:, None, :]
+    causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+    return same_segment & causal & (kv_segments[:, None, :] != 0)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q = _param(rngs, cfg, (e, h, d), ("embed", "q_heads", "head_dim"))
+        self.k = _param(rngs, cfg, (e, kv, d), ("embed", "kv_heads", "head_dim"))
+        self.v = _param(rngs, cfg, (e, kv, d), ("embed", "kv_heads", "head_dim"))
+        self.o = _param(rngs, cfg, (h, d, e), ("q_heads", "head_dim", "embed"))
+
+    def __call__(self, x, cos, sin, mask, cached=None, index=None):
+        """x (batch, length, embed); `cached` = this layer's (k, v) cache, written at `index`."""
+        dtype = self.cfg.dtype
+        q = jnp.einsum("bte,ehd->bthd", x, self.q[...].astype(dtype))
+        k = jnp.einsum("bte,ehd->bthd", x, self.k[...].astype(dtype))
+        v = jnp.einsum("bte,ehd->bthd", x, self.v[...].astype(dtype))
+        q, k = rope.apply_rotation(q, cos, sin), rope.apply_rotation(k, cos, sin)
+        if cached is not None:
+            k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), (0, index, 0, 0))
+        out = grouped_query_attention(q, k, v, mask)
+        return jnp.einsum("bthd,hde->bte", out, self.o[...].astype(dtype)), (k, v)
+
+
+def grouped_query_attention(q, k, v, mask):
+    """q (b, t, heads, d); k, v (b, s, kv_heads, d); query head h reads kv head h // group."""
+    b, t, heads, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * d**-0.5
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.dtype = cfg.dtype
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate = _param(rngs, cfg, (e, m), ("embed", "mlp"))
+        self.up = _param(rngs, cfg, (e, m), ("embed", "mlp"))
+        self.down = _param(rngs, cfg, (m, e), ("mlp", "embed"))
+
+    def __call__(self, x):
+        gate = jnp.einsum("bte,em->btm", x, self.gate[...].astype(self.dtype))
+        up = jnp.einsum("bte,em->btm", x, self.up[...].astype(self.dtype))
+        return jnp.einsum("btm,me->bte", jax.nn.silu(gate) * up, self.down[...].astype(self.dtype))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, cached=None, index=None):
+        attended, kv = self.attn(self.attn_norm(x), cos, sin, mask, cached, index)
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def stacked_blocks(cfg: LlamaConfig, rngs: nnx.Rngs) -> Block:
+    """One Block whose parameters have a leading `layers` axis of size cfg.num_layers."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
+    keys = jax.random.split(rngs.params(), cfg.num_layers)
+    state = jax.vmap(lambda key: nnx.split(Block(cfg, rngs=nnx.Rngs(key)))[1])(keys)
+    state = jax.tree.map(lambda v: v.replace(logical_axes=("layers", *v.logical_axes)), state, is_leaf=_is_variable)
+    return nnx.merge(graphdef, state)
+
+
+class Llama(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.layers = stacked_blocks(cfg, rngs)
+        self.final_norm = RMSNorm(cfg, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):
+        """Float32 logits (batch, length, vocab) and the updated cache (None without one).
+
+        positions: per-token RoPE positions (restart per packed segment); default 0..length-1.
+        segment_ids: 1, 2, ... per packed segment, 0 for padding; default all 1.
+        """
+        batch, length = tokens.shape
+        slots = jnp.arange(length, dtype=jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(slots, tokens.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+
+        if cache is None:
+            mask = attention_mask(segment_ids, slots, segment_ids, slots)
+            cached, index = None, None
+        else:
+            kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32),
+                                                       (0, cache.index))
+            kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
+            mask = attention_mask(segment_ids, cache.index + slots, kv_segments, kv_slots)
+            cached, index = (cache.k, cache.v), cache.index
+
+        inv_freq = rope.inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
+        cos, sin = rope.rotation_tables(positions, inv_freq)
+        x = self.embed[...][tokens].astype(self.cfg.dtype)
+        x, kv = self._run_layers(x, cos, sin, mask, cached, index)
+        x = self.final_norm(x)
+        head = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+        logits = jnp.einsum("bte,ev->btv", x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
+        if cache is not None:
+            cache = KVCache(k=kv[0], v=kv[1], segment_ids=kv_segments, index=cache.index + length)
+        return logits, cache
+
+    def _run_layers(self, x, cos, sin, mask, cached, index):
+        graphdef, state = nnx.split(self.layers)
+
+        def body(x, layer):
+            layer_state, layer_cache = layer
+            x, kv = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, layer_cache, index)
+            return x, (kv if layer_cache is not None else None)  # no (k, v) stack without a cache
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        x, kv = jax.lax.scan(body, x, (state, cached))
+        return x, kv

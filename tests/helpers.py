@@ -1,0 +1,43 @@
+"""Builders shared by the tests: small random Hugging Face LLaMA checkpoints."""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def llama31_hf_config(tie: bool = False, **changes) -> dict:
+    """A tiny LLaMA-3.1-shaped config: 4:1 grouped-query heads, llama3 rope scaling with an original
+    context (16) shorter than the test sequences."""
+    config = dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=320, hidden_size=64,
+        intermediate_size=176, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+        head_dim=8, hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=256,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=16),
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0, initializer_range=0.2,
+        torch_dtype="float32",
+    )
+    config.update(changes)
+    return config
+
+
+def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "float32"):
+    """A random LlamaForCausalLM saved with `save_pretrained` (safetensors); returns the torch model.
+
+    Norm weights are randomised too so that a misplaced norm cannot hide behind all-ones."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(str(out))
+    return model
+
+
+def random_tokens(shape, vocab: int, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randint(4, vocab, shape).astype(np.int32)
