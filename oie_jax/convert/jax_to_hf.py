@@ -5,6 +5,7 @@ index, a complete `config.json`, `generation_config.json` and the tokenizer file
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_M
     _write_json(out / "config.json", cfg.to_hf_config(torch_dtype=dtype))
     _write_json(out / "generation_config.json", generation_config(cfg))
     if not checkpoint.copy_tokenizer_files(src, out):
-        print(f"warning: {src} has no tokenizer files; {out} has none either")
+        print(f"warning: {src} has no tokenizer files; {out} has none either", file=sys.stderr)
     return out
 
 

@@ -7,6 +7,7 @@ each row, as in Hugging Face `generate`, and each row stops on its own at any of
 
 import dataclasses
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,8 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     pad_id = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
     longest = max(len(p) for p in prompts) + max_new_tokens
     if longest > cfg.max_position_embeddings:
-        print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}")
+        print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}",
+              file=sys.stderr)
     graphdef, state = nnx.split(model)
     key = jax.random.key(sampling.seed)
     # Similar lengths share a batch: less padding, fewer length buckets.
