@@ -65,7 +65,7 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
     expected = nnx.to_pure_dict(nnx.state(checkpoint.abstract_model(cfg)))
     out: dict = {}
     seen: set[str] = set()
-    for name, tensor, path in tqdm(tensors, total=total, desc="tensors", unit="", leave=False):
+    for name, tensor, path in tqdm(tensors, total=total, desc="tensors", unit="", leave=False, disable=None):
         try:
             found = layout.lookup(name, cfg)
         except KeyError:

@@ -62,7 +62,7 @@ def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_M
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map, total = {}, 0
-    progress = tqdm(total=sum(len(s) for s in shards), desc="tensors", unit="", leave=False)
+    progress = tqdm(total=sum(len(s) for s in shards), desc="tensors", unit="", leave=False, disable=None)
     for file_name, shard in zip(names, shards):
         tensors = {}
         for name, entry, layer in shard:

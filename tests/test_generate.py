@@ -1,0 +1,105 @@
+"""KV-cache generation on a tiny random LLaMA-3.1-shaped model against transformers, plus sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from oie_jax.convert import hf_to_jax
+from oie_jax.errors import UserError
+from oie_jax.infer import generate as gen
+from oie_jax.models.checkpoint import load_model
+from tests.helpers import llama31_hf_config, random_tokens, save_random_hf_llama
+
+NO_EOS = ()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    hf_dir, ours = tmp_path_factory.mktemp("hf"), tmp_path_factory.mktemp("ours")
+    torch_model = save_random_hf_llama(hf_dir, llama31_hf_config(), seed=7)
+    hf_to_jax.convert(hf_dir, ours)
+    return torch_model, load_model(ours)
+
+
+def prompts_of(lengths, vocab=320):
+    return [random_tokens((1, n), vocab, seed=n)[0].tolist() for n in lengths]
+
+
+def test_greedy_matches_transformers_with_mixed_lengths(pair):
+    torch_model, model = pair
+    prompts = prompts_of([3, 17, 9, 30])
+    width = max(map(len, prompts))
+    ids = torch.zeros((4, width), dtype=torch.long)
+    mask = torch.zeros((4, width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    with torch.no_grad():
+        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[:, width:].numpy()
+    ours = gen.generate(model, prompts, max_new_tokens=24, eos_ids=NO_EOS)
+    assert [len(o) for o in ours] == [24] * 4
+    np.testing.assert_array_equal(np.array(ours), ref)
+
+
+def test_each_row_stops_at_its_own_eos(pair):
+    _, model = pair
+    prompts = prompts_of([5, 12, 8])
+    free = gen.generate(model, prompts, max_new_tokens=16, eos_ids=NO_EOS)
+    eos_ids = (free[0][3], free[1][6])  # two EOS ids, met at different steps
+    stopped = gen.generate(model, prompts, max_new_tokens=16, eos_ids=eos_ids)
+    for row, tokens in zip(free, stopped):
+        hits = [i for i, t in enumerate(row) if t in eos_ids]
+        assert tokens == (row[:hits[0] + 1] if hits else row)
+    assert len(stopped[0]) <= 4 and len(stopped[1]) <= 7
+
+
+def test_compiled_once_per_bucket(pair):
+    _, model = pair
+    gen.generate(model, prompts_of([5, 9]), max_new_tokens=4, eos_ids=NO_EOS)
+    before = gen.trace_count()
+    gen.generate(model, prompts_of([6, 11]), max_new_tokens=4, eos_ids=NO_EOS)  # same (2, 16) bucket
+    gen.generate(model, prompts_of([2, 16]), max_new_tokens=4, eos_ids=NO_EOS,
+                 sampling=gen.Sampling(temperature=0.7, top_p=0.9, seed=3))  # sampling values are traced
+    assert gen.trace_count() == before
+    gen.generate(model, prompts_of([5, 9, 12]), max_new_tokens=4, eos_ids=NO_EOS)  # batch bucket 4
+    gen.generate(model, prompts_of([20]), max_new_tokens=4, eos_ids=NO_EOS)  # batch 1, length bucket 32
+    assert gen.trace_count() == before + 2
+
+
+def test_sampling_is_seeded_and_filters_reduce_to_greedy(pair):
+    _, model = pair
+    prompts = prompts_of([4, 10])
+    greedy = gen.generate(model, prompts, max_new_tokens=12, eos_ids=NO_EOS)
+    hot = gen.Sampling(temperature=1.5, seed=1)
+    first = gen.generate(model, prompts, max_new_tokens=12, sampling=hot, eos_ids=NO_EOS)
+    assert first == gen.generate(model, prompts, max_new_tokens=12, sampling=hot, eos_ids=NO_EOS)
+    other = gen.generate(model, prompts, max_new_tokens=12, sampling=gen.Sampling(temperature=1.5, seed=2),
+                         eos_ids=NO_EOS)
+    assert first != other and first != greedy
+    for narrow in (gen.Sampling(temperature=1.5, top_k=1, seed=1), gen.Sampling(temperature=1.5, top_p=1e-6)):
+        assert gen.generate(model, prompts, max_new_tokens=12, sampling=narrow, eos_ids=NO_EOS) == greedy
+
+
+def test_sample_frequencies_follow_filtered_softmax():
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05], jnp.float32))
+    rows = jnp.tile(logits, (20000, 1))
+
+    def frequencies(top_k, top_p):
+        tokens = gen.sample_tokens(rows, jax.random.key(0), jnp.float32(1.0), jnp.float32(top_p), top_k)
+        return np.bincount(np.asarray(tokens), minlength=4) / rows.shape[0]
+
+    np.testing.assert_allclose(frequencies(0, 1.0), [0.5, 0.3, 0.15, 0.05], atol=0.015)
+    np.testing.assert_allclose(frequencies(2, 1.0), [0.625, 0.375, 0, 0], atol=0.015)
+    # top_p 0.7: 0.5 alone is short of 0.7, so {0, 1} are kept.
+    np.testing.assert_allclose(frequencies(0, 0.7), [0.625, 0.375, 0, 0], atol=0.015)
+
+
+def test_bad_requests(pair):
+    _, model = pair
+    with pytest.raises(UserError, match="empty prompt"):
+        gen.generate(model, [[5], []], max_new_tokens=2)
+    with pytest.raises(UserError, match="sampling"):
+        gen.Sampling(top_p=0.0)
