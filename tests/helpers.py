@@ -21,7 +21,7 @@ def llama31_hf_config(tie: bool = False, **changes) -> dict:
     return config
 
 
-def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "float32"):
+def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "float32", **save_kwargs):
     """A random LlamaForCausalLM saved with `save_pretrained` (safetensors); returns the torch model.
 
     Norm weights are randomised too so that a misplaced norm cannot hide behind all-ones."""
@@ -35,7 +35,7 @@ def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "f
             if name.endswith("norm.weight"):
                 p.copy_(1 + 0.1 * torch.randn_like(p))
     model = model.to(getattr(torch, dtype))
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), **save_kwargs)
     return model
 
 
