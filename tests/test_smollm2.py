@@ -2,15 +2,17 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 
 from oie_jax import cli
+from oie_jax.assets import smollm2_gguf
 from oie_jax.data.tokenizer import load_tokenizer
 from oie_jax.infer.generate import generate
-from oie_jax.models.checkpoint import load_model
+from oie_jax.models.checkpoint import load_config, load_model, load_params
 
 LONG = " ".join(
     f"Item {i}: the committee of the city of Lyon met on day {i} to discuss the river, the bridges, and the "
@@ -71,3 +73,16 @@ def test_generate_cli_matches_transformers_greedy(smollm2_dir, smollm2_torch, hf
     assert [p["prompt"] for p in printed] == prompts
     expected = hf_tokenizer.batch_decode(ref_new, skip_special_tokens=True)
     assert [p["output"] for p in printed] == expected
+
+
+def test_gguf_import_equals_safetensors_import(smollm2_dir, tmp_path, capsys):
+    gguf = smollm2_gguf()
+    out = tmp_path / "from-gguf"
+    assert cli.main(["convert", "hf-to-jax", str(gguf.parent), str(out), "--gguf-file", gguf.name]) == 0
+    assert "134.5M parameters" in capsys.readouterr().out
+    cfg = load_config(out)
+    assert cfg == load_config(smollm2_dir)
+    ours, reference = load_params(out, cfg), load_params(smollm2_dir, cfg)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert load_tokenizer(out).encode("日本語 text") == load_tokenizer(smollm2_dir).encode("日本語 text")

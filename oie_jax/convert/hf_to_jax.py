@@ -73,7 +73,7 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
         if found is None:
             continue
         entry, layer = found
-        value = entry.to_ours(tensor, cfg) if tensor.ndim else tensor
+        value = entry.to_ours(tensor, cfg)
         want = _get(expected, entry.path).shape
         want = want[1:] if layer is not None else want
         if value.shape != want:
