@@ -1,0 +1,173 @@
+"""The MMM unified text-to-text format: the only module that knows its string syntax.
+
+    input  = {text}/{task}
+    output = {text label}/{task}/{items}
+
+Items are written `:{field};{field}...`, one after another. Pairs are `(label, entity)`; relation
+items are `(head, relation, tail)` triples; event items are `(event type, trigger, argument...)`,
+two fields or more. Relation and event lists end with one more `:` (`:h;r;t:` for one triple), so
+that a closing colon tells them apart from pairs. A real record:
+
+    input : In 1953, filming of "On the Waterfront" starring Marlon Brando began, ... class./NER
+    output: Literature/NER/:Person;Marlon Brando:Product Name;On the Waterfront:Person;Kazan:Person;Spiegel
+
+Separators inside values. `:` starts an item and `;` separates fields, and neither is escaped by
+the format. `parse` resolves them like this: an item label, relation or event type never holds `:`
+or `;`; a `:`-separated piece that holds no `;` continues the last field of the item before it
+(so "Star Wars: A New Hope" survives); in a pair, everything after the first `;` is the entity, and
+in a triple everything after the second `;` is the tail (so `;` inside an entity or tail survives).
+What stays ambiguous: a value in which a `:` is later followed by a `;` (": x;y" reads as a new
+item). `render` refuses such records, so `parse(render(r))` gives back `r` whenever render succeeds.
+"""
+
+import dataclasses
+import unicodedata
+from typing import Literal
+
+Kind = Literal["pairs", "triples", "events"]
+
+# Instruction word -> item kind. Users may add their own with `register_task`.
+TASKS: dict[str, Kind] = {
+    "NER": "pairs",
+    "Sentiment Relation Word": "pairs",
+    "Sentiment Adj and N": "pairs",
+    "Sentiment Adj": "pairs",
+    "Sentiment N": "pairs",
+    "Relation Extraction": "triples",
+    "Event Extraction": "events",
+}
+
+# The 21 sub-datasets are these 7 in each language; TCREE holds relation and event records.
+SUBSET_TASKS: dict[str, tuple[str, ...]] = {
+    "SCNM": ("NER",),
+    "SCPOS:RW": ("Sentiment Relation Word",),
+    "SCPOS:Adj&N": ("Sentiment Adj and N",),
+    "SCPOS:Adj": ("Sentiment Adj",),
+    "SCPOS:N": ("Sentiment N",),
+    "TCREE": ("Relation Extraction", "Event Extraction"),
+    "TCONER": ("NER",),
+}
+LANGUAGES = ("en", "ja", "zh")
+FIELDS: dict[Kind, int] = {"pairs": 2, "triples": 3, "events": 2}  # events: at least 2
+
+
+def register_task(word: str, kind: Kind) -> None:
+    if "/" in word or ":" in word or ";" in word:
+        raise ValueError(f"an instruction word cannot hold '/', ':' or ';': {word!r}")
+    if kind not in ("pairs", "triples", "events"):
+        raise ValueError(f"unknown item kind {kind!r}")
+    TASKS[word] = kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    text: str
+    task: str
+    label: str = ""  # text-level label; empty for sources that have none
+    items: tuple[tuple[str, ...], ...] = ()
+    id: str = ""
+    language: str = ""
+    subset: str = ""
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "language": self.language, "subset": self.subset, "task": self.task,
+                "text": self.text, "label": self.label, "items": [list(item) for item in self.items]}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Record":
+        items = tuple(tuple(item) for item in value.get("items", ()))
+        return cls(text=value["text"], task=value["task"], label=value.get("label", ""), items=items,
+                   id=value.get("id", ""), language=value.get("language", ""), subset=value.get("subset", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    label: str
+    items: tuple[tuple[str, ...], ...]
+    well_formed: bool
+    reason: str = ""  # why it is not well formed
+
+
+def render_input(text: str, task: str) -> str:
+    return f"{text}/{task}"
+
+
+def render(record: Record) -> tuple[str, str]:
+    """(input, output) strings; ValueError for a record the format cannot carry unambiguously."""
+    problem = unrenderable(record)
+    if problem:
+        raise ValueError(f"record {record.id or record.text[:40]!r}: {problem}")
+    kind = TASKS[record.task]
+    items = "".join(":" + ";".join(item) for item in record.items)
+    if kind != "pairs" and items:
+        items += ":"
+    return render_input(record.text, record.task), f"{record.label}/{record.task}/{items}"
+
+
+def unrenderable(record: Record) -> str:
+    """Why `render` would refuse the record ('' when it can render it)."""
+    if record.task not in TASKS:
+        return f"unknown instruction word {record.task!r}"
+    if f"/{record.task}/" in record.label:
+        return f"text label {record.label!r} holds '/{record.task}/'"
+    kind = TASKS[record.task]
+    for item in record.items:
+        if len(item) != FIELDS[kind] and not (kind == "events" and len(item) >= 2):
+            return f"item {item!r} does not have the fields of {kind}"
+        *fixed, last = item
+        if any(":" in field or ";" in field for field in fixed):
+            return f"item {item!r}: only its last field may hold ':' or ';'"
+        if kind == "events" and ";" in last:
+            return f"event item {item!r} holds ';'"
+        if any(";" in piece for piece in last.split(":")[1:]):
+            return f"item {item!r}: a ':' followed by ';' reads as a new item"
+    return ""
+
+
+def parse_input(text: str) -> tuple[str, str] | None:
+    """(text, task) of an input string; None when it ends with no known instruction word."""
+    for task in sorted(TASKS, key=len, reverse=True):  # "Sentiment Adj and N" before "Sentiment N"
+        if text.endswith("/" + task):
+            return text[: -len(task) - 1], task
+    return None
+
+
+def parse(output: str, task: str) -> Parsed:
+    """The text label and items of a (possibly model-generated) output string. Never raises."""
+    kind = TASKS.get(task)
+    if kind is None:
+        return Parsed("", (), False, f"unknown instruction word {task!r}")
+    marker = f"/{task}/"
+    cut = output.find(marker)
+    if cut < 0:
+        return Parsed("", (), False, f"no '{marker}' separator")
+    label, body = output[:cut], output[cut + len(marker):]
+    if not body:
+        return Parsed(label, (), True)
+    if not body.startswith(":"):
+        return Parsed(label, (), False, "items do not start with ':'")
+    reasons = []
+    if kind != "pairs":
+        if body.endswith(":") and len(body) > 1:
+            body = body[:-1]
+        else:
+            reasons.append("item list does not end with ':'")
+    items: list[list[str]] = []
+    for piece in body[1:].split(":"):
+        if ";" not in piece:
+            if items:
+                items[-1][-1] += ":" + piece  # a ':' inside the last value
+            else:
+                reasons.append(f"item {piece!r} has no ';'")
+            continue
+        fields = piece.split(";", -1 if kind == "events" else FIELDS[kind] - 1)
+        if len(fields) < FIELDS[kind]:
+            reasons.append(f"item {piece!r} does not have the fields of {kind}")
+            continue
+        items.append(fields)
+    return Parsed(label, tuple(tuple(f) for f in items), not reasons, "; ".join(reasons))
+
+
+def normalize(value: str) -> str:
+    """The form compared by evaluation: NFKC, whitespace runs collapsed, ends stripped."""
+    return " ".join(unicodedata.normalize("NFKC", value).split())
