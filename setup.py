@@ -28,7 +28,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["oie_jax", "oie_jax.*"]),
-    include_package_data=True,
+    package_data={"oie_jax.data.sample": ["*.jsonl"]},
     install_requires=CORE,
     extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
     entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},

@@ -58,6 +58,26 @@ def cmd_generate(args):
         print(json.dumps({"prompt": prompt, "output": text}, ensure_ascii=False) if args.jsonl else text)
 
 
+def cmd_data_inspect(args):
+    from oie_jax.data.inspect import report
+    from oie_jax.data.sources.registry import load_source
+
+    source, result = load_source(args.paths, args.source, strict=args.strict)
+    print(report(source, result))
+
+
+def cmd_data_convert(args):
+    from oie_jax.data.sources.registry import load_source, write_jsonl
+
+    source, result = load_source(args.src, args.source, strict=args.strict)
+    for line in result.summary_lines():
+        print(line, file=sys.stderr)
+    for problem in result.problems:
+        print(f"rejected: {problem}", file=sys.stderr)
+    count = write_jsonl(result.records, Path(args.out))
+    print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oie-jax", description="OIELLM information extraction in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -98,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=DTYPE_CHOICES, help="compute dtype (default: the model's)")
     gen.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, output}")
     gen.set_defaults(run=cmd_generate)
+
+    data = commands.add_parser("data", help="read, check and convert IE corpora")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    sources = ("auto", "records", "mmm", "stockmark", "conll", "gmner")
+    inspect = data_commands.add_parser(
+        "inspect", help="counts per language, subset, task and label; rejected records with file and line",
+        description="Reads corpus files (files, directories or globs) and reports what they hold. Records that "
+                    "cannot be used are listed with file, line, field and reason, and counted per file.")
+    inspect.add_argument("paths", nargs="+", help="files, directories or glob patterns")
+    inspect.add_argument("--from", dest="source", choices=sources, default="auto",
+                         help="corpus format (default: guessed from the first path)")
+    inspect.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first bad record")
+    inspect.set_defaults(run=cmd_data_inspect)
+    convert_data = data_commands.add_parser(
+        "convert", help="corpus files -> JSON Lines of unified records",
+        description="Writes one JSON record per line (id, language, subset, task, text, label, items, and "
+                    "grounding for GMNER). Rejected records are listed on stderr.")
+    convert_data.add_argument("--from", dest="source", choices=sources, default="auto")
+    convert_data.add_argument("src", nargs="+", help="files, directories or glob patterns")
+    convert_data.add_argument("out", help="output .jsonl file")
+    convert_data.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first bad record")
+    convert_data.set_defaults(run=cmd_data_convert)
     return parser
 
 

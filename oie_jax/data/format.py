@@ -59,6 +59,20 @@ def register_task(word: str, kind: Kind) -> None:
     TASKS[word] = kind
 
 
+Box = tuple[int, int, int, int]  # xmin, ymin, xmax, ymax in image pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Grounding:
+    """Image regions of a record's items (multimodal NER): one tuple of boxes per item, empty when the
+    item is not groundable."""
+
+    image: str
+    width: int
+    height: int
+    boxes: tuple[tuple[Box, ...], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     text: str
@@ -68,16 +82,25 @@ class Record:
     id: str = ""
     language: str = ""
     subset: str = ""
+    grounding: Grounding | None = None
 
     def to_json(self) -> dict:
-        return {"id": self.id, "language": self.language, "subset": self.subset, "task": self.task,
-                "text": self.text, "label": self.label, "items": [list(item) for item in self.items]}
+        value = {"id": self.id, "language": self.language, "subset": self.subset, "task": self.task,
+                 "text": self.text, "label": self.label, "items": [list(item) for item in self.items]}
+        if self.grounding is not None:
+            value["grounding"] = dataclasses.asdict(self.grounding)
+        return value
 
     @classmethod
     def from_json(cls, value: dict) -> "Record":
         items = tuple(tuple(item) for item in value.get("items", ()))
+        grounding = value.get("grounding")
+        if grounding is not None:
+            boxes = tuple(tuple(tuple(box) for box in item) for item in grounding["boxes"])
+            grounding = Grounding(grounding["image"], grounding["width"], grounding["height"], boxes)
         return cls(text=value["text"], task=value["task"], label=value.get("label", ""), items=items,
-                   id=value.get("id", ""), language=value.get("language", ""), subset=value.get("subset", ""))
+                   id=value.get("id", ""), language=value.get("language", ""), subset=value.get("subset", ""),
+                   grounding=grounding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +109,22 @@ class Parsed:
     items: tuple[tuple[str, ...], ...]
     well_formed: bool
     reason: str = ""  # why it is not well formed
+
+
+def text_values(task: str, item: tuple[str, ...]) -> tuple[str, ...]:
+    """The values of an item that are spans of the text: the entity of a pair, the head and tail of a
+    triple, the trigger and arguments of an event."""
+    kind = TASKS[task]
+    return item[1:] if kind != "triples" else (item[0], item[2])
+
+
+def missing_from_text(record: Record) -> str | None:
+    """The first item value that should be a span of the text and is not; None when all are."""
+    for item in record.items:
+        for value in text_values(record.task, item):
+            if value not in record.text:
+                return value
+    return None
 
 
 def render_input(text: str, task: str) -> str:

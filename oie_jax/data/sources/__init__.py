@@ -1,0 +1,89 @@
+"""Readers that turn corpus files into `Record`s, accounting for every record they cannot use.
+
+Each reader yields `Record`s and `Problem`s (file, line, field, reason); `load` runs a reader over
+files, directories and globs and keeps a per-file summary: read, kept, rejected by reason.
+"""
+
+import collections
+import dataclasses
+import glob
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from oie_jax.data.format import Record
+from oie_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str
+    reason: str  # a short category, counted in summaries
+    detail: str = ""
+
+    def __str__(self):
+        return f"{self.path}:{self.line}: {self.field}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclasses.dataclass
+class FileSummary:
+    path: str
+    read: int = 0
+    kept: int = 0
+    rejected: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+@dataclasses.dataclass
+class LoadResult:
+    records: list[Record]
+    problems: list[Problem]
+    files: list[FileSummary]
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for f in self.files:
+            rejected = ", ".join(f"{n} {reason}" for reason, n in f.rejected.most_common()) or "none"
+            lines.append(f"{f.path}: read {f.read}, kept {f.kept}, rejected {sum(f.rejected.values())} ({rejected})")
+        return lines
+
+
+Reader = Callable[[Path], Iterator[Record | Problem]]
+
+
+def expand(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:
+    """Files named by paths, directories (searched recursively) and glob patterns."""
+    files: list[Path] = []
+    for spec in paths:
+        path = Path(spec)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+        elif path.is_file():
+            files.append(path)
+        elif matches := sorted(glob.glob(spec, recursive=True)):
+            files += [Path(m) for m in matches if Path(m).is_file()]
+        else:
+            raise UserError("no such file, directory or glob match", spec)
+    if not files:
+        raise UserError(f"no {'/'.join(suffixes)} files in {list(paths)}")
+    return files
+
+
+def load(paths: Iterable[str], reader: Reader, suffixes: tuple[str, ...], strict: bool = False) -> LoadResult:
+    """Every record the reader accepts, every problem it reports, and a summary per file. With
+    `strict`, the first problem is raised as a UserError (exit code 2)."""
+    result = LoadResult([], [], [])
+    for path in expand(paths, suffixes):
+        summary = FileSummary(str(path))
+        for value in reader(path):
+            if isinstance(value, Problem):
+                if strict:
+                    raise UserError(f"{value} (--strict)")
+                summary.rejected[value.reason] += 1
+                result.problems.append(value)
+            else:
+                summary.kept += 1
+                result.records.append(value)
+            summary.read += 1
+        result.files.append(summary)
+    return result

@@ -1,0 +1,77 @@
+"""The MMM release: JSON (list or lines) files of {input, output} or {instruction, input, output}
+records, named like `Train_En_0_SCNM_dataset.json`, `test_Ch_5_TCREE_2k_clear2.json` or
+`Train_Ch_MRE_OIEDataset.json` (TCONER)."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from oie_jax.data import format as fmt
+from oie_jax.data.format import Record
+from oie_jax.data.sources import Problem
+from oie_jax.data.sources.jsonfile import iter_json_values
+
+LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
+SPLITS = {"train": "train", "test": "test", "dev": "dev", "valid": "dev", "validation": "dev"}
+# The release numbers its sub-datasets 0-5 in the file names; TCONER files say "OIE".
+SUBSET_NUMBERS = {"0": "SCNM", "1": "SCPOS:RW", "2": "SCPOS:Adj&N", "3": "SCPOS:Adj", "4": "SCPOS:N", "5": "TCREE"}
+SUBSET_BY_TASK = {task: subset for subset, tasks in fmt.SUBSET_TASKS.items() for task in tasks if subset != "TCONER"}
+NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<lang>[A-Za-z]{2})_(?P<rest>.*)$")
+
+
+def describe_file(path: Path) -> tuple[str, str, str]:
+    """(split, language, subset) from a release file name; '' for what the name does not say."""
+    match = NAME.match(path.stem)
+    if not match:
+        return "", "", ""
+    split = SPLITS.get(match["split"].lower(), "")
+    language = LANGUAGE_CODES.get(match["lang"].lower(), "")
+    rest = match["rest"]
+    if "OIE" in rest.upper():
+        subset = "TCONER"
+    else:
+        number = re.match(r"(\d)_", rest)
+        subset = SUBSET_NUMBERS.get(number.group(1), "") if number else ""
+    return split, language, subset
+
+
+def split_of(path: Path) -> str:
+    return describe_file(path)[0]
+
+
+def read(path: Path) -> Iterator[Record | Problem]:
+    _, language, file_subset = describe_file(path)
+    for entry in iter_json_values(path):
+        if isinstance(entry, Problem):
+            yield entry
+            continue
+        line, value = entry
+        yield to_record(value, path, line, language, file_subset)
+
+
+def to_record(value, path: Path, line: int, language: str, file_subset: str) -> Record | Problem:
+    def problem(field, reason, detail=""):
+        return Problem(str(path), line, field, reason, detail)
+
+    if not isinstance(value, dict):
+        return problem("record", "not a JSON object")
+    for field in ("input", "output"):
+        if not isinstance(value.get(field), str):
+            return problem(field, "missing field")
+    source = fmt.parse_input(value["input"])
+    instruction = str(value.get("instruction", "")).strip().lstrip("/")
+    if source is None and instruction in fmt.TASKS:
+        source = (value["input"], instruction)
+    if source is None:
+        word = value["input"].rsplit("/", 1)[-1][:40] if "/" in value["input"] else ""
+        return problem("input", "unknown instruction word", repr(word))
+    text, task = source
+    if not text.strip():
+        return problem("input", "empty text")
+    parsed = fmt.parse(value["output"], task)
+    if not parsed.well_formed:
+        return problem("output", "malformed output", parsed.reason)
+    record = Record(text=text, task=task, label=parsed.label, items=parsed.items, language=language,
+                    subset=file_subset or SUBSET_BY_TASK.get(task, ""), id=str(value.get("id", f"{path.stem}:{line}")))
+    missing = fmt.missing_from_text(record)
+    return problem("output", "entity not in text", repr(missing)) if missing is not None else record

@@ -1,0 +1,42 @@
+"""Unified records as JSON Lines (what `oie-jax data convert` writes, and the sample corpus)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from oie_jax.data import format as fmt
+from oie_jax.data.format import Record
+from oie_jax.data.sources import Problem
+from oie_jax.data.sources.jsonfile import iter_json_values
+
+
+def read(path: Path) -> Iterator[Record | Problem]:
+    for entry in iter_json_values(path):
+        if isinstance(entry, Problem):
+            yield entry
+            continue
+        line, value = entry
+        yield to_record(value, path, line)
+
+
+def to_record(value, path: Path, line: int) -> Record | Problem:
+    def problem(field, reason, detail=""):
+        return Problem(str(path), line, field, reason, detail)
+
+    if not isinstance(value, dict):
+        return problem("record", "not a JSON object")
+    for field in ("text", "task"):
+        if not isinstance(value.get(field), str):
+            return problem(field, "missing field")
+    try:
+        record = Record.from_json(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        return problem("items", "malformed record", str(exc)[:80])
+    if record.task not in fmt.TASKS:
+        return problem("task", "unknown instruction word", repr(record.task))
+    if not record.text.strip():
+        return problem("text", "empty text")
+    if reason := fmt.unrenderable(record):
+        return problem("items", "unrenderable record", reason)
+    if (missing := fmt.missing_from_text(record)) is not None:
+        return problem("items", "entity not in text", repr(missing))
+    return record

@@ -1,0 +1,50 @@
+"""The readers by name, and a guess of which one a path needs."""
+
+import json
+from pathlib import Path
+
+from oie_jax.data.sources import LoadResult, conll, load, mmm, records, stockmark
+
+SOURCES = {
+    "records": (records.read, (".jsonl",)),
+    "mmm": (mmm.read, (".json", ".jsonl")),
+    "stockmark": (stockmark.read, (".json",)),
+    "conll": (conll.read, (".txt", ".conll", ".bio")),
+    "gmner": (conll.read_gmner, (".txt",)),
+}
+
+
+def detect(path: str) -> str:
+    """gmner for Twitter-GMNER text (IMGID lines) or its folder, conll for other text, stockmark for
+    JSON with `curid`, records for our unified JSON lines (`items`), mmm otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "txt").is_dir() and (p / "xml").is_dir():
+            return "gmner"
+        first = next((f for f in sorted(p.rglob("*")) if f.suffix in (".txt", ".json", ".jsonl")), None)
+        return detect(str(first)) if first else "mmm"
+    if p.suffix in (".txt", ".conll", ".bio"):
+        with open(p, encoding="utf-8", errors="replace") as f:
+            return "gmner" if f.readline().startswith("IMGID:") else "conll"
+    with open(p, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+    if '"curid"' in head:
+        return "stockmark"
+    return "records" if '"items"' in head and '"task"' in head else "mmm"
+
+
+def load_source(paths: list[str], source: str = "auto", strict: bool = False) -> tuple[str, LoadResult]:
+    if source == "auto":
+        source = detect(paths[0])
+    reader, suffixes = SOURCES[source]
+    if source == "gmner":
+        paths = [str(Path(p) / "txt") if (Path(p) / "txt").is_dir() else p for p in paths]
+    return source, load(paths, reader, suffixes, strict=strict)
+
+
+def write_jsonl(records, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    return len(records)
