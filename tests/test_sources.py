@@ -1,0 +1,153 @@
+"""Corpus readers: real data from ../shared/data, the sample corpus, and every kind of bad input."""
+
+import collections
+import json
+
+import pytest
+
+from oie_jax import cli
+from oie_jax.data.format import SUBSET_TASKS, Record, parse, render
+from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
+from oie_jax.data.sample import load_sample
+from oie_jax.data.sources import load, mmm, stockmark
+from oie_jax.data.sources.registry import load_source
+from oie_jax.errors import UserError
+from tests.conftest import SHARED_DATA
+
+STOCKMARK = SHARED_DATA / "stockmark-ner" / "ner_train.json"
+GMNER = SHARED_DATA / "gmner-twitter10000-v2"
+needs_stockmark = pytest.mark.skipif(not STOCKMARK.is_file(), reason=f"{STOCKMARK} is absent (../shared/data)")
+needs_gmner = pytest.mark.skipif(not GMNER.is_dir(), reason=f"{GMNER} is absent (../shared/data)")
+
+
+@needs_stockmark
+def test_stockmark_inspect_counts_every_record_and_type(capsys):
+    raw = json.loads(STOCKMARK.read_text(encoding="utf-8"))
+    types = collections.Counter(e["type"] for r in raw for e in r["entities"])
+    assert cli.main(["data", "inspect", str(STOCKMARK)]) == 0
+    out = capsys.readouterr().out
+    assert "records: 4,809 kept, 0 rejected" in out
+    assert len(types) == 8
+    for name, count in types.items():
+        assert f"{name}" in out and f"{count:,}" in out
+    _, result = load_source([str(STOCKMARK)])
+    assert collections.Counter(i[0] for r in result.records for i in r.items) == types
+
+
+@needs_gmner
+def test_gmner_inspect_counts_tweets_and_groundable_fraction(capsys):
+    assert cli.main(["data", "inspect", str(GMNER)]) == 0
+    out = capsys.readouterr().out
+    assert "train.txt: read 7000, kept 7000" in out and "dev.txt: read 1500, kept 1500" in out
+    _, result = load_source([str(GMNER)])
+    boxes = [b for r in result.records for b in r.grounding.boxes]
+    fraction = sum(1 for b in boxes if b) / len(boxes)
+    assert 0.35 < fraction < 0.45 and f"{fraction:.1%} groundable" in out
+    # A box's name is the entity's surface string, so each grounded entity's boxes come from its own file.
+    tweet = next(r for r in result.records if any(r.grounding.boxes))
+    xml = (GMNER / "xml" / f"{tweet.grounding.image}.xml").read_text()
+    for (_, entity), entity_boxes in zip(tweet.items, tweet.grounding.boxes):
+        assert bool(entity_boxes) == (f"<name>{entity}</name>" in xml)
+
+
+def test_sample_corpus_fills_every_cell():
+    records = load_sample()
+    assert len(records) == 210
+    cells = collections.Counter((r.subset, r.language) for r in records)
+    assert len(cells) == 21 and set(cells.values()) == {10}
+    assert {r.subset for r in records} == set(SUBSET_TASKS)
+    splits = {split: len(load_sample(split)) for split in ("train", "dev", "test")}
+    assert splits == {"train": 126, "dev": 42, "test": 42}
+    for record in records:
+        parsed = parse(render(record)[1], record.task)
+        assert parsed.well_formed and (parsed.label, parsed.items) == (record.label, record.items), record.id
+    _, result = load_source([str(SAMPLE_DIRECTORY)])
+    assert len(result.records) == 210 and not result.problems
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Train_En_0_SCNM_dataset.json", ("train", "en", "SCNM")),
+    ("Train_Ja_1_SCPOS_RW.json", ("train", "ja", "SCPOS:RW")),
+    ("Train_Ja_2_SCPOS_18W_adj_n.json", ("train", "ja", "SCPOS:Adj&N")),
+    ("test_Ch_3_SCPOS_adj.json", ("test", "zh", "SCPOS:Adj")),
+    ("test_En_4_SCPOS_n.json", ("test", "en", "SCPOS:N")),
+    ("test_Ch_5_TCREE_2k_clear2.json", ("test", "zh", "TCREE")),
+    ("Train_Ch_MRE_OIEDataset.json", ("train", "zh", "TCONER")),
+])
+def test_release_file_names(name, expected, tmp_path):
+    assert mmm.describe_file(tmp_path / name) == expected
+
+
+def write_lines(path, lines, encoding="utf-8"):
+    path.write_bytes("\n".join(lines).encode(encoding) + b"\n")
+    return path
+
+
+def good(text="Kazan met Spiegel in Paris.", output="History/NER/:Person;Kazan:Person;Spiegel"):
+    return json.dumps({"input": text + "/NER", "output": output}, ensure_ascii=False)
+
+
+def test_mmm_bad_records_are_reported_with_file_line_and_reason(tmp_path):
+    path = write_lines(tmp_path / "Train_En_0_SCNM_dataset.jsonl", [
+        good(),
+        '{"input": "broken',
+        json.dumps({"input": "Kazan met Spiegel./NER"}),
+        json.dumps({"input": "Kazan met Spiegel./Summarize", "output": "x"}),
+        good(output="History/NER/:Person;Brando"),
+        good(text="   "),
+        good(output="History NER Person Kazan"),
+        good(text="Tokyo is big.", output="Geography/NER/:Location;Tokyo"),
+    ])
+    result = load([str(path)], mmm.read, (".jsonl",))
+    assert [r.text for r in result.records] == ["Kazan met Spiegel in Paris.", "Tokyo is big."]
+    assert result.records[0].subset == "SCNM" and result.records[0].language == "en"
+    reasons = [(p.line, p.field, p.reason) for p in result.problems]
+    assert reasons == [(2, "json", "malformed JSON"), (3, "output", "missing field"),
+                       (4, "input", "unknown instruction word"), (5, "output", "entity not in text"),
+                       (6, "input", "empty text"), (7, "output", "malformed output")]
+    summary = result.files[0]
+    assert summary.read == 8 and summary.kept == 2 and sum(summary.rejected.values()) == 6
+    assert str(result.problems[0]).startswith(f"{path}:2: json: malformed JSON")
+    with pytest.raises(UserError, match=":2: json: malformed JSON"):
+        load([str(path)], mmm.read, (".jsonl",), strict=True)
+
+
+def test_json_list_lines_and_wrong_encoding(tmp_path):
+    records = [
+        {"curid": "1", "text": "東京都に住む。", "entities": [{"name": "東京都", "span": [0, 3], "type": "地名"}]},
+        {"curid": "2", "text": "大阪府に行く。", "entities": [{"name": "大阪", "span": [0, 3], "type": "地名"}]},
+        {"curid": "3", "text": "", "entities": []},
+    ]
+    path = tmp_path / "ner.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    result = load([str(path)], stockmark.read, (".json",))
+    assert [r.id for r in result.records] == ["1"]
+    starts = [n for n, line in enumerate(path.read_text().splitlines(), 1) if line == " {"]  # each record
+    assert [(p.line, p.field, p.reason) for p in result.problems] == [
+        (starts[1], "entities[0].span", "span mismatch"), (starts[2], "text", "empty text")]
+    latin = write_lines(tmp_path / "Train_En_0_SCNM.jsonl", [good(text="Café Kazan met Spiegel")], encoding="latin-1")
+    result = load([str(latin)], mmm.read, (".jsonl",))
+    assert not result.records and result.problems[0].reason == "not UTF-8" and result.problems[0].line == 1
+
+
+def test_strict_cli_exits_2_and_convert_writes_readable_records(tmp_path, capsys):
+    path = write_lines(tmp_path / "Train_En_0_SCNM_dataset.jsonl", [good(), '{"input": "broken'])
+    assert cli.main(["data", "inspect", str(path), "--strict"]) == 2
+    assert ":2: json: malformed JSON" in capsys.readouterr().err
+    out = tmp_path / "records.jsonl"
+    assert cli.main(["data", "convert", "--from", "mmm", str(path), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "rejected:" in captured.err and "wrote 1 mmm records" in captured.out
+    _, result = load_source([str(out)])
+    assert result.records == [Record(text="Kazan met Spiegel in Paris.", task="NER", label="History",
+                                     items=(("Person", "Kazan"), ("Person", "Spiegel")), language="en",
+                                     subset="SCNM", id=result.records[0].id)]
+
+
+def test_conll_bio_and_bad_tags(tmp_path):
+    path = write_lines(tmp_path / "x.txt", ["New\tB-LOC", "York\tI-LOC", "is\tO", "big\tO", "",
+                                            "Bad\tX-LOC", "", "Ann\tI-PER", "Lee\tI-PER", "ran\tO"])
+    _, result = load_source([str(path)], "conll")
+    assert [(r.text, r.items) for r in result.records] == [
+        ("New York is big", (("LOC", "New York"),)), ("Ann Lee ran", (("PER", "Ann Lee"),))]
+    assert [(p.line, p.reason) for p in result.problems] == [(6, "unknown tag")]
