@@ -6,22 +6,21 @@ import sys
 from pathlib import Path
 
 from oie_jax.errors import UserError
-
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+from oie_jax.models.config import DTYPES
 
 
 def cmd_convert_hf_to_jax(args):
     from oie_jax.convert import hf_to_jax
 
-    cfg = hf_to_jax.convert(args.src, args.out, gguf_file=args.gguf_file, dtype=args.dtype)
+    cfg = hf_to_jax.convert(args.src, args.out, gguf_file=args.gguf_file, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote {args.out}: LLaMA with {cfg.num_params() / 1e6:.1f}M parameters in {cfg.param_dtype}")
 
 
 def cmd_convert_jax_to_hf(args):
     from oie_jax.convert import jax_to_hf
 
-    out = jax_to_hf.convert(args.src, args.out, dtype=args.dtype,
-                            max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    out = jax_to_hf.convert(args.src, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3),
+                            overwrite=args.overwrite)
     print(f"wrote {out}: load it with transformers.LlamaForCausalLM.from_pretrained({str(out)!r})")
 
 
@@ -92,15 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     to_jax.add_argument("src", help="Hugging Face model directory")
     to_jax.add_argument("out", help="output oie-jax model directory")
     to_jax.add_argument("--gguf-file", help="read this GGUF file (name inside SRC) instead of safetensors")
-    to_jax.add_argument("--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the source's)")
+    to_jax.add_argument("--dtype", choices=DTYPES, help="parameter and compute dtype (default: the source's)")
+    to_jax.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     to_jax.set_defaults(run=cmd_convert_hf_to_jax)
 
     to_hf = directions.add_parser(
         "jax-to-hf", help="oie-jax model directory -> Hugging Face directory (safetensors, config, tokenizer)")
     to_hf.add_argument("src", help="oie-jax model directory")
     to_hf.add_argument("out", help="output Hugging Face model directory")
-    to_hf.add_argument("--dtype", choices=DTYPE_CHOICES, help="tensor dtype (default: the model's)")
+    to_hf.add_argument("--dtype", choices=DTYPES, help="tensor dtype (default: the model's)")
     to_hf.add_argument("--max-shard-gb", type=float, default=5.0, help="start a new shard above this size")
+    to_hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     to_hf.set_defaults(run=cmd_convert_jax_to_hf)
 
     gen = commands.add_parser("generate", help="continue prompts with a model (KV-cache, batched)",
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8)
-    gen.add_argument("--dtype", choices=DTYPE_CHOICES, help="compute dtype (default: the model's)")
+    gen.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
     gen.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, output}")
     gen.set_defaults(run=cmd_generate)
 

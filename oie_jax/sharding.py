@@ -42,17 +42,9 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> 
     return PartitionSpec(*spec)
 
 
-def param_specs(state: nnx.State, rules=DEFAULT_RULES) -> nnx.State:
-    """The PartitionSpec of every parameter of a (possibly abstract) model state."""
-    return jax.tree.map(
-        lambda var: var.replace(logical_to_spec(var.logical_axes, rules)),
-        state,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
-
-
-def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> nnx.State:
-    """NamedShardings for a model state; checks that every sharded dimension divides evenly."""
+def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> dict:
+    """NamedShardings for a model state, as the plain nested dict `load_params` and `jax.jit` take;
+    checks that every sharded dimension divides evenly."""
 
     def sharding(var):
         spec = logical_to_spec(var.logical_axes, rules)
@@ -65,4 +57,4 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RUL
                                 f"mesh {dict(mesh.shape)}")
         return var.replace(NamedSharding(mesh, spec))
 
-    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.to_pure_dict(jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))

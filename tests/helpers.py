@@ -7,13 +7,14 @@ import numpy as np
 
 def llama31_hf_config(tie: bool = False, **changes) -> dict:
     """A tiny LLaMA-3.1-shaped config: 4:1 grouped-query heads, llama3 rope scaling with an original
-    context (16) shorter than the test sequences."""
+    context (64) shorter than the test sequences; with head_dim 16 its frequencies fall in all three
+    bands of the scaling (kept, interpolated, divided)."""
     config = dict(
         architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=320, hidden_size=64,
-        intermediate_size=176, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
-        head_dim=8, hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=256,
+        intermediate_size=176, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, hidden_act="silu", rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=256,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=16),
+                          original_max_position_embeddings=64),
         tie_word_embeddings=tie, bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0, initializer_range=0.2,
         torch_dtype="float32",
     )

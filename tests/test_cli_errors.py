@@ -73,6 +73,35 @@ def test_not_a_model_directory(tmp_path, hf_dir, capsys):
     assert code == 2 and "missing" in err
 
 
+def test_config_without_required_fields(tmp_path, hf_dir, capsys):
+    variant = copy_with(tmp_path, hf_dir)
+    config = json.loads((variant / "config.json").read_text())
+    del config["vocab_size"]
+    (variant / "config.json").write_text(json.dumps(config))
+    code, err = run_cli(capsys, "convert", "hf-to-jax", str(variant), str(tmp_path / "out"))
+    assert code == 2 and "vocab_size" in err
+
+
+def test_heads_that_do_not_fit_the_weights(tmp_path, hf_dir, capsys):
+    variant = copy_with(tmp_path, hf_dir, {"num_attention_heads": 2, "head_dim": 32, "num_key_value_heads": 1})
+    code, err = run_cli(capsys, "convert", "hf-to-jax", str(variant), str(tmp_path / "out"))
+    assert code == 2 and "_proj.weight" in err and "does not fit the config" in err
+
+
+def test_non_empty_output_needs_overwrite(tmp_path, hf_dir, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["convert", "hf-to-jax", str(hf_dir), str(out)]) == 0
+    capsys.readouterr()
+    code, err = run_cli(capsys, "convert", "hf-to-jax", str(hf_dir), str(out))
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    exported = tmp_path / "exported"
+    assert cli.main(["convert", "jax-to-hf", str(out), str(exported), "--max-shard-gb", "0.00005"]) == 0
+    assert (exported / "model.safetensors.index.json").is_file()
+    assert cli.main(["convert", "jax-to-hf", str(out), str(exported), "--overwrite"]) == 0
+    # No shard or index of the first export is left to shadow the new single file.
+    assert sorted(p.name for p in exported.glob("*.safetensors*")) == ["model.safetensors"]
+
+
 def test_real_process_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "oie_jax.cli", "convert", "hf-to-jax", str(tmp_path / "nope"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ from oie_jax.models.config import PRESETS, LlamaConfig, preset
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_round_trip_through_hf_config(name):
     cfg = preset(name)
-    assert LlamaConfig.from_hf_config(cfg.to_hf_config()) == cfg.replace(dtype="float32")
+    assert LlamaConfig.from_hf_config(cfg.to_hf_config()) == cfg
     assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -61,12 +61,15 @@ def test_compiled_once_per_bucket(pair):
     gen.generate(model, prompts_of([5, 9]), max_new_tokens=4, eos_ids=NO_EOS)
     before = gen.trace_count()
     gen.generate(model, prompts_of([6, 11]), max_new_tokens=4, eos_ids=NO_EOS)  # same (2, 16) bucket
-    gen.generate(model, prompts_of([2, 16]), max_new_tokens=4, eos_ids=NO_EOS,
-                 sampling=gen.Sampling(temperature=0.7, top_p=0.9, seed=3))  # sampling values are traced
     assert gen.trace_count() == before
+    hot = gen.Sampling(temperature=0.7, top_p=0.9, seed=3)
+    gen.generate(model, prompts_of([2, 16]), max_new_tokens=4, eos_ids=NO_EOS, sampling=hot)  # sampling compiles
+    gen.generate(model, prompts_of([3, 12]), max_new_tokens=4, eos_ids=NO_EOS,
+                 sampling=gen.Sampling(temperature=1.3, top_p=0.5, seed=4))  # its values are traced
+    assert gen.trace_count() == before + 1
     gen.generate(model, prompts_of([5, 9, 12]), max_new_tokens=4, eos_ids=NO_EOS)  # batch bucket 4
     gen.generate(model, prompts_of([20]), max_new_tokens=4, eos_ids=NO_EOS)  # batch 1, length bucket 32
-    assert gen.trace_count() == before + 2
+    assert gen.trace_count() == before + 3
 
 
 def test_sampling_is_seeded_and_filters_reduce_to_greedy(pair):
@@ -88,13 +91,16 @@ def test_sample_frequencies_follow_filtered_softmax():
     rows = jnp.tile(logits, (20000, 1))
 
     def frequencies(top_k, top_p):
-        tokens = gen.sample_tokens(rows, jax.random.key(0), jnp.float32(1.0), jnp.float32(top_p), top_k)
+        filters = gen.filters_of(gen.Sampling(temperature=1.0, top_k=top_k, top_p=top_p), 4)
+        tokens = gen.sample_tokens(rows, jax.random.key(0), jnp.float32(1.0), jnp.float32(top_p), filters)
         return np.bincount(np.asarray(tokens), minlength=4) / rows.shape[0]
 
     np.testing.assert_allclose(frequencies(0, 1.0), [0.5, 0.3, 0.15, 0.05], atol=0.015)
     np.testing.assert_allclose(frequencies(2, 1.0), [0.625, 0.375, 0, 0], atol=0.015)
     # top_p 0.7: 0.5 alone is short of 0.7, so {0, 1} are kept.
     np.testing.assert_allclose(frequencies(0, 0.7), [0.625, 0.375, 0, 0], atol=0.015)
+    np.testing.assert_allclose(frequencies(3, 0.7), [0.625, 0.375, 0, 0], atol=0.015)  # both filters
+    np.testing.assert_allclose(frequencies(10, 1.0), [0.5, 0.3, 0.15, 0.05], atol=0.015)  # k > vocab: off
 
 
 def test_bad_requests(pair):
@@ -103,3 +109,9 @@ def test_bad_requests(pair):
         gen.generate(model, [[5], []], max_new_tokens=2)
     with pytest.raises(UserError, match="sampling"):
         gen.Sampling(top_p=0.0)
+    with pytest.raises(UserError, match="outside the model's vocabulary"):
+        gen.generate(model, [[5, model.cfg.vocab_size]], max_new_tokens=2)
+    with pytest.raises(UserError, match="at least 1"):
+        gen.generate(model, [[5]], max_new_tokens=2, batch_size=0)
+    with pytest.raises(UserError, match="at least 1"):
+        gen.generate(model, [[5]], max_new_tokens=0)

@@ -36,7 +36,7 @@ def test_llama3_8b_layout_on_fsdp4_tensor2():
     assert len(jax.devices()) == 8
     mesh = jax.make_mesh((1, 4, 2), sharding.MESH_AXES)
     cfg = preset("llama3-8b")
-    shardings = nnx.to_pure_dict(sharding.param_shardings(nnx.state(abstract_model(cfg)), mesh))
+    shardings = sharding.param_shardings(nnx.state(abstract_model(cfg)), mesh)
     init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Llama(cfg, rngs=nnx.Rngs(0)))), out_shardings=shardings)
     params = flat(jax.eval_shape(init))
     assert set(params) == set(EXPECTED_8B)

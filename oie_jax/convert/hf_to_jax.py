@@ -4,7 +4,6 @@ Safetensors are read tensor by tensor into preallocated output arrays, so peak h
 near the size of the output. GGUF files go through `transformers` (dequantized, whole model).
 """
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,20 +14,12 @@ from tqdm import tqdm
 
 from oie_jax.convert import layout
 from oie_jax.errors import UserError
+from oie_jax.files import prepare_output_dir, read_json
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
 INDEX_FILE = "model.safetensors.index.json"
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError("file not found", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"invalid JSON ({exc})", path) from None
 
 
 def safetensors_files(src: Path) -> list[Path]:
@@ -73,12 +64,14 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
         if found is None:
             continue
         entry, layer = found
-        value = entry.to_ours(tensor, cfg)
         want = _get(expected, entry.path).shape
         want = want[1:] if layer is not None else want
-        if value.shape != want:
+        if tuple(tensor.shape) != _hf_shape(entry, want, cfg):
             raise UserError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit the config "
                             f"(expected {_hf_shape(entry, want, cfg)})", path)
+        if name in seen:
+            raise UserError(f"tensor {name!r} appears twice", path)
+        value = entry.to_ours(tensor, cfg)
         if layer is None:
             _set(out, entry.path, np.ascontiguousarray(value, dtype=dtype))
         else:
@@ -118,7 +111,7 @@ def _get_or_alloc(tree, path, shape, dtype) -> np.ndarray:
 def convert_safetensors_dir(src: Path, out: Path, dtype: str | None = None) -> LlamaConfig:
     cfg = LlamaConfig.from_hf_config(read_json(src / "config.json"))
     if dtype:
-        cfg = cfg.replace(param_dtype=dtype)
+        cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
     files = safetensors_files(src)
     params = fill_params(cfg, iter_safetensors(files), NUMPY_DTYPES[cfg.param_dtype])
     checkpoint.save_model(out, cfg, params, tokenizer_dir=src)
@@ -145,7 +138,8 @@ def read_gguf(src: Path, gguf_file: str):
 
 def convert_gguf(src: Path, gguf_file: str, out: Path, dtype: str | None = None) -> LlamaConfig:
     config, tensors, tokenizer = read_gguf(src, gguf_file)
-    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype or "float32")
+    dtype = dtype or "float32"
+    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype, dtype=dtype)
     path = src / gguf_file
     named = ((name, tensor, path) for name, tensor in tensors.items())
     params = fill_params(cfg, named, NUMPY_DTYPES[cfg.param_dtype], total=len(tensors))
@@ -154,12 +148,13 @@ def convert_gguf(src: Path, gguf_file: str, out: Path, dtype: str | None = None)
     return cfg
 
 
-def convert(src, out, gguf_file: str | None = None, dtype: str | None = None) -> LlamaConfig:
-    src, out = Path(src), Path(out)
+def convert(src, out, gguf_file: str | None = None, dtype: str | None = None, overwrite: bool = False) -> LlamaConfig:
+    src = Path(src)
     if not src.is_dir():
         raise UserError("no such directory", src)
     if dtype is not None and dtype not in NUMPY_DTYPES:
         raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
+    out = prepare_output_dir(out, overwrite)
     if gguf_file:
         return convert_gguf(src, gguf_file, out, dtype)
     return convert_safetensors_dir(src, out, dtype)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from oie_jax.convert import layout
 from oie_jax.convert.hf_to_jax import INDEX_FILE, NUMPY_DTYPES
 from oie_jax.errors import UserError
+from oie_jax.files import prepare_output_dir
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
@@ -25,7 +26,7 @@ def plan_shards(cfg: LlamaConfig, params: dict, itemsize: int, max_shard_bytes: 
     shards: list[list[tuple]] = [[]]
     size = 0
     for name, entry, layer in layout.hf_names(cfg):
-        value = _value(params, entry, layer)
+        value = _value(params, entry, layer)  # a view: only its size is read
         nbytes = value.size * itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
@@ -46,17 +47,18 @@ def hf_tensor(params, entry, layer, cfg, dtype) -> np.ndarray:
     return np.ascontiguousarray(entry.to_hf(np.asarray(_value(params, entry, layer)), cfg), dtype=dtype)
 
 
-def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+            overwrite: bool = False) -> Path:
     from safetensors.numpy import save_file
 
-    src, out = Path(src), Path(out)
+    src = Path(src)
     cfg = checkpoint.load_config(src)
     dtype = dtype or cfg.param_dtype
     if dtype not in NUMPY_DTYPES:
         raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
     np_dtype = NUMPY_DTYPES[dtype]
     params = checkpoint.load_params(src, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, overwrite)
 
     shards = plan_shards(cfg, params, np.dtype(np_dtype).itemsize, max_shard_bytes)
     names = ["model.safetensors"] if len(shards) == 1 else [

@@ -1,9 +1,9 @@
 """One small interface over Hugging Face `tokenizer.json` and SentencePiece `.model` files."""
 
-import json
 from pathlib import Path
 
 from oie_jax.errors import UserError
+from oie_jax.files import read_json
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"
@@ -91,7 +91,7 @@ def load_tokenizer(path) -> Tokenizer:
     """A tokenizer from a directory (tokenizer.json preferred) or a tokenizer.json / .model file."""
     path = Path(path)
     if path.is_dir():
-        config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}
+        config = read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}
         if (path / "tokenizer.json").exists():
             return HFTokenizer(path / "tokenizer.json", config)
         if (path / "tokenizer.model").exists():
@@ -104,10 +104,3 @@ def load_tokenizer(path) -> Tokenizer:
     if path.suffix == ".model":
         return SentencePieceTokenizer(path)
     raise UserError("expected a tokenizer.json or a SentencePiece .model file", path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"invalid JSON ({exc})", path) from None

@@ -1,8 +1,9 @@
 """Batched generation with a preallocated KV cache, compiled once per (batch, length) bucket.
 
 Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), so
-one compiled program serves every batch that falls into it. Positions follow the real tokens of
-each row, as in Hugging Face `generate`, and each row stops on its own at any of the EOS ids.
+one compiled program serves every batch that falls into it (for one model, max_new_tokens, set of
+EOS ids and kind of sampling). Positions follow the real tokens of each row, as in Hugging Face
+`generate`, and each row stops on its own at any of the EOS ids.
 """
 
 import dataclasses
@@ -23,7 +24,7 @@ _traces = {"count": 0}
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off (not computed)."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -44,25 +45,40 @@ def bucket(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def sample_tokens(logits, key, temperature, top_p, top_k: int):
-    """One token per row from float32 logits (batch, vocab)."""
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    if top_k:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """The static part of sampling: what the compiled program computes at all."""
+
+    greedy: bool
+    top_k: int  # 0: off
+    nucleus: bool  # top_p < 1
+
+
+def filters_of(sampling: Sampling, vocab_size: int) -> Filters:
+    return Filters(greedy=sampling.temperature == 0, top_k=min(sampling.top_k, vocab_size),
+                   nucleus=sampling.top_p < 1.0)
+
+
+def sample_tokens(logits, key, temperature, top_p, filters: Filters):
+    """One token per row from float32 logits (batch, vocab); temperature and top_p are traced."""
+    if filters.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / temperature
+    if filters.top_k:
+        kth = jax.lax.top_k(scaled, filters.top_k)[0][:, -1:]
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
-    # Nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p.
-    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-    sampled = jax.random.categorical(key, scaled, axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    if filters.nucleus:
+        # Keep the smallest prefix of the sorted distribution whose mass reaches top_p.
+        ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "eos_ids", "pad_id"))
-def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, max_new_tokens, top_k, eos_ids,
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id"))
+def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, max_new_tokens, filters, eos_ids,
               pad_id):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
@@ -73,7 +89,7 @@ def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, 
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def pick(logits, key, done):
-        token = sample_tokens(logits, key, temperature, top_p, top_k)
+        token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
         return token, done | jnp.isin(token, eos)
 
@@ -102,9 +118,13 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     """New tokens for each prompt (token ids), up to and including the first EOS id."""
     if any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise UserError("max_new_tokens must be at least 1")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise UserError(f"max_new_tokens and batch_size must be at least 1 (got {max_new_tokens}, {batch_size})")
     cfg = model.cfg
+    outside = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
+    if outside:
+        raise UserError(f"token id {outside[0]} is outside the model's vocabulary of {cfg.vocab_size} "
+                        "(is the tokenizer the model's own?)")
     eos_ids = tuple(cfg.eos_token_ids if eos_ids is None else eos_ids)
     pad_id = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
     longest = max(len(p) for p in prompts) + max_new_tokens
@@ -122,7 +142,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         key, batch_key = jax.random.split(key)
         out = np.asarray(_generate(graphdef, state, tokens, mask, batch_key, jnp.float32(sampling.temperature),
                                    jnp.float32(sampling.top_p), max_new_tokens=max_new_tokens,
-                                   top_k=sampling.top_k, eos_ids=eos_ids, pad_id=pad_id))
+                                   filters=filters_of(sampling, cfg.vocab_size), eos_ids=eos_ids, pad_id=pad_id))
         for row, i in enumerate(rows):
             results[i] = cut_at_eos(out[row].tolist(), eos_ids)
     return results

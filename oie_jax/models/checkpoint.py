@@ -16,6 +16,7 @@ from flax import nnx
 
 from oie_jax.data.tokenizer import TOKENIZER_FILES
 from oie_jax.errors import UserError
+from oie_jax.files import read_json
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
 
@@ -29,9 +30,9 @@ def abstract_model(cfg: LlamaConfig) -> Llama:
 
 
 def save_model(directory, cfg: LlamaConfig, params: dict, tokenizer_dir=None) -> Path:
-    """Writes `params` (a nested dict of host arrays) with the config and tokenizer files."""
+    """Writes `params` (a nested dict of host arrays) with the config and tokenizer files into an
+    existing directory."""
     directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     host = jax.tree.map(np.asarray, params)
     # Orbax copies every host array before writing unless told not to; without the copy, peak memory
@@ -61,8 +62,8 @@ def load_config(directory) -> LlamaConfig:
         raise UserError(f"not an oie-jax model directory (no {CONFIG_FILE}; convert a Hugging Face model with "
                         "`oie-jax convert hf-to-jax`)", directory)
     try:
-        return LlamaConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+        return LlamaConfig.from_dict(read_json(path))
+    except TypeError as exc:
         raise UserError(f"invalid model config ({exc})", path) from None
 
 
@@ -83,7 +84,8 @@ def load_params(directory, cfg: LlamaConfig, shardings=None) -> dict:
 
 
 def load_model(directory, shardings=None, **config_overrides) -> Llama:
-    """A ready model; `config_overrides` may change dtypes, remat, ... (not shapes)."""
+    """A ready model; `config_overrides` may change dtypes, remat, ... (a change of shape fails to
+    restore)."""
     cfg = load_config(directory).replace(**config_overrides)
     return model_from_params(cfg, load_params(directory, cfg, shardings))
 

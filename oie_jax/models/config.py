@@ -8,7 +8,7 @@ from oie_jax.errors import UserError
 
 SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see llama.CHECKPOINT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,11 @@ class LlamaConfig:
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise UserError("attention_bias/mlp_bias are not supported (LLaMA has no biases)")
         torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+        torch_dtype = torch_dtype if torch_dtype in DTYPES else "float32"
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if not isinstance(hf.get(k), int)]
+        if missing:
+            raise UserError(f"config.json lacks integer fields {missing}")
         values = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -106,12 +111,14 @@ class LlamaConfig:
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(_rope_parameters(hf).get("rope_theta", hf.get("rope_theta", 10000.0))),
             rope_scaling=_rope_scaling(hf),
-            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            # Defaults as in transformers' LlamaConfig, for files that leave them out.
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
+            bos_token_id=hf.get("bos_token_id", 1),
+            eos_token_id=hf.get("eos_token_id", 2),
             pad_token_id=hf.get("pad_token_id"),
-            param_dtype=torch_dtype if torch_dtype in DTYPES else "float32",
+            param_dtype=torch_dtype,
+            dtype=torch_dtype,  # bfloat16 weights compute in bfloat16; override for float32 compute
         )
         values.update(overrides)
         return cls(**values)

@@ -21,7 +21,7 @@ from oie_jax.models.config import LlamaConfig
 # Finite, so that a row with no visible key (a padding query) gives a uniform softmax, not NaN.
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
-REMAT_POLICIES = {
+CHECKPOINT_POLICIES = {  # config.remat name -> what jax.checkpoint may keep
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
@@ -163,13 +163,15 @@ class Llama(nnx.Module):
     def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):
         """Float32 logits (batch, length, vocab) and the updated cache (None without one).
 
-        positions: per-token RoPE positions (restart per packed segment); default 0..length-1.
+        positions: per-token RoPE positions (restart per packed segment); default 0..length-1, after
+            the filled slots when a cache is given.
         segment_ids: 1, 2, ... per packed segment, 0 for padding; default all 1.
         """
         batch, length = tokens.shape
         slots = jnp.arange(length, dtype=jnp.int32)
         if positions is None:
-            positions = jnp.broadcast_to(slots, tokens.shape)
+            start = 0 if cache is None else cache.index
+            positions = jnp.broadcast_to(start + slots, tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
 
@@ -203,6 +205,6 @@ class Llama(nnx.Module):
             return x, (kv if layer_cache is not None else None)  # no (k, v) stack without a cache
 
         if self.cfg.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+            body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
         x, kv = jax.lax.scan(body, x, (state, cached))
         return x, kv

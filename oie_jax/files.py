@@ -1,0 +1,31 @@
+"""Small file helpers shared by the readers and writers."""
+
+import json
+import shutil
+from pathlib import Path
+
+from oie_jax.errors import UserError
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"invalid JSON ({exc})", path) from None
+
+
+def prepare_output_dir(out, overwrite: bool) -> Path:
+    """An empty output directory: a non-empty one is refused unless `overwrite`, which empties it, so
+    that no file of an earlier export (a stale shard, a tokenizer) is read back with the new ones."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise UserError("output exists and is not a directory", out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError("output directory is not empty (pass --overwrite to replace its contents)", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
