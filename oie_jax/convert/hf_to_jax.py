@@ -64,7 +64,7 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
         if found is None:
             continue
         entry, layer = found
-        want = _get(expected, entry.path).shape
+        want = layout.value_at(expected, entry).shape
         want = want[1:] if layer is not None else want
         if tuple(tensor.shape) != _hf_shape(entry, want, cfg):
             raise UserError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit the config "
@@ -85,12 +85,6 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
 
 def _hf_shape(entry: layout.Entry, ours, cfg) -> tuple:
     return tuple(entry.to_hf(np.empty(ours, np.int8), cfg).shape)
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def _set(tree, path, value):

@@ -26,7 +26,7 @@ def plan_shards(cfg: LlamaConfig, params: dict, itemsize: int, max_shard_bytes: 
     shards: list[list[tuple]] = [[]]
     size = 0
     for name, entry, layer in layout.hf_names(cfg):
-        value = _value(params, entry, layer)  # a view: only its size is read
+        value = layout.value_at(params, entry, layer)  # a view: only its size is read
         nbytes = value.size * itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
@@ -36,15 +36,8 @@ def plan_shards(cfg: LlamaConfig, params: dict, itemsize: int, max_shard_bytes: 
     return shards
 
 
-def _value(params: dict, entry: layout.Entry, layer: int | None):
-    node = params
-    for key in entry.path:
-        node = node[key]
-    return node if layer is None else node[layer]
-
-
 def hf_tensor(params, entry, layer, cfg, dtype) -> np.ndarray:
-    return np.ascontiguousarray(entry.to_hf(np.asarray(_value(params, entry, layer)), cfg), dtype=dtype)
+    return np.ascontiguousarray(entry.to_hf(np.asarray(layout.value_at(params, entry, layer)), cfg), dtype=dtype)
 
 
 def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,

@@ -65,6 +65,14 @@ PER_LAYER = {
 }
 
 
+def value_at(params: dict, entry: Entry, layer: int | None = None):
+    """The entry's array in a parameter tree (one layer's slice for per-layer entries)."""
+    node = params
+    for key in entry.path:
+        node = node[key]
+    return node if layer is None else node[layer]
+
+
 def lookup(name: str, cfg: LlamaConfig) -> tuple[Entry, int | None] | None:
     """The entry and layer index of a Hugging Face tensor name; None for a name the model ignores."""
     if IGNORED.match(name) or (name == "lm_head.weight" and cfg.tie_word_embeddings):
