@@ -63,6 +63,21 @@ def cmd_data_inspect(args):
 
     source, result = load_source(args.paths, args.source, strict=args.strict)
     print(report(source, result))
+    if args.pack:
+        from oie_jax.data.packing import EncodeStats, encode, pack, pad
+        from oie_jax.data.tokenizer import load_tokenizer
+
+        if not args.tokenizer:
+            raise UserError("--pack needs --tokenizer (a model directory, tokenizer.json or .model)")
+        tokenizer = load_tokenizer(args.tokenizer)
+        stats = EncodeStats()
+        sequences = [s for r in result.records if (s := encode(r, tokenizer, args.pack, stats)) is not None]
+        packed, padded = pack(sequences, args.pack, pad_id=0), pad(sequences, args.pack, pad_id=0)
+        print(f"packing into rows of {args.pack} tokens: {len(sequences):,} sequences, "
+              f"{sum(len(s.tokens) for s in sequences):,} tokens; packed {len(packed.tokens):,} rows, "
+              f"efficiency {packed.efficiency:.1%} (padded one per row: {padded.efficiency:.1%})")
+        print(f"  prompts cut to fit: {stats.prompts_cut:,} ({stats.prompt_tokens_cut:,} tokens); skipped: "
+              + (", ".join(f"{n:,} {why}" for why, n in stats.skipped.items()) or "none"))
 
 
 def cmd_data_convert(args):
@@ -131,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--from", dest="source", choices=sources, default="auto",
                          help="corpus format (default: guessed from the first path)")
     inspect.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first bad record")
+    inspect.add_argument("--pack", type=int, metavar="LENGTH", help="also report packing into rows of LENGTH")
+    inspect.add_argument("--tokenizer", help="tokenizer for --pack: model directory, tokenizer.json or .model")
     inspect.set_defaults(run=cmd_data_inspect)
     convert_data = data_commands.add_parser(
         "convert", help="corpus files -> JSON Lines of unified records",

@@ -1,0 +1,106 @@
+"""Records to token sequences with a loss mask, and sequences packed into fixed-length rows.
+
+A sequence is the prompt (BOS + tokens of `input`) followed by the target (tokens of `output` +
+EOS); the loss mask covers exactly the target. Too long a sequence loses prompt tokens from the
+start of the text (the instruction word sits at the end of the input, BOS stays); the target is
+never cut: a record whose target alone does not fit is skipped and counted.
+"""
+
+import collections
+import dataclasses
+
+import numpy as np
+
+from oie_jax.data.format import Record, render
+from oie_jax.data.tokenizer import Tokenizer
+from oie_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence:
+    tokens: np.ndarray  # int32 (length,)
+    loss_mask: np.ndarray  # int32 (length,): 1 on the target tokens
+
+
+@dataclasses.dataclass
+class EncodeStats:
+    encoded: int = 0
+    prompts_cut: int = 0  # sequences that lost prompt tokens to fit
+    prompt_tokens_cut: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats) -> Sequence | None:
+    if tokenizer.eos_id is None:
+        raise UserError("the tokenizer names no EOS token (add eos_token to its tokenizer_config.json)")
+    source, target = render(record)
+    prompt = tokenizer.encode(source, add_special_tokens=True)
+    answer = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_id]
+    keep = len(prompt) > 0 and prompt[0] == tokenizer.bos_id  # BOS survives any cut
+    room = max_length - len(answer) - int(keep)
+    if room < 1:
+        stats.skipped["target longer than max_length"] += 1
+        return None
+    text = prompt[int(keep):]
+    if len(text) > room:
+        stats.prompts_cut += 1
+        stats.prompt_tokens_cut += len(text) - room
+        text = text[len(text) - room:]
+    tokens = prompt[:int(keep)] + text + answer
+    mask = [0] * (len(tokens) - len(answer)) + [1] * len(answer)
+    stats.encoded += 1
+    return Sequence(np.asarray(tokens, np.int32), np.asarray(mask, np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """A batch of rows: packed (several segments per row) or padded (one)."""
+
+    tokens: np.ndarray  # int32 (rows, length), pad_id where empty
+    loss_mask: np.ndarray  # int32 (rows, length)
+    segment_ids: np.ndarray  # int32 (rows, length): 1, 2, ... per sequence, 0 for padding
+    positions: np.ndarray  # int32 (rows, length): restart at 0 for each sequence
+
+    @property
+    def efficiency(self) -> float:
+        """The non-padding fraction of the rows."""
+        return float((self.segment_ids > 0).mean()) if self.segment_ids.size else 0.0
+
+
+def pack(sequences: list[Sequence], length: int, pad_id: int, open_rows: int = 8) -> Rows:
+    """Places sequences into rows of `length` tokens, first fit among the last `open_rows` rows (in
+    order, so the result is deterministic); `open_rows=1` gives one sequence after another."""
+    rows: list[list[Sequence]] = []
+    used: list[int] = []
+    for sequence in sequences:
+        if len(sequence.tokens) > length:
+            raise ValueError(f"a sequence of {len(sequence.tokens)} tokens does not fit rows of {length}")
+        first = max(0, len(rows) - open_rows)
+        target = next((i for i in range(first, len(rows)) if used[i] + len(sequence.tokens) <= length), None)
+        if target is None:
+            rows.append([])
+            used.append(0)
+            target = len(rows) - 1
+        rows[target].append(sequence)
+        used[target] += len(sequence.tokens)
+    return _layout(rows, length, pad_id)
+
+
+def pad(sequences: list[Sequence], length: int, pad_id: int) -> Rows:
+    """One sequence per row."""
+    return _layout([[s] for s in sequences], length, pad_id)
+
+
+def _layout(rows: list[list[Sequence]], length: int, pad_id: int) -> Rows:
+    tokens = np.full((len(rows), length), pad_id, np.int32)
+    loss_mask, segment_ids, positions = (np.zeros((len(rows), length), np.int32) for _ in range(3))
+    for r, row in enumerate(rows):
+        start = 0
+        for segment, sequence in enumerate(row, 1):
+            end = start + len(sequence.tokens)
+            tokens[r, start:end] = sequence.tokens
+            loss_mask[r, start:end] = sequence.loss_mask
+            segment_ids[r, start:end] = segment
+            positions[r, start:end] = np.arange(len(sequence.tokens))
+            start = end
+    return Rows(tokens, loss_mask, segment_ids, positions)

@@ -1,0 +1,71 @@
+"""Sequences with a loss mask on the target only, truncation that never cuts a target, and packing."""
+
+import numpy as np
+import pytest
+
+from oie_jax import cli
+from oie_jax.data.format import render
+from oie_jax.data.packing import EncodeStats, encode, pack, pad
+from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
+from oie_jax.data.sample import load_sample
+from oie_jax.data.tokenizer import load_tokenizer
+from oie_jax.models.llama import attention_mask
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_hf_dir):
+    return load_tokenizer(smollm2_hf_dir)
+
+
+def test_loss_mask_covers_exactly_the_output_and_eos(tokenizer):
+    stats = EncodeStats()
+    for record in load_sample():
+        sequence = encode(record, tokenizer, 512, stats)
+        target = sequence.tokens[sequence.loss_mask == 1]
+        assert target[-1] == tokenizer.eos_id
+        assert tokenizer.decode(target[:-1], skip_special_tokens=False) == render(record)[1]
+        assert tokenizer.decode(sequence.tokens[sequence.loss_mask == 0]) == render(record)[0]
+        assert sequence.loss_mask[: np.argmax(sequence.loss_mask)].sum() == 0  # target is one suffix
+    assert stats.encoded == 210 and stats.prompts_cut == 0
+
+
+def test_truncation_cuts_the_prompt_start_never_the_target(tokenizer):
+    record = load_sample("train")[0]
+    full = encode(record, tokenizer, 512, EncodeStats())
+    target_length = int(full.loss_mask.sum())
+    stats = EncodeStats()
+    short = encode(record, tokenizer, target_length + 10, stats)
+    assert len(short.tokens) == target_length + 10 and stats.prompts_cut == 1
+    np.testing.assert_array_equal(short.tokens[-target_length:], full.tokens[-target_length:])
+    np.testing.assert_array_equal(short.tokens[:10], full.tokens[len(full.tokens) - target_length - 10:-target_length])
+    assert stats.prompt_tokens_cut == len(full.tokens) - len(short.tokens)
+    assert encode(record, tokenizer, target_length, stats) is None
+    assert stats.skipped == {"target longer than max_length": 1}
+
+
+def test_packed_rows_keep_sequences_apart(tokenizer):
+    stats = EncodeStats()
+    sequences = [encode(r, tokenizer, 256, stats) for r in load_sample()]
+    rows = pack(sequences, 256, pad_id=tokenizer.pad_id)
+    # Every sequence appears once, whole, with positions restarting at 0.
+    found = []
+    for r in range(len(rows.tokens)):
+        for segment in range(1, rows.segment_ids[r].max() + 1):
+            where = rows.segment_ids[r] == segment
+            found.append(rows.tokens[r, where].tolist())
+            np.testing.assert_array_equal(rows.positions[r, where], np.arange(where.sum()))
+    assert sorted(found) == sorted(s.tokens.tolist() for s in sequences)
+    assert rows.loss_mask.sum() == sum(s.loss_mask.sum() for s in sequences)
+    # Through the model's own mask: no query attends to a key of another segment or to padding.
+    slots = np.arange(256)
+    mask = np.asarray(attention_mask(rows.segment_ids, slots, rows.segment_ids, slots))
+    other = rows.segment_ids[:, :, None] != rows.segment_ids[:, None, :]
+    assert not (mask & other).any() and not mask[rows.segment_ids == 0].any()
+    assert rows.efficiency > 1.5 * pad(sequences, 256, pad_id=0).efficiency
+
+
+def test_inspect_prints_packing_efficiency(smollm2_hf_dir, capsys):
+    assert cli.main(["data", "inspect", str(SAMPLE_DIRECTORY), "--pack", "512", "--tokenizer",
+                     str(smollm2_hf_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "packing into rows of 512 tokens: 210 sequences" in out and "efficiency" in out
