@@ -1,10 +1,10 @@
 """The embedded sample corpus: 10 records for each of the 21 subset x language cells of MMM,
-written for this project, split 6/2/2 into train/dev/test per cell."""
+written for this project, split 6/2/2 per cell into train.jsonl, dev.jsonl and test.jsonl."""
 
-import json
 from pathlib import Path
 
 from oie_jax.data.format import Record
+from oie_jax.data.sources import records
 
 DIRECTORY = Path(__file__).parent
 SPLITS = ("train", "dev", "test")
@@ -14,10 +14,10 @@ def load_sample(split: str | None = None) -> list[Record]:
     """Sample records of one split (all splits when None), in file order."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    records = []
-    for path in sorted(DIRECTORY.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            value = json.loads(line)
-            if split is None or value["split"] == split:
-                records.append(Record.from_json(value))
-    return records
+    loaded = []
+    for name in [split] if split else SPLITS:
+        for value in records.read(DIRECTORY / f"{name}.jsonl"):
+            if not isinstance(value, Record):
+                raise ValueError(f"the embedded sample corpus is damaged: {value}")
+            loaded.append(value)
+    return loaded

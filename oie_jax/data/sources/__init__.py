@@ -7,6 +7,7 @@ files, directories and globs and keeps a per-file summary: read, kept, rejected 
 import collections
 import dataclasses
 import glob
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -49,6 +50,14 @@ class LoadResult:
 
 
 Reader = Callable[[Path], Iterator[Record | Problem]]
+SPLIT_WORDS = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "test": "test"}
+
+
+def split_from_name(path: Path) -> str:
+    """train, dev or test from a file name (`Train_En_0_SCNM_dataset.json`, `ner_train.json`,
+    `dev.txt`); '' when the name says none."""
+    words = re.split(r"[^a-z]+", path.stem.lower())
+    return next((SPLIT_WORDS[w] for w in words if w in SPLIT_WORDS), "")
 
 
 def expand(paths: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem
+from oie_jax.data.sources import SPLIT_WORDS, Problem
 from oie_jax.data.sources.jsonfile import iter_json_values
 
 LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
-SPLITS = {"train": "train", "test": "test", "dev": "dev", "valid": "dev", "validation": "dev"}
 # The release numbers its sub-datasets 0-5 in the file names; TCONER files say "OIE".
 SUBSET_NUMBERS = {"0": "SCNM", "1": "SCPOS:RW", "2": "SCPOS:Adj&N", "3": "SCPOS:Adj", "4": "SCPOS:N", "5": "TCREE"}
 SUBSET_BY_TASK = {task: subset for subset, tasks in fmt.SUBSET_TASKS.items() for task in tasks if subset != "TCONER"}
@@ -24,7 +23,7 @@ def describe_file(path: Path) -> tuple[str, str, str]:
     match = NAME.match(path.stem)
     if not match:
         return "", "", ""
-    split = SPLITS.get(match["split"].lower(), "")
+    split = SPLIT_WORDS.get(match["split"].lower(), "")
     language = LANGUAGE_CODES.get(match["lang"].lower(), "")
     rest = match["rest"]
     if "OIE" in rest.upper():
@@ -33,10 +32,6 @@ def describe_file(path: Path) -> tuple[str, str, str]:
         number = re.match(r"(\d)_", rest)
         subset = SUBSET_NUMBERS.get(number.group(1), "") if number else ""
     return split, language, subset
-
-
-def split_of(path: Path) -> str:
-    return describe_file(path)[0]
 
 
 def read(path: Path) -> Iterator[Record | Problem]:
