@@ -14,6 +14,9 @@ CORE = [
     "tokenizers>=0.20",
     "sentencepiece>=0.2",
     "tqdm>=4.66",
+    "tensorflow-cpu>=2.16",  # tf.data input pipeline (CPU build: JAX owns the accelerators)
+    "tensorflow-datasets>=4.9",
+    "importlib_resources",  # imported by tensorflow-datasets without being declared
 ]
 # What exporting to PyTorch and importing GGUF files needs.
 TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]

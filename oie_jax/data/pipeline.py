@@ -1,0 +1,136 @@
+"""Training batches: tokenized, packed (or padded) rows, mixed across subsets and languages, sharded
+per JAX process, delivered as global `jax.Array`s, and resumable to the exact batch.
+
+Each epoch is a pure function of (seed, epoch): the example order (with temperature-mixed group
+sizes), then packing, then the cut into global batches. Every process derives the same epoch and
+feeds only its own slice of each global batch through tf.data (prefetching in the background). The
+iterator state is just (epoch, step), so a resumed run rebuilds the epoch and skips to the step.
+"""
+
+import collections
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from oie_jax.data.format import Record
+from oie_jax.data.packing import EncodeStats, Rows, Sequence, encode, pack, pad
+from oie_jax.data.tokenizer import Tokenizer
+from oie_jax.errors import UserError
+
+FIELDS = ("tokens", "loss_mask", "segment_ids", "positions")
+STATE_FILE = "data_state.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    seq_len: int = 512
+    batch_size: int = 8  # global, across all processes
+    pack: bool = True  # False: one sequence per row, padded
+    seed: int = 0
+    # Group sizes follow n ** (1 / temperature) per (subset, language): 1 keeps the natural
+    # proportions, larger values flatten them toward uniform.
+    mixture_temperature: float = 1.0
+    shuffle: bool = True
+    prefetch: int = 2
+
+
+def group_of(record: Record) -> tuple[str, str]:
+    return record.subset, record.language
+
+
+def epoch_order(groups: list[tuple[str, str]], cfg: PipelineConfig, epoch: int) -> np.ndarray:
+    """Example indices of one epoch: as many as there are examples, drawn per group in proportion to
+    n ** (1 / T), each group cycling through its own shuffled examples."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    members = collections.defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    names = sorted(members)
+    sizes = np.array([len(members[g]) for g in names], np.float64)
+    weights = sizes ** (1.0 / cfg.mixture_temperature)
+    quota = weights / weights.sum() * len(groups)
+    counts = np.floor(quota).astype(int)
+    counts[np.argsort(counts - quota, kind="stable")[: len(groups) - counts.sum()]] += 1  # largest remainders
+    order = []
+    for name, count in zip(names, counts):
+        pool = np.array(members[name])
+        cycles = [rng.permutation(pool) if cfg.shuffle else pool for _ in range(-(-count // len(pool)))]
+        order.append(np.concatenate(cycles)[:count] if cycles else pool[:0])
+    order = np.concatenate(order)
+    return rng.permutation(order) if cfg.shuffle else np.sort(order, kind="stable")
+
+
+class Pipeline:
+    """Iterates this process's part of each global batch, as numpy dicts of FIELDS."""
+
+    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.cfg = cfg
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if cfg.batch_size % self.process_count:
+            raise UserError(f"batch_size {cfg.batch_size} does not split over {self.process_count} processes")
+        self.local_batch = cfg.batch_size // self.process_count
+        self.stats = EncodeStats()
+        encoded = [(encode(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
+        kept = [(s, g) for s, g in encoded if s is not None]
+        if not kept:
+            raise UserError("no record fits the sequence length")
+        self.sequences: list[Sequence] = [s for s, _ in kept]
+        self.groups = [g for _, g in kept]
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        self.epoch, self.step = 0, 0
+
+    def epoch_rows(self, epoch: int) -> Rows:
+        sequences = [self.sequences[i] for i in epoch_order(self.groups, self.cfg, epoch)]
+        layout = pack if self.cfg.pack else pad
+        return layout(sequences, self.cfg.seq_len, self.pad_id)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return len(self.epoch_rows(epoch).tokens) // self.cfg.batch_size
+
+    def _epoch_dataset(self, epoch: int, start: int) -> tf.data.Dataset:
+        rows = self.epoch_rows(epoch)
+        steps = len(rows.tokens) // self.cfg.batch_size  # the last partial batch is dropped
+        if steps == 0:
+            raise UserError(f"an epoch packs into {len(rows.tokens)} rows, fewer than batch_size "
+                            f"{self.cfg.batch_size}")
+        mine = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+        local = {name: getattr(rows, name)[: steps * self.cfg.batch_size]
+                 .reshape(steps, self.cfg.batch_size, -1)[:, mine] for name in FIELDS}
+        return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch)
+
+    def __iter__(self):
+        while True:
+            for batch in self._epoch_dataset(self.epoch, self.step).as_numpy_iterator():
+                self.step += 1
+                yield batch
+            self.epoch, self.step = self.epoch + 1, 0
+
+    # ---- resumable state ---------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Where the next batch comes from; `restore` of it continues with exactly that batch."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.cfg.seed}
+
+    def restore(self, state: dict) -> None:
+        if state.get("seed") != self.cfg.seed:
+            raise UserError(f"data state was saved with seed {state.get('seed')}, the config says {self.cfg.seed}")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def save_state(self, directory) -> None:
+        path = Path(directory) / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.state()) + "\n")
+
+    def load_state(self, directory) -> None:
+        self.restore(json.loads((Path(directory) / STATE_FILE).read_text()))
+
+
+def to_global(batch: dict, sharding: jax.sharding.NamedSharding) -> dict:
+    """This process's rows of a batch as parts of global arrays laid out by `sharding` (batch axis)."""
+    return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}

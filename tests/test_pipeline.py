@@ -1,0 +1,160 @@
+"""The input pipeline: TFDS preparation, mixture, exact resume, and per-process shards."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oie_jax.data.format import Record
+from oie_jax.data.pipeline import Pipeline, PipelineConfig, epoch_order
+from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
+from oie_jax.data.sample import load_sample
+from oie_jax.data.tokenizer import load_tokenizer
+
+CONFIG = PipelineConfig(seq_len=256, batch_size=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_hf_dir):
+    return load_tokenizer(smollm2_hf_dir)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for name in x:
+            np.testing.assert_array_equal(x[name], y[name])
+
+
+def test_tfds_split_holds_the_sample_records(tmp_path):
+    from oie_jax.data import tfds_mmm
+
+    builder = tfds_mmm.prepare(SAMPLE_DIRECTORY, tmp_path / "tfds", config="ja")
+    assert {s: builder.info.splits[s].num_examples for s in ("train", "dev", "test")} == {
+        "train": 42, "dev": 14, "test": 14}
+    prepared = sorted(tfds_mmm.load_records(builder, "train"), key=lambda r: r.id)
+    expected = sorted((r for r in load_sample("train") if r.language == "ja"), key=lambda r: r.id)
+    assert prepared == expected
+
+
+def test_resume_gives_exactly_the_following_batches(tokenizer, tmp_path):
+    records = load_sample("train")
+    whole = Pipeline(records, tokenizer, CONFIG)
+    steps = whole.steps_in_epoch(0)
+    total = steps + 5  # across an epoch boundary
+    uninterrupted = take(iter(whole), total)
+    first = Pipeline(records, tokenizer, CONFIG)
+    head = take(iter(first), 7)
+    first.save_state(tmp_path)
+    resumed = Pipeline(records, tokenizer, CONFIG)
+    resumed.load_state(tmp_path)
+    tail = take(iter(resumed), total - 7)
+    assert_same_batches(head + tail, uninterrupted)
+    assert json.loads((tmp_path / "data_state.json").read_text()) == {"epoch": 0, "step": 7, "seed": 3}
+    # A new epoch is a new order.
+    assert not np.array_equal(uninterrupted[0]["tokens"], uninterrupted[steps]["tokens"])
+
+
+def test_batches_carry_targets_and_segments(tokenizer):
+    batch = next(iter(Pipeline(load_sample("dev"), tokenizer, CONFIG)))
+    assert batch["tokens"].shape == (4, 256) and batch["tokens"].dtype == np.int32
+    assert (batch["loss_mask"] <= (batch["segment_ids"] > 0)).all()
+    assert batch["segment_ids"].max() > 1  # packed
+    padded = next(iter(Pipeline(load_sample("dev"), tokenizer, PipelineConfig(seq_len=256, batch_size=4,
+                                                                               pack=False))))
+    assert padded["segment_ids"].max() == 1
+
+
+def test_process_shards_split_each_global_batch(tokenizer):
+    records = load_sample("train")
+    single = take(iter(Pipeline(records, tokenizer, CONFIG)), 6)
+    halves = [take(iter(Pipeline(records, tokenizer, CONFIG, process_index=p, process_count=2)), 6)
+              for p in range(2)]
+    for whole, a, b in zip(single, *halves):
+        np.testing.assert_array_equal(np.concatenate([a["tokens"], b["tokens"]]), whole["tokens"])
+
+
+def test_mixture_temperature_follows_the_formula():
+    groups = [("SCNM", "en")] * 80 + [("SCNM", "ja")] * 15 + [("TCREE", "zh")] * 5
+    for temperature in (1.0, 2.0, 100.0):
+        order = epoch_order(groups, PipelineConfig(mixture_temperature=temperature), epoch=0)
+        counts = collections.Counter(groups[i] for i in order)
+        weights = {g: n ** (1 / temperature) for g, n in collections.Counter(groups).items()}
+        for group, weight in weights.items():
+            assert abs(counts[group] - 100 * weight / sum(weights.values())) < 1, (temperature, group)
+        assert len(order) == 100
+    # Natural proportions visit every example once per epoch.
+    assert sorted(epoch_order(groups, PipelineConfig(), epoch=1)) == list(range(100))
+
+
+def test_fewer_rows_than_a_batch_is_an_error(tokenizer):
+    from oie_jax.errors import UserError
+
+    record = Record(text="Kazan met Spiegel.", task="NER", label="History", items=(("Person", "Kazan"),))
+    with pytest.raises(UserError, match="fewer than batch_size"):
+        next(iter(Pipeline([record], tokenizer, CONFIG)))
+
+
+TWO_PROCESS = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    rank, port, state_dir, phase = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=rank)
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
+    from oie_jax.data.sample import load_sample
+    from oie_jax.data.tokenizer import load_tokenizer
+    config = PipelineConfig(seq_len=256, batch_size=4, seed=3)
+    pipeline = Pipeline(load_sample("train"), load_tokenizer(sys.argv[5]), config)
+    mesh = jax.make_mesh((4,), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    checksum = jax.jit(lambda t: (t.astype("int64") * (1 + jax.numpy.arange(t.shape[1]))).sum(axis=1),
+                       out_shardings=NamedSharding(mesh, P()))
+    if phase == "resume":
+        pipeline.load_state(state_dir)
+    sums = []
+    iterator = iter(pipeline)
+    for _ in range(4):
+        batch = to_global(next(iterator), sharding)
+        sums.append(np.asarray(checksum(batch["tokens"])).tolist())
+    if rank == 0:
+        pipeline.save_state(state_dir)
+        print("SUMS", json.dumps(sums))
+    jax.distributed.shutdown()
+""")
+
+
+def run_two_processes(tmp_path, phase, tokenizer_dir, port):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, str(rank), str(port), str(tmp_path), phase,
+                               str(tokenizer_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).parents[1]) for rank in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    line = next(line for line in outputs[0][0].splitlines() if line.startswith("SUMS"))
+    return json.loads(line[len("SUMS "):])
+
+
+def test_two_jax_processes_resume_like_one(tokenizer, smollm2_hf_dir, tmp_path):
+    """2 processes x 2 CPU devices, gloo collectives: global batches built from each process's own
+    rows match the one-process batches, before and after a resume."""
+    port = 20000 + os.getpid() % 10000
+    first = run_two_processes(tmp_path, "start", smollm2_hf_dir, port)
+    second = run_two_processes(tmp_path, "resume", smollm2_hf_dir, port + 1)
+    expected = []
+    for batch in take(iter(Pipeline(load_sample("train"), tokenizer, CONFIG)), 8):
+        tokens = batch["tokens"].astype(np.int64)
+        expected.append((tokens * (1 + np.arange(tokens.shape[1]))).sum(axis=1).tolist())
+    assert first + second == expected
