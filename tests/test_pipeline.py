@@ -50,6 +50,7 @@ def test_tfds_split_holds_the_sample_records(tmp_path):
 def test_resume_gives_exactly_the_following_batches(tokenizer, tmp_path):
     records = load_sample("train")
     whole = Pipeline(records, tokenizer, CONFIG)
+    assert whole.describe().startswith("126 sequences of at most 256 tokens; 0 prompts cut")
     steps = whole.steps_in_epoch(0)
     total = steps + 5  # across an epoch boundary
     uninterrupted = take(iter(whole), total)

@@ -144,6 +144,21 @@ def test_strict_cli_exits_2_and_convert_writes_readable_records(tmp_path, capsys
                                      subset="SCNM", id=result.records[0].id)]
 
 
+def test_instruction_variant_and_globs(tmp_path):
+    lines = [json.dumps({"instruction": "/NER", "input": "Kazan met Spiegel.", "output": "History/NER/:Person;Kazan"}),
+             json.dumps({"instruction": "Summarize", "input": "Kazan met Spiegel.", "output": "x"})]
+    write_lines(tmp_path / "Train_En_0_SCNM_a.jsonl", lines)
+    write_lines(tmp_path / "test_Ja_0_SCNM_b.jsonl", [good()])
+    result = load([str(tmp_path / "*_SCNM_*.jsonl")], mmm.read, (".jsonl",))
+    assert [f.path.rsplit("/", 1)[-1] for f in result.files] == ["Train_En_0_SCNM_a.jsonl", "test_Ja_0_SCNM_b.jsonl"]
+    assert [(r.text, r.items, r.language) for r in result.records] == [
+        ("Kazan met Spiegel.", (("Person", "Kazan"),), "en"),
+        ("Kazan met Spiegel in Paris.", (("Person", "Kazan"), ("Person", "Spiegel")), "ja")]
+    assert [p.reason for p in result.problems] == ["unknown instruction word"]
+    with pytest.raises(UserError, match="no such file"):
+        load([str(tmp_path / "nothing-*.json")], mmm.read, (".json",))
+
+
 def test_conll_bio_and_bad_tags(tmp_path):
     path = write_lines(tmp_path / "x.txt", ["New\tB-LOC", "York\tI-LOC", "is\tO", "big\tO", "",
                                             "Bad\tX-LOC", "", "Ann\tI-PER", "Lee\tI-PER", "ran\tO"])

@@ -84,11 +84,21 @@ class Pipeline:
         self.groups = [g for _, g in kept]
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         self.epoch, self.step = 0, 0
+        self._rows: tuple[int, Rows] | None = None  # the last epoch laid out
 
     def epoch_rows(self, epoch: int) -> Rows:
-        sequences = [self.sequences[i] for i in epoch_order(self.groups, self.cfg, epoch)]
-        layout = pack if self.cfg.pack else pad
-        return layout(sequences, self.cfg.seq_len, self.pad_id)
+        if self._rows is None or self._rows[0] != epoch:
+            sequences = [self.sequences[i] for i in epoch_order(self.groups, self.cfg, epoch)]
+            layout = pack if self.cfg.pack else pad
+            self._rows = epoch, layout(sequences, self.cfg.seq_len, self.pad_id)
+        return self._rows[1]
+
+    def describe(self) -> str:
+        """One line on what encoding did to the records: cut prompts and skipped records."""
+        skipped = sum(self.stats.skipped.values())
+        return (f"{len(self.sequences):,} sequences of at most {self.cfg.seq_len} tokens; {self.stats.prompts_cut:,} "
+                f"prompts cut ({self.stats.prompt_tokens_cut:,} tokens); {skipped:,} records skipped"
+                + (f" ({dict(self.stats.skipped)})" if skipped else ""))
 
     def steps_in_epoch(self, epoch: int) -> int:
         return len(self.epoch_rows(epoch).tokens) // self.cfg.batch_size

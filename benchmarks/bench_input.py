@@ -1,0 +1,95 @@
+"""Input pipeline speed against the train step it feeds, in one process run.
+
+Producer: our pipeline (SmolLM2 tokenizer, stockmark corpus, packed rows of 256 tokens, batch 4),
+counting tokenization at startup and every delivered batch. Consumer: the `transformers` SmolLM2-135M
+train step (float32, AdamW, batch 4 x 256) on the same CPU, until our own train step benchmark
+exists (training issue). Prints tokens/s of both, the one-time tokenization cost, and `ratio=`
+(pipeline / train step); the target is >= 20.
+
+    .venv/bin/python benchmarks/bench_input.py [--epochs 3] [--train-steps 4]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STOCKMARK = ROOT.parent / "shared" / "data" / "stockmark-ner" / "ner_train.json"
+SEQ_LEN, BATCH = 256, 4
+
+
+def smollm2_tokenizer_dir() -> Path:
+    import transformers
+
+    from oie_jax.assets import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    out = Path(tempfile.mkdtemp(prefix="smollm2-tokenizer-"))
+    transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
+    return out
+
+
+def pipeline_tokens_per_second(records, tokenizer, epochs: int) -> tuple[float, float, int]:
+    from oie_jax.data.pipeline import Pipeline, PipelineConfig
+
+    start = time.perf_counter()
+    pipeline = Pipeline(records, tokenizer, PipelineConfig(seq_len=SEQ_LEN, batch_size=BATCH, seed=0))
+    startup = time.perf_counter() - start
+    steps = sum(pipeline.steps_in_epoch(e) for e in range(epochs))
+    iterator = iter(pipeline)
+    for _ in range(steps):
+        next(iterator)
+    elapsed = time.perf_counter() - start
+    return steps * BATCH * SEQ_LEN / elapsed, startup, sum(len(s.tokens) for s in pipeline.sequences)
+
+
+def train_step_tokens_per_second(steps: int) -> float:
+    import torch
+    import transformers
+
+    from oie_jax.models.config import preset
+
+    hf = {k: v for k, v in preset("smollm2-135m").to_hf_config().items() if k != "architectures"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    tokens = torch.randint(0, hf["vocab_size"], (BATCH, SEQ_LEN))
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=4)
+    args = parser.parse_args()
+    if not STOCKMARK.is_file():
+        sys.exit(f"{STOCKMARK} is absent: this benchmark reads the stockmark corpus from ../shared/data")
+
+    from oie_jax.data.sources import load, stockmark
+    from oie_jax.data.tokenizer import load_tokenizer
+
+    records = load([str(STOCKMARK)], stockmark.read, (".json",)).records
+    tokenizer = load_tokenizer(smollm2_tokenizer_dir())
+    produced, startup, corpus_tokens = pipeline_tokens_per_second(records, tokenizer, args.epochs)
+    consumed = train_step_tokens_per_second(args.train_steps)
+    print(f"corpus: {len(records):,} stockmark records, {corpus_tokens:,} tokens; tokenization + packing at "
+          f"startup {startup:.2f} s ({corpus_tokens / startup / 1e6:.2f} M tokens/s)")
+    print(f"pipeline: {produced:,.0f} tokens/s delivered (batch {BATCH} x {SEQ_LEN}, {args.epochs} epochs)")
+    print(f"train step (transformers SmolLM2-135M, float32, AdamW): {consumed:,.0f} tokens/s")
+    print(f"ratio={produced / consumed:.1f}")
+
+
+if __name__ == "__main__":
+    main()
