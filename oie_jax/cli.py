@@ -8,6 +8,8 @@ from pathlib import Path
 from oie_jax.errors import UserError
 from oie_jax.models.config import DTYPES
 
+SOURCE_NAMES = ("records", "mmm", "stockmark", "conll", "gmner")  # the keys of sources.registry.SOURCES
+
 
 def cmd_convert_hf_to_jax(args):
     from oie_jax.convert import hf_to_jax
@@ -92,6 +94,12 @@ def cmd_data_convert(args):
     print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oie-jax", description="OIELLM information extraction in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="read, check and convert IE corpora")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    sources = ("auto", "records", "mmm", "stockmark", "conll", "gmner")
+    sources = ("auto", *SOURCE_NAMES)
     inspect = data_commands.add_parser(
         "inspect", help="counts per language, subset, task and label; rejected records with file and line",
         description="Reads corpus files (files, directories or globs) and reports what they hold. Records that "
@@ -146,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--from", dest="source", choices=sources, default="auto",
                          help="corpus format (default: guessed from the first path)")
     inspect.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first bad record")
-    inspect.add_argument("--pack", type=int, metavar="LENGTH", help="also report packing into rows of LENGTH")
+    inspect.add_argument("--pack", type=positive_int, metavar="LENGTH",
+                         help="also report packing into rows of LENGTH tokens")
     inspect.add_argument("--tokenizer", help="tokenizer for --pack: model directory, tokenizer.json or .model")
     inspect.set_defaults(run=cmd_data_inspect)
     convert_data = data_commands.add_parser(

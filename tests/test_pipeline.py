@@ -16,6 +16,7 @@ from oie_jax.data.pipeline import Pipeline, PipelineConfig, epoch_order
 from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
 from oie_jax.data.sample import load_sample
 from oie_jax.data.tokenizer import load_tokenizer
+from oie_jax.errors import UserError
 
 CONFIG = PipelineConfig(seq_len=256, batch_size=4, seed=3)
 
@@ -61,7 +62,15 @@ def test_resume_gives_exactly_the_following_batches(tokenizer, tmp_path):
     resumed.load_state(tmp_path)
     tail = take(iter(resumed), total - 7)
     assert_same_batches(head + tail, uninterrupted)
-    assert json.loads((tmp_path / "data_state.json").read_text()) == {"epoch": 0, "step": 7, "seed": 3}
+    assert json.loads((tmp_path / "data_state.json").read_text()) == {
+        "epoch": 0, "step": 7, "fingerprint": whole.fingerprint()}
+    other = Pipeline(records[1:], tokenizer, CONFIG)
+    with pytest.raises(UserError, match="other records or another pipeline config"):
+        other.load_state(tmp_path)
+    # Every sequence is in every epoch: the last batch is filled with empty rows, never dropped.
+    rows = whole.epoch_rows(0)
+    assert len(rows.tokens) % CONFIG.batch_size == 0
+    assert (rows.segment_ids > 0).sum() == sum(len(s.tokens) for s in whole.sequences)
     # A new epoch is a new order.
     assert not np.array_equal(uninterrupted[0]["tokens"], uninterrupted[steps]["tokens"])
 
@@ -98,12 +107,14 @@ def test_mixture_temperature_follows_the_formula():
     assert sorted(epoch_order(groups, PipelineConfig(), epoch=1)) == list(range(100))
 
 
-def test_fewer_rows_than_a_batch_is_an_error(tokenizer):
-    from oie_jax.errors import UserError
-
+def test_small_and_bad_configs(tokenizer):
     record = Record(text="Kazan met Spiegel.", task="NER", label="History", items=(("Person", "Kazan"),))
-    with pytest.raises(UserError, match="fewer than batch_size"):
-        next(iter(Pipeline([record], tokenizer, CONFIG)))
+    batch = next(iter(Pipeline([record], tokenizer, CONFIG)))  # one sequence, three empty rows
+    assert (batch["segment_ids"].max(axis=1) == [1, 0, 0, 0]).all()
+    with pytest.raises(UserError, match="mixture_temperature > 0"):
+        PipelineConfig(mixture_temperature=0)
+    with pytest.raises(UserError, match="does not split over 3 processes"):
+        Pipeline([record], tokenizer, CONFIG, process_index=0, process_count=3)
 
 
 TWO_PROCESS = textwrap.dedent("""
@@ -159,3 +170,14 @@ def test_two_jax_processes_resume_like_one(tokenizer, smollm2_hf_dir, tmp_path):
         tokens = batch["tokens"].astype(np.int64)
         expected.append((tokens * (1 + np.arange(tokens.shape[1]))).sum(axis=1).tolist())
     assert first + second == expected
+
+
+def test_tfds_prepares_conll_from_nested_folders(tmp_path):
+    from oie_jax.data import tfds_mmm
+
+    for folder in ("a", "b"):  # the same file name twice: keys must stay unique
+        (tmp_path / "manual" / folder).mkdir(parents=True)
+        (tmp_path / "manual" / folder / "train.txt").write_text("Ann\tB-PER\nran\tO\n\nBob\tB-PER\nsat\tO\n")
+    builder = tfds_mmm.prepare(tmp_path / "manual", tmp_path / "tfds", config="all")
+    records = tfds_mmm.load_records(builder, "train")
+    assert sorted(r.items for r in records) == [(("PER", "Ann"),)] * 2 + [(("PER", "Bob"),)] * 2

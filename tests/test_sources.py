@@ -10,7 +10,7 @@ from oie_jax.data.format import SUBSET_TASKS, Record, parse, render
 from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
 from oie_jax.data.sample import load_sample
 from oie_jax.data.sources import load, mmm, stockmark
-from oie_jax.data.sources.registry import load_source
+from oie_jax.data.sources.registry import load_source, write_jsonl
 from oie_jax.errors import UserError
 from tests.conftest import SHARED_DATA
 
@@ -103,8 +103,8 @@ def test_mmm_bad_records_are_reported_with_file_line_and_reason(tmp_path):
     assert result.records[0].subset == "SCNM" and result.records[0].language == "en"
     reasons = [(p.line, p.field, p.reason) for p in result.problems]
     assert reasons == [(2, "json", "malformed JSON"), (3, "output", "missing field"),
-                       (4, "input", "unknown instruction word"), (5, "output", "entity not in text"),
-                       (6, "input", "empty text"), (7, "output", "malformed output")]
+                       (4, "input", "unknown instruction word"), (5, "items", "entity not in text"),
+                       (6, "text", "empty text"), (7, "output", "malformed output")]
     summary = result.files[0]
     assert summary.read == 8 and summary.kept == 2 and sum(summary.rejected.values()) == 6
     assert str(result.problems[0]).startswith(f"{path}:2: json: malformed JSON")
@@ -166,3 +166,25 @@ def test_conll_bio_and_bad_tags(tmp_path):
     assert [(r.text, r.items) for r in result.records] == [
         ("New York is big", (("LOC", "New York"),)), ("Ann Lee ran", (("PER", "Ann Lee"),))]
     assert [(p.line, p.reason) for p in result.problems] == [(6, "unknown tag")]
+
+
+def test_readers_report_what_json_and_types_allow(tmp_path, capsys):
+    listing = tmp_path / "ner.json"
+    entity = {"name": "東京都", "span": [0, 3], "type": "地名"}
+    good_record = {"curid": "1", "text": "東京都に住む。", "entities": [entity]}
+    bad_type = {"curid": "2", "text": "東京都に住む。", "entities": [dict(entity, type=5)]}
+    listing.write_text(json.dumps([good_record, bad_type], ensure_ascii=False) + "\n{\"curid\": \"3\"}\n")
+    result = load([str(listing)], stockmark.read, (".json",))
+    assert [r.id for r in result.records] == ["1"]
+    assert [(p.line, p.reason) for p in result.problems] == [(1, "not text"), (2, "malformed JSON")]
+    # Records holding line and paragraph separators survive convert -> read.
+    record = Record(text="Kazan\u2028met\u0085Spiegel\x0c.", task="NER", label="History", items=(("Person", "Kazan"),))
+    write_jsonl([record], tmp_path / "out.jsonl")
+    _, back = load_source([str(tmp_path / "out.jsonl")])
+    assert back.records == [record] and not back.problems
+    write_lines(tmp_path / "items.jsonl", [json.dumps({"text": "a b", "task": "NER", "items": [["P", 5]]})])
+    _, bad = load_source([str(tmp_path / "items.jsonl")], "records")
+    assert [(p.field, p.reason) for p in bad.problems] == [("items", "not text")]
+    # --from auto guesses from a glob's first match.
+    assert cli.main(["data", "inspect", str(tmp_path / "ou*.jsonl")]) == 0
+    assert "source: records" in capsys.readouterr().out

@@ -52,8 +52,8 @@ FIELDS: dict[Kind, int] = {"pairs": 2, "triples": 3, "events": 2}  # events: at 
 
 
 def register_task(word: str, kind: Kind) -> None:
-    if "/" in word or ":" in word or ";" in word:
-        raise ValueError(f"an instruction word cannot hold '/', ':' or ';': {word!r}")
+    if not word or "/" in word or ":" in word or ";" in word:
+        raise ValueError(f"an instruction word must be non-empty and hold no '/', ':' or ';': {word!r}")
     if kind not in ("pairs", "triples", "events"):
         raise ValueError(f"unknown item kind {kind!r}")
     TASKS[word] = kind
@@ -147,8 +147,8 @@ def unrenderable(record: Record) -> str:
     """Why `render` would refuse the record ('' when it can render it)."""
     if record.task not in TASKS:
         return f"unknown instruction word {record.task!r}"
-    if f"/{record.task}/" in record.label:
-        return f"text label {record.label!r} holds '/{record.task}/'"
+    if f"/{record.task}/" in record.label + "/":
+        return f"text label {record.label!r} holds or ends with '/{record.task}'"
     kind = TASKS[record.task]
     for item in record.items:
         if len(item) != FIELDS[kind] and not (kind == "events" and len(item) >= 2):

@@ -9,6 +9,7 @@ iterator state is just (epoch, step), so a resumed run rebuilds the epoch and sk
 
 import collections
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from oie_jax.data.packing import EncodeStats, Rows, Sequence, encode, pack, pad
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
-FIELDS = ("tokens", "loss_mask", "segment_ids", "positions")
+BATCH_FIELDS = ("tokens", "loss_mask", "segment_ids", "positions")
 STATE_FILE = "data_state.json"
 
 
@@ -36,6 +37,11 @@ class PipelineConfig:
     mixture_temperature: float = 1.0
     shuffle: bool = True
     prefetch: int = 2
+
+    def __post_init__(self):
+        if self.mixture_temperature <= 0 or self.seq_len < 2 or self.batch_size < 1:
+            raise UserError(f"invalid pipeline config {self}: mixture_temperature > 0, seq_len >= 2 and "
+                            "batch_size >= 1 are needed")
 
 
 def group_of(record: Record) -> tuple[str, str]:
@@ -65,7 +71,7 @@ def epoch_order(groups: list[tuple[str, str]], cfg: PipelineConfig, epoch: int) 
 
 
 class Pipeline:
-    """Iterates this process's part of each global batch, as numpy dicts of FIELDS."""
+    """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS."""
 
     def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig,
                  process_index: int | None = None, process_count: int | None = None):
@@ -90,7 +96,8 @@ class Pipeline:
         if self._rows is None or self._rows[0] != epoch:
             sequences = [self.sequences[i] for i in epoch_order(self.groups, self.cfg, epoch)]
             layout = pack if self.cfg.pack else pad
-            self._rows = epoch, layout(sequences, self.cfg.seq_len, self.pad_id)
+            rows = layout(sequences, self.cfg.seq_len, self.pad_id)
+            self._rows = epoch, fill_last_batch(rows, self.cfg.batch_size, self.pad_id)
         return self._rows[1]
 
     def describe(self) -> str:
@@ -105,13 +112,9 @@ class Pipeline:
 
     def _epoch_dataset(self, epoch: int, start: int) -> tf.data.Dataset:
         rows = self.epoch_rows(epoch)
-        steps = len(rows.tokens) // self.cfg.batch_size  # the last partial batch is dropped
-        if steps == 0:
-            raise UserError(f"an epoch packs into {len(rows.tokens)} rows, fewer than batch_size "
-                            f"{self.cfg.batch_size}")
+        steps = len(rows.tokens) // self.cfg.batch_size
         mine = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        local = {name: getattr(rows, name)[: steps * self.cfg.batch_size]
-                 .reshape(steps, self.cfg.batch_size, -1)[:, mine] for name in FIELDS}
+        local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, mine] for name in BATCH_FIELDS}
         return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch)
 
     def __iter__(self):
@@ -123,13 +126,22 @@ class Pipeline:
 
     # ---- resumable state ---------------------------------------------------------------------
 
+    def fingerprint(self) -> str:
+        """What the batches depend on: the config and every encoded sequence."""
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self.cfg), sort_keys=True).encode())
+        for sequence in self.sequences:
+            digest.update(sequence.tokens.tobytes() + sequence.loss_mask.tobytes())
+        digest.update(repr(self.groups).encode())
+        return digest.hexdigest()[:16]
+
     def state(self) -> dict:
         """Where the next batch comes from; `restore` of it continues with exactly that batch."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.cfg.seed}
+        return {"epoch": self.epoch, "step": self.step, "fingerprint": self.fingerprint()}
 
     def restore(self, state: dict) -> None:
-        if state.get("seed") != self.cfg.seed:
-            raise UserError(f"data state was saved with seed {state.get('seed')}, the config says {self.cfg.seed}")
+        if state.get("fingerprint") != self.fingerprint():
+            raise UserError("the data state was saved for other records or another pipeline config; a resumed run "
+                            "would not see the batches it would have seen")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
     def save_state(self, directory) -> None:
@@ -139,6 +151,16 @@ class Pipeline:
 
     def load_state(self, directory) -> None:
         self.restore(json.loads((Path(directory) / STATE_FILE).read_text()))
+
+
+def fill_last_batch(rows: Rows, batch_size: int, pad_id: int) -> Rows:
+    """Rows padded with empty rows (segment 0, no loss) to whole batches: no sequence is dropped."""
+    missing = -len(rows.tokens) % batch_size
+    if not missing:
+        return rows
+    empty = {name: np.zeros((missing, rows.tokens.shape[1]), np.int32) for name in BATCH_FIELDS}
+    empty["tokens"][:] = pad_id
+    return Rows(**{name: np.concatenate([getattr(rows, name), empty[name]]) for name in BATCH_FIELDS})
 
 
 def to_global(batch: dict, sharding: jax.sharding.NamedSharding) -> dict:

@@ -1,9 +1,10 @@
 """TFDS builder `mmm`: unified records prepared from a manual directory of any supported corpus.
 
 The manual directory holds MMM release files, stockmark JSON, CoNLL/GMNER text or our unified JSON
-lines; each file's split (train, dev, test) comes from its name. Examples keep the rendered
-`input`/`output` strings and their metadata; tokenization happens in the pipeline, so one prepared
-dataset serves every tokenizer (docs/architecture.md has the measurement behind this choice).
+lines; each file's split (train, dev, test) comes from its name; one directory holds one format.
+Examples keep the text, the rendered `output` (which carries the items) and the metadata;
+tokenization happens in the pipeline, so one prepared dataset serves every tokenizer
+(docs/architecture.md has the measurement behind this choice).
 """
 
 import collections
@@ -16,7 +17,7 @@ from oie_jax.data.format import LANGUAGES, SUBSET_TASKS, Record, parse, render
 from oie_jax.data.sources import Problem, expand, split_from_name
 from oie_jax.data.sources.registry import SOURCES, detect
 
-TEXT_FIELDS = ("id", "language", "subset", "task", "label", "text", "input", "output")
+TEXT_FIELDS = ("id", "language", "subset", "task", "label", "text", "output")  # items live in `output`
 
 
 def config_name(subset: str) -> str:
@@ -24,12 +25,16 @@ def config_name(subset: str) -> str:
 
 
 class MmmConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, languages=LANGUAGES, subsets=tuple(SUBSET_TASKS), **kwargs):
+    """`languages`/`subsets` None keep every record, whatever its language or subset (CoNLL and
+    GMNER records have no MMM subset)."""
+
+    def __init__(self, *, languages=None, subsets=None, **kwargs):
         super().__init__(version=tfds.core.Version("1.0.0"), **kwargs)
-        self.languages, self.subsets = tuple(languages), tuple(subsets)
+        self.languages, self.subsets = languages, subsets
 
     def keeps(self, record: Record) -> bool:
-        return record.language in self.languages and record.subset in self.subsets
+        return ((self.languages is None or record.language in self.languages)
+                and (self.subsets is None or record.subset in self.subsets))
 
 
 class Mmm(tfds.core.GeneratorBasedBuilder):
@@ -59,23 +64,23 @@ class Mmm(tfds.core.GeneratorBasedBuilder):
             if not split:
                 raise ValueError(f"{path}: the file name says no split (train, dev or test)")
             by_split[split].append(path)
-        return {split: self._generate_examples(paths, reader) for split, paths in sorted(by_split.items())}
+        return {split: self._generate_examples(manual, paths, reader) for split, paths in sorted(by_split.items())}
 
-    def _generate_examples(self, paths, reader):
+    def _generate_examples(self, manual: Path, paths, reader):
         for path in paths:
-            rejected = collections.Counter()
+            rejected, left_out = collections.Counter(), 0
             for index, value in enumerate(reader(path)):
                 if isinstance(value, Problem):
                     rejected[value.reason] += 1
                     continue
                 if not self.builder_config.keeps(value):
+                    left_out += 1
                     continue
-                source, target = render(value)
-                yield f"{path.name}:{index}", {"id": value.id, "language": value.language, "subset": value.subset,
-                                               "task": value.task, "label": value.label, "text": value.text,
-                                               "input": source, "output": target}
-            if rejected:
-                print(f"{path}: rejected {dict(rejected)} (oie-jax data inspect lists them)", file=sys.stderr)
+                example = {name: getattr(value, name) for name in TEXT_FIELDS if name != "output"}
+                yield f"{path.relative_to(manual)}:{index}", {**example, "output": render(value)[1]}
+            if rejected or left_out:
+                print(f"{path}: rejected {dict(rejected)} (oie-jax data inspect lists them); {left_out} records of "
+                      f"other languages or subsets than config {self.builder_config.name!r}", file=sys.stderr)
 
 
 def load_records(builder: Mmm, split: str) -> list[Record]:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
 from oie_jax.errors import UserError
 
@@ -25,6 +26,25 @@ class Problem:
 
     def __str__(self):
         return f"{self.path}:{self.line}: {self.field}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+def checked(record: Record, path, line: int) -> Record | Problem:
+    """The record, or the Problem that keeps it out: a value that is not text, empty text, a record
+    the format cannot carry, an item value that is not in the text. Every reader ends with this."""
+    def problem(field, reason, detail=""):
+        return Problem(str(path), line, field, reason, detail)
+
+    if not all(isinstance(v, str) for v in (record.text, record.task, record.label)):
+        return problem("record", "not text", "text, task and label must be strings")
+    if not all(isinstance(item, tuple) and all(isinstance(v, str) for v in item) for item in record.items):
+        return problem("items", "not text", "every item value must be a string")
+    if not record.text.strip():
+        return problem("text", "empty text")
+    if reason := fmt.unrenderable(record):
+        return problem("items", "unrenderable record", reason)
+    if (missing := fmt.missing_from_text(record)) is not None:
+        return problem("items", "entity not in text", repr(missing))
+    return record
 
 
 @dataclasses.dataclass

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data.format import Grounding, Record
-from oie_jax.data.sources import Problem
-from oie_jax.data.sources.jsonfile import read_text
+from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources.jsonfile import lines, read_text
 
 
 def read(path: Path, language: str = "en") -> Iterator[Record | Problem]:
@@ -27,7 +27,7 @@ def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Record | 
         yield text
         return
     block: list[tuple[int, str]] = []
-    for number, line in enumerate(text.splitlines() + [""], 1):
+    for number, line in enumerate(lines(text) + [""], 1):
         if line.strip():
             block.append((number, line))
         elif block:
@@ -57,13 +57,13 @@ def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) 
     record = Record(text=" ".join(tokens), task="NER", items=items, language=language,
                     id=image or f"{path.stem}:{first_line}", subset="GMNER" if xml_dir is not None else "")
     if xml_dir is None:
-        return record
+        return checked(record, path, first_line)
     boxes = read_boxes(Path(xml_dir) / f"{image}.xml")
     if isinstance(boxes, Problem):
         return boxes
     named, width, height = boxes
     grounding = Grounding(image, width, height, tuple(tuple(named.get(entity, ())) for _, entity in items))
-    return dataclasses.replace(record, grounding=grounding)
+    return checked(dataclasses.replace(record, grounding=grounding), path, first_line)
 
 
 def bio_spans(tags: list[str]) -> list[tuple[str, int, int]]:

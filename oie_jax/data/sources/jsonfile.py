@@ -17,6 +17,18 @@ def read_text(path: Path) -> str | Problem:
         return Problem(str(path), _line_of_byte(path.read_bytes(), exc.start), "file", "not UTF-8", str(exc))
 
 
+def lines(text: str) -> list[str]:
+    """Lines split at \n only: str.splitlines also splits at U+2028, U+0085 and form feeds, which
+    JSON strings and tokens may hold raw."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def read_json_records(path: Path, to_record) -> Iterator:
+    """to_record(value, path, line) for each value of a JSON file, and the file's own problems."""
+    for entry in iter_json_values(path):
+        yield entry if isinstance(entry, Problem) else to_record(entry[1], path, entry[0])
+
+
 def _line_of_byte(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
@@ -31,7 +43,7 @@ def iter_json_values(path: Path) -> Iterator[tuple[int, dict] | Problem]:
     if stripped.startswith("["):
         yield from _iter_list(path, text, len(text) - len(stripped) + 1)
         return
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -52,6 +64,9 @@ def _iter_list(path: Path, text: str, pos: int) -> Iterator[tuple[int, dict] | P
     while True:
         pos = _skip_space(text, pos)
         if pos < len(text) and text[pos] == "]":
+            rest = _skip_space(text, pos + 1)
+            if rest < len(text):
+                yield Problem(str(path), line_at(rest), "json", "malformed JSON", "content after ']' unread")
             return
         try:
             value, end = _decoder.raw_decode(text, pos)

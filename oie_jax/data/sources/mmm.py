@@ -8,8 +8,8 @@ from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import SPLIT_WORDS, Problem
-from oie_jax.data.sources.jsonfile import iter_json_values
+from oie_jax.data.sources import SPLIT_WORDS, Problem, checked
+from oie_jax.data.sources.jsonfile import read_json_records
 
 LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
 # The release numbers its sub-datasets 0-5 in the file names; TCONER files say "OIE".
@@ -36,12 +36,7 @@ def describe_file(path: Path) -> tuple[str, str, str]:
 
 def read(path: Path) -> Iterator[Record | Problem]:
     _, language, file_subset = describe_file(path)
-    for entry in iter_json_values(path):
-        if isinstance(entry, Problem):
-            yield entry
-            continue
-        line, value = entry
-        yield to_record(value, path, line, language, file_subset)
+    yield from read_json_records(path, lambda value, path, line: to_record(value, path, line, language, file_subset))
 
 
 def to_record(value, path: Path, line: int, language: str, file_subset: str) -> Record | Problem:
@@ -61,12 +56,9 @@ def to_record(value, path: Path, line: int, language: str, file_subset: str) -> 
         word = value["input"].rsplit("/", 1)[-1][:40] if "/" in value["input"] else ""
         return problem("input", "unknown instruction word", repr(word))
     text, task = source
-    if not text.strip():
-        return problem("input", "empty text")
     parsed = fmt.parse(value["output"], task)
     if not parsed.well_formed:
         return problem("output", "malformed output", parsed.reason)
     record = Record(text=text, task=task, label=parsed.label, items=parsed.items, language=language,
                     subset=file_subset or SUBSET_BY_TASK.get(task, ""), id=str(value.get("id", f"{path.stem}:{line}")))
-    missing = fmt.missing_from_text(record)
-    return problem("output", "entity not in text", repr(missing)) if missing is not None else record
+    return checked(record, path, line)

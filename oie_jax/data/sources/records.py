@@ -5,17 +5,12 @@ from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem
-from oie_jax.data.sources.jsonfile import iter_json_values
+from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources.jsonfile import read_json_records
 
 
 def read(path: Path) -> Iterator[Record | Problem]:
-    for entry in iter_json_values(path):
-        if isinstance(entry, Problem):
-            yield entry
-            continue
-        line, value = entry
-        yield to_record(value, path, line)
+    yield from read_json_records(path, to_record)
 
 
 def to_record(value, path: Path, line: int) -> Record | Problem:
@@ -33,10 +28,4 @@ def to_record(value, path: Path, line: int) -> Record | Problem:
         return problem("items", "malformed record", str(exc)[:80])
     if record.task not in fmt.TASKS:
         return problem("task", "unknown instruction word", repr(record.task))
-    if not record.text.strip():
-        return problem("text", "empty text")
-    if reason := fmt.unrenderable(record):
-        return problem("items", "unrenderable record", reason)
-    if (missing := fmt.missing_from_text(record)) is not None:
-        return problem("items", "entity not in text", repr(missing))
-    return record
+    return checked(record, path, line)

@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from oie_jax.data.sources import LoadResult, conll, load, mmm, records, stockmark
+from oie_jax.data.sources import LoadResult, conll, expand, load, mmm, records, stockmark
+from oie_jax.errors import UserError
 
 SOURCES = {
     "records": (records.read, (".jsonl",)),
@@ -12,6 +13,9 @@ SOURCES = {
     "conll": (conll.read, (".txt", ".conll", ".bio")),
     "gmner": (conll.read_gmner, (".txt",)),
 }
+
+
+ALL_SUFFIXES = tuple(sorted({s for _, suffixes in SOURCES.values() for s in suffixes}))
 
 
 def detect(path: str) -> str:
@@ -34,8 +38,10 @@ def detect(path: str) -> str:
 
 
 def load_source(paths: list[str], source: str = "auto", strict: bool = False) -> tuple[str, LoadResult]:
+    """Records of one format from files, directories and globs; `auto` guesses it from the first."""
     if source == "auto":
-        source = detect(paths[0])
+        first = Path(paths[0])
+        source = detect(paths[0] if first.is_dir() else str(expand(paths[:1], ALL_SUFFIXES)[0]))
     reader, suffixes = SOURCES[source]
     if source == "gmner":
         paths = [str(Path(p) / "txt") if (Path(p) / "txt").is_dir() else p for p in paths]
@@ -43,6 +49,8 @@ def load_source(paths: list[str], source: str = "auto", strict: bool = False) ->
 
 
 def write_jsonl(records, out: Path) -> int:
+    if out.is_dir():
+        raise UserError("output is a directory; name a .jsonl file", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         for record in records:

@@ -5,17 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem
-from oie_jax.data.sources.jsonfile import iter_json_values
+from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources.jsonfile import read_json_records
 
 
 def read(path: Path) -> Iterator[Record | Problem]:
-    for entry in iter_json_values(path):
-        if isinstance(entry, Problem):
-            yield entry
-            continue
-        line, value = entry
-        yield to_record(value, path, line)
+    yield from read_json_records(path, to_record)
 
 
 def to_record(value, path: Path, line: int) -> Record | Problem:
@@ -27,8 +22,6 @@ def to_record(value, path: Path, line: int) -> Record | Problem:
     text = value.get("text")
     if not isinstance(text, str):
         return problem("text", "missing field")
-    if not text.strip():
-        return problem("text", "empty text")
     entities = value.get("entities")
     if not isinstance(entities, list):
         return problem("entities", "missing field")
@@ -44,5 +37,6 @@ def to_record(value, path: Path, line: int) -> Record | Problem:
             return problem(f"{field}.span", "span mismatch",
                            f"text[{span[0]}:{span[1]}] is {text[span[0]:span[1]]!r}, name is {entity['name']!r}")
         items.append((entity["type"], entity["name"]))
-    return Record(text=text, task="NER", items=tuple(items), id=str(value.get("curid", f"{path.stem}:{line}")),
-                  language="ja", subset="SCNM")
+    record = Record(text=text, task="NER", items=tuple(items), id=str(value.get("curid", f"{path.stem}:{line}")),
+                    language="ja", subset="SCNM")
+    return checked(record, path, line)
