@@ -30,6 +30,12 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES) -> jax.sharding.Mesh:
+    """A device mesh whose axes are all Auto: XLA propagates shardings between the constraints we set
+    (jax.make_mesh now defaults to Explicit axes, where every op must type-check its sharding)."""
+    return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> PartitionSpec:
     table = dict(rules)
     unknown = [name for name in logical_axes if name is not None and name not in table]

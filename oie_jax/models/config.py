@@ -177,9 +177,9 @@ _LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, rms_norm_eps=1e-5, bos_to
                eos_token_id=128001, max_position_embeddings=8192)
 
 PRESETS: dict[str, LlamaConfig] = {
-    # A random model for tests: 4:1 grouped-query heads, two layers.
+    # A random model for tests: 2:1 grouped-query heads (the kv heads split over tensor=2), two layers.
     "tiny": LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                        num_kv_heads=1, rope_theta=10000.0, max_position_embeddings=512, bos_token_id=1,
+                        num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=512, bos_token_id=1,
                         eos_token_id=2),
     "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                                 num_heads=9, num_kv_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,

@@ -1,0 +1,69 @@
+"""The train state, its shardings, and the jitted train step (a pure function of arrays)."""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from oie_jax import sharding
+from oie_jax.models.checkpoint import abstract_model, model_from_params
+from oie_jax.models.config import LlamaConfig
+from oie_jax.train.loss import token_losses
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    params: dict  # master weights in cfg.param_dtype
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def state_shardings(cfg: LlamaConfig, optimizer, mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
+    """Parameters by the logical rules; optimizer moments like their parameters; scalars replicated."""
+    params = sharding.param_shardings(nnx.state(abstract_model(cfg)), mesh, rules)
+    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = optax.tree_utils.tree_map_params(
+        optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract_params), params,
+        transform_non_params=lambda _: replicated)
+    return TrainState(params, opt_state, replicated)
+
+
+def make_train_step(cfg: LlamaConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
+                    z_loss: float = 0.0) -> Callable:
+    """train_step(state, batch) -> (state, metrics). The batch is cut into `micro_batches` equal parts
+    whose gradients are summed before one update; the loss is divided by the masked tokens of the
+    whole batch, so accumulation gives the update of one big batch."""
+
+    def loss_sum(params, batch):
+        logits, _ = model_from_params(cfg, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
+        return token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss)
+
+    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict):
+        parts = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+
+        def accumulate(carry, part):
+            grads, total, count = carry
+            (part_total, part_count), part_grads = grad_fn(state.params, part)
+            return (jax.tree.map(jnp.add, grads, part_grads), total + part_total, count + part_count), None
+
+        start = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
+        (grads, total, count), _ = jax.lax.scan(accumulate, start, parts)
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics = {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+    return train_step
