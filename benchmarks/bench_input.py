@@ -2,8 +2,8 @@
 
 Producer: our pipeline (SmolLM2 tokenizer, stockmark corpus, packed rows of 256 tokens, batch 4),
 counting tokenization at startup and every delivered batch. Consumer: the `transformers` SmolLM2-135M
-train step (float32, AdamW, batch 4 x 256) on the same CPU, until our own train step benchmark
-exists (training issue). Prints tokens/s of both, the one-time tokenization cost, and `ratio=`
+train step (float32, AdamW, batch 4 x 256) on the same CPU, the faster of the two train steps that
+`bench_train.py` compares, so the ratio is the conservative one. Prints tokens/s of both, the one-time tokenization cost, and `ratio=`
 (pipeline / train step); the target is >= 20.
 
     .venv/bin/python benchmarks/bench_input.py [--epochs 3] [--train-steps 4]
@@ -15,9 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from bench_train import BATCH, SEQ_LEN, transformers_peer  # benchmarks/ is on sys.path as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 STOCKMARK = ROOT.parent / "shared" / "data" / "stockmark-ner" / "ner_train.json"
-SEQ_LEN, BATCH = 256, 4
 
 
 def smollm2_tokenizer_dir() -> Path:
@@ -49,30 +51,6 @@ def pipeline_tokens_per_second(records, tokenizer, epochs: int) -> tuple[float, 
     return delivered / elapsed, startup, sum(len(s.tokens) for s in pipeline.sequences)
 
 
-def train_step_tokens_per_second(steps: int) -> float:
-    import torch
-    import transformers
-
-    from oie_jax.models.config import preset
-
-    hf = {k: v for k, v in preset("smollm2-135m").to_hf_config().items() if k != "architectures"}
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    tokens = torch.randint(0, hf["vocab_size"], (BATCH, SEQ_LEN))
-
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
@@ -87,7 +65,12 @@ def main():
     records = load([str(STOCKMARK)], stockmark.read, (".json",)).records
     tokenizer = load_tokenizer(smollm2_tokenizer_dir())
     produced, startup, corpus_tokens = pipeline_tokens_per_second(records, tokenizer, args.epochs)
-    consumed = train_step_tokens_per_second(args.train_steps)
+
+    from oie_jax.models.config import preset
+
+    cfg = preset("smollm2-135m")
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
+    consumed = transformers_peer(cfg, tokens, args.train_steps)
     print(f"corpus: {len(records):,} stockmark records, {corpus_tokens:,} tokens; tokenization + packing at "
           f"startup {startup:.2f} s ({corpus_tokens / startup / 1e6:.2f} M tokens/s)")
     print(f"pipeline: {produced:,.0f} real tokens/s delivered as global arrays (batch {BATCH} x {SEQ_LEN}, "

@@ -28,6 +28,14 @@ class Problem:
         return f"{self.path}:{self.line}: {self.field}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
+def missing_fields(value, path, line: int, fields: tuple[str, ...]) -> Problem | None:
+    """The Problem of a JSON value that is not an object or lacks one of the string `fields`."""
+    if not isinstance(value, dict):
+        return Problem(str(path), line, "record", "not a JSON object")
+    missing = next((f for f in fields if not isinstance(value.get(f), str)), None)
+    return Problem(str(path), line, missing, "missing field") if missing else None
+
+
 def checked(record: Record, path, line: int) -> Record | Problem:
     """The record, or the Problem that keeps it out: a value that is not text, empty text, a record
     the format cannot carry, an item value that is not in the text. Every reader ends with this."""

@@ -2,13 +2,14 @@
 records, named like `Train_En_0_SCNM_dataset.json`, `test_Ch_5_TCREE_2k_clear2.json` or
 `Train_Ch_MRE_OIEDataset.json` (TCONER)."""
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import SPLIT_WORDS, Problem, checked
+from oie_jax.data.sources import SPLIT_WORDS, Problem, checked, missing_fields
 from oie_jax.data.sources.jsonfile import read_json_records
 
 LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
@@ -40,14 +41,9 @@ def read(path: Path) -> Iterator[Record | Problem]:
 
 
 def to_record(value, path: Path, line: int, language: str, file_subset: str) -> Record | Problem:
-    def problem(field, reason, detail=""):
-        return Problem(str(path), line, field, reason, detail)
-
-    if not isinstance(value, dict):
-        return problem("record", "not a JSON object")
-    for field in ("input", "output"):
-        if not isinstance(value.get(field), str):
-            return problem(field, "missing field")
+    if problem := missing_fields(value, path, line, ("input", "output")):
+        return problem
+    problem = functools.partial(Problem, str(path), line)
     source = fmt.parse_input(value["input"])
     instruction = str(value.get("instruction", "")).strip().lstrip("/")
     if source is None and instruction in fmt.TASKS:

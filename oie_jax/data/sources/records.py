@@ -1,11 +1,12 @@
 """Unified records as JSON Lines (what `oie-jax data convert` writes, and the sample corpus)."""
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources import Problem, checked, missing_fields
 from oie_jax.data.sources.jsonfile import read_json_records
 
 
@@ -14,14 +15,9 @@ def read(path: Path) -> Iterator[Record | Problem]:
 
 
 def to_record(value, path: Path, line: int) -> Record | Problem:
-    def problem(field, reason, detail=""):
-        return Problem(str(path), line, field, reason, detail)
-
-    if not isinstance(value, dict):
-        return problem("record", "not a JSON object")
-    for field in ("text", "task"):
-        if not isinstance(value.get(field), str):
-            return problem(field, "missing field")
+    if problem := missing_fields(value, path, line, ("text", "task")):
+        return problem
+    problem = functools.partial(Problem, str(path), line)
     try:
         record = Record.from_json(value)
     except (KeyError, TypeError, ValueError) as exc:

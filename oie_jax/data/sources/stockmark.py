@@ -1,11 +1,12 @@
 """Stockmark Japanese Wikipedia NER (`ner.json`: curid, text, entities[{name, span, type}]) as /NER
 records of the Japanese SCNM subset. The source has no text-level label."""
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources import Problem, checked, missing_fields
 from oie_jax.data.sources.jsonfile import read_json_records
 
 
@@ -14,14 +15,10 @@ def read(path: Path) -> Iterator[Record | Problem]:
 
 
 def to_record(value, path: Path, line: int) -> Record | Problem:
-    def problem(field, reason, detail=""):
-        return Problem(str(path), line, field, reason, detail)
-
-    if not isinstance(value, dict):
-        return problem("record", "not a JSON object")
-    text = value.get("text")
-    if not isinstance(text, str):
-        return problem("text", "missing field")
+    if problem := missing_fields(value, path, line, ("text",)):
+        return problem
+    problem = functools.partial(Problem, str(path), line)
+    text = value["text"]
     entities = value.get("entities")
     if not isinstance(entities, list):
         return problem("entities", "missing field")
