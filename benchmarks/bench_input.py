@@ -3,8 +3,8 @@
 Producer: our pipeline (SmolLM2 tokenizer, stockmark corpus, packed rows of 256 tokens, batch 4),
 counting tokenization at startup and every delivered batch. Consumer: the `transformers` SmolLM2-135M
 train step (float32, AdamW, batch 4 x 256) on the same CPU, the faster of the two train steps that
-`bench_train.py` compares, so the ratio is the conservative one. Prints tokens/s of both, the one-time tokenization cost, and `ratio=`
-(pipeline / train step); the target is >= 20.
+`bench_train.py` compares, so the ratio is the conservative one. Prints tokens/s of both, the
+one-time tokenization cost, and `ratio=` (pipeline / train step); the target is >= 20.
 
     .venv/bin/python benchmarks/bench_input.py [--epochs 3] [--train-steps 4]
 """
