@@ -91,6 +91,7 @@ class Pipeline:
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         self.epoch, self.step = 0, 0
         self._rows: tuple[int, Rows] | None = None  # the last epoch laid out
+        self._fingerprint = self._digest()
 
     def epoch_rows(self, epoch: int) -> Rows:
         if self._rows is None or self._rows[0] != epoch:
@@ -127,8 +128,12 @@ class Pipeline:
     # ---- resumable state ---------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """What the batches depend on: the config and every encoded sequence."""
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self.cfg), sort_keys=True).encode())
+        """What the batches depend on: the config (but prefetch) and every encoded sequence."""
+        return self._fingerprint
+
+    def _digest(self) -> str:
+        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "prefetch"}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for sequence in self.sequences:
             digest.update(sequence.tokens.tobytes() + sequence.loss_mask.tobytes())
         digest.update(repr(self.groups).encode())
