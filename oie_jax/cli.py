@@ -5,10 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
 from oie_jax.models.config import DTYPES
-
-SOURCE_NAMES = ("records", "mmm", "stockmark", "conll", "gmner")  # the keys of sources.registry.SOURCES
 
 
 def cmd_convert_hf_to_jax(args):
@@ -145,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="read, check and convert IE corpora")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    sources = ("auto", *SOURCE_NAMES)
+    sources = ("auto", *SOURCES)
     inspect = data_commands.add_parser(
         "inspect", help="counts per language, subset, task and label; rejected records with file and line",
         description="Reads corpus files (files, directories or globs) and reports what they hold. Records that "
