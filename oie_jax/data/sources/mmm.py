@@ -43,18 +43,18 @@ def read(path: Path) -> Iterator[Record | Problem]:
 def to_record(value, path: Path, line: int, language: str, file_subset: str) -> Record | Problem:
     if problem := missing_fields(value, path, line, ("input", "output")):
         return problem
-    problem = functools.partial(Problem, str(path), line)
+    reject = functools.partial(Problem, str(path), line)
     source = fmt.parse_input(value["input"])
     instruction = str(value.get("instruction", "")).strip().lstrip("/")
     if source is None and instruction in fmt.TASKS:
         source = (value["input"], instruction)
     if source is None:
         word = value["input"].rsplit("/", 1)[-1][:40] if "/" in value["input"] else ""
-        return problem("input", "unknown instruction word", repr(word))
+        return reject("input", "unknown instruction word", repr(word))
     text, task = source
     parsed = fmt.parse(value["output"], task)
     if not parsed.well_formed:
-        return problem("output", "malformed output", parsed.reason)
+        return reject("output", "malformed output", parsed.reason)
     record = Record(text=text, task=task, label=parsed.label, items=parsed.items, language=language,
                     subset=file_subset or SUBSET_BY_TASK.get(task, ""), id=str(value.get("id", f"{path.stem}:{line}")))
     return checked(record, path, line)

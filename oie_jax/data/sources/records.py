@@ -17,11 +17,11 @@ def read(path: Path) -> Iterator[Record | Problem]:
 def to_record(value, path: Path, line: int) -> Record | Problem:
     if problem := missing_fields(value, path, line, ("text", "task")):
         return problem
-    problem = functools.partial(Problem, str(path), line)
+    reject = functools.partial(Problem, str(path), line)
     try:
         record = Record.from_json(value)
     except (KeyError, TypeError, ValueError) as exc:
-        return problem("items", "malformed record", str(exc)[:80])
+        return reject("items", "malformed record", str(exc)[:80])
     if record.task not in fmt.TASKS:
-        return problem("task", "unknown instruction word", repr(record.task))
+        return reject("task", "unknown instruction word", repr(record.task))
     return checked(record, path, line)

@@ -17,21 +17,21 @@ def read(path: Path) -> Iterator[Record | Problem]:
 def to_record(value, path: Path, line: int) -> Record | Problem:
     if problem := missing_fields(value, path, line, ("text",)):
         return problem
-    problem = functools.partial(Problem, str(path), line)
+    reject = functools.partial(Problem, str(path), line)
     text = value["text"]
     entities = value.get("entities")
     if not isinstance(entities, list):
-        return problem("entities", "missing field")
+        return reject("entities", "missing field")
     items = []
     for i, entity in enumerate(entities):
         field = f"entities[{i}]"
         if not isinstance(entity, dict) or not all(k in entity for k in ("name", "span", "type")):
-            return problem(field, "missing field", "needs name, span and type")
+            return reject(field, "missing field", "needs name, span and type")
         span = entity["span"]
         if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
-            return problem(f"{field}.span", "malformed span", repr(span))
+            return reject(f"{field}.span", "malformed span", repr(span))
         if text[span[0]:span[1]] != entity["name"]:
-            return problem(f"{field}.span", "span mismatch",
+            return reject(f"{field}.span", "span mismatch",
                            f"text[{span[0]}:{span[1]}] is {text[span[0]:span[1]]!r}, name is {entity['name']!r}")
         items.append((entity["type"], entity["name"]))
     record = Record(text=text, task="NER", items=tuple(items), id=str(value.get("curid", f"{path.stem}:{line}")),
