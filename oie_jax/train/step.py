@@ -63,7 +63,7 @@ def make_train_step(cfg: LlamaConfig, optimizer: optax.GradientTransformation, m
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        metrics = {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+        metrics = {"loss": total / count, "grad_norm": optax.tree.norm(grads), "tokens": count}
         return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
 
     return train_step
