@@ -132,6 +132,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}",
               file=sys.stderr)
     graphdef, state = nnx.split(model)
+    filters = filters_of(sampling, cfg.vocab_size)
     key = jax.random.key(sampling.seed)
     # Similar lengths share a batch: less padding, fewer length buckets.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -142,7 +143,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         key, batch_key = jax.random.split(key)
         out = np.asarray(_generate(graphdef, state, tokens, mask, batch_key, jnp.float32(sampling.temperature),
                                    jnp.float32(sampling.top_p), max_new_tokens=max_new_tokens,
-                                   filters=filters_of(sampling, cfg.vocab_size), eos_ids=eos_ids, pad_id=pad_id))
+                                   filters=filters, eos_ids=eos_ids, pad_id=pad_id))
         for row, i in enumerate(rows):
             results[i] = cut_at_eos(out[row].tolist(), eos_ids)
     return results

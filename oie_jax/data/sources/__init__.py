@@ -6,6 +6,7 @@ files, directories and globs and keeps a per-file summary: read, kept, rejected 
 
 import collections
 import dataclasses
+import functools
 import glob
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -39,9 +40,7 @@ def missing_fields(value, path, line: int, fields: tuple[str, ...]) -> Problem |
 def checked(record: Record, path, line: int) -> Record | Problem:
     """The record, or the Problem that keeps it out: a value that is not text, empty text, a record
     the format cannot carry, an item value that is not in the text. Every reader ends with this."""
-    def problem(field, reason, detail=""):
-        return Problem(str(path), line, field, reason, detail)
-
+    problem = functools.partial(Problem, str(path), line)
     if not all(isinstance(v, str) for v in (record.text, record.task, record.label)):
         return problem("record", "not text", "text, task and label must be strings")
     if not all(isinstance(item, tuple) and all(isinstance(v, str) for v in item) for item in record.items):

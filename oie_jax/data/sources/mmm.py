@@ -9,7 +9,7 @@ from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import SPLIT_WORDS, Problem, checked, missing_fields
+from oie_jax.data.sources import Problem, checked, missing_fields, split_from_name
 from oie_jax.data.sources.jsonfile import read_json_records
 
 LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
@@ -24,7 +24,7 @@ def describe_file(path: Path) -> tuple[str, str, str]:
     match = NAME.match(path.stem)
     if not match:
         return "", "", ""
-    split = SPLIT_WORDS.get(match["split"].lower(), "")
+    split = split_from_name(path)
     language = LANGUAGE_CODES.get(match["lang"].lower(), "")
     rest = match["rest"]
     if "OIE" in rest.upper():
