@@ -17,6 +17,8 @@ CORE = [
     "tensorflow-cpu>=2.16",  # tf.data input pipeline (CPU build: JAX owns the accelerators)
     "tensorflow-datasets>=4.9",
     "importlib_resources",  # imported by tensorflow-datasets without being declared
+    "tensorboard>=2.16",  # tf.summary event files of the training loop
+    "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
 ]
 # What exporting to PyTorch and importing GGUF files needs.
 TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]

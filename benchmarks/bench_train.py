@@ -14,19 +14,6 @@ import numpy as np
 BATCH, SEQ_LEN = 4, 256
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        f(a).block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
 def ours(cfg, tokens: np.ndarray, steps: int) -> float:
     import jax
     from flax import nnx
@@ -76,14 +63,14 @@ def main():
     args = parser.parse_args()
 
     from oie_jax.models.config import preset
+    from oie_jax.train.throughput import matmul_peak_flops, train_flops_per_token
 
     cfg = preset("smollm2-135m")
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
     peak = matmul_peak_flops()
     our_rate = ours(cfg, tokens, args.steps)
     their_rate = transformers_peer(cfg, tokens, args.steps)
-    # 6 N flops per token for weights, plus attention (12 L T d per token, causal halves it).
-    flops_per_token = 6 * cfg.num_params() + 6 * cfg.num_layers * SEQ_LEN * cfg.num_heads * cfg.head_dim
+    flops_per_token = train_flops_per_token(cfg, SEQ_LEN)
     print(f"jitted 2048^3 matmul peak: {peak / 1e9:.0f} GFLOP/s")
     print(f"oie-jax train step: {our_rate:.0f} tokens/s, MFU {our_rate * flops_per_token / peak:.1%}")
     print(f"transformers + torch.optim.AdamW: {their_rate:.0f} tokens/s, "

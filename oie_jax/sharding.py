@@ -4,10 +4,14 @@ Parameters name their axes (`embed`, `q_heads`, ...); a rule table maps each log
 mesh axis, a tuple of mesh axes, or None (replicated). The same model then lays out on any mesh.
 """
 
+import contextlib
+import math
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from oie_jax.errors import UserError
@@ -19,6 +23,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),
+    ("activation_embed", None),  # the residual stream between blocks: whole on every tensor shard
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("mlp", "tensor"),
@@ -30,10 +35,51 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+AUTO = jax.sharding.AxisType.Auto
+
+
 def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES) -> jax.sharding.Mesh:
     """A device mesh whose axes are all Auto: XLA propagates shardings between the constraints we set
     (jax.make_mesh now defaults to Explicit axes, where every op must type-check its sharding)."""
-    return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+    return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(AUTO,) * len(axes))
+
+
+def resolve_shape(shape: Sequence[int], devices: int, what: str = "mesh") -> tuple[int, ...]:
+    """`shape` with its one -1 replaced so that the product is `devices`."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(n == 0 or n < -1 for n in shape):
+        raise UserError(f"{what} shape {shape} must give {len(MESH_AXES)} sizes {MESH_AXES}, positive or one -1")
+    known = math.prod(n for n in shape if n != -1)
+    if -1 in shape:
+        if devices % known:
+            raise UserError(f"{what} shape {shape} cannot fill {devices} devices ({devices} % {known} != 0)")
+        shape = tuple(devices // known if n == -1 else n for n in shape)
+    if math.prod(shape) != devices:
+        raise UserError(f"{what} shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                        f"there are {devices}")
+    return shape
+
+
+def mesh_from_config(shape: Sequence[int], dcn_shape: Sequence[int] | None = None,
+                     devices=None) -> jax.sharding.Mesh:
+    """The training mesh. `shape` lays out devices inside a slice (ICI); `dcn_shape`, when it is not all
+    ones, repeats that layout across slices connected by the data-center network (multi-slice TPU,
+    several GPU hosts): put `data` (or `fsdp`) there, the axes whose collectives tolerate DCN."""
+    devices = jax.devices() if devices is None else devices
+    dcn = tuple(int(n) for n in dcn_shape) if dcn_shape is not None else (1,) * len(MESH_AXES)
+    if math.prod(dcn) == 1:
+        return make_mesh(resolve_shape(shape, len(devices)), MESH_AXES)
+    slices = math.prod(dcn)
+    if len(devices) % slices:
+        raise UserError(f"dcn shape {dcn} needs a multiple of {slices} devices, there are {len(devices)}")
+    ici = resolve_shape(shape, len(devices) // slices, "ici")
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=devices[0].platform != "tpu")
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=(AUTO,) * len(MESH_AXES))
+
+
+def abstract_mesh(shape: Sequence[int], devices: int) -> jax.sharding.AbstractMesh:
+    """A mesh of `devices` devices that need not exist: for planning a run (shapes, shardings, memory)."""
+    return jax.sharding.AbstractMesh(resolve_shape(shape, devices), MESH_AXES, axis_types=(AUTO,) * len(MESH_AXES))
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> PartitionSpec:
@@ -64,3 +110,40 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RUL
         return var.replace(NamedSharding(mesh, spec))
 
     return nnx.to_pure_dict(jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+# ---- activations ---------------------------------------------------------------------------------
+
+_activation_rules = DEFAULT_RULES
+
+
+@contextlib.contextmanager
+def activation_rules(rules):
+    """The rules `constrain` uses while tracing inside this context (the model does not carry them)."""
+    global _activation_rules
+    previous, _activation_rules = _activation_rules, tuple(tuple(rule) for rule in rules)
+    try:
+        yield
+    finally:
+        _activation_rules = previous
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation to its logical layout on the current mesh (`jax.set_mesh`); a no-op without a
+    mesh, so the model runs unchanged on one device and in generation."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, _activation_rules))
+
+
+def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    """Batch rows over the mesh axes of the `batch` rule; the other dimensions whole."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def bytes_per_device(abstract_tree, shardings) -> int:
+    """Memory one device holds for a tree of shapes laid out by a matching tree of NamedShardings."""
+    sizes = jax.tree.map(lambda a, s: math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize,
+                         abstract_tree, shardings)
+    return sum(jax.tree.leaves(sizes))

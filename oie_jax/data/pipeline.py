@@ -118,6 +118,10 @@ class Pipeline:
         local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, mine] for name in BATCH_FIELDS}
         return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch)
 
+    def one_epoch(self, epoch: int = 0):
+        """This process's part of each batch of one epoch, leaving the iterator state alone (evaluation)."""
+        return self._epoch_dataset(epoch, 0).as_numpy_iterator()
+
     def __iter__(self):
         while True:
             for batch in self._epoch_dataset(self.epoch, self.step).as_numpy_iterator():

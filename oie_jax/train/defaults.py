@@ -1,0 +1,67 @@
+"""Every field of a training config, with its default and meaning. `configs/*.py` start from here."""
+
+from ml_collections import ConfigDict
+
+from oie_jax.sharding import DEFAULT_RULES
+
+
+def base_config() -> ConfigDict:
+    c = ConfigDict()
+    c.model = ConfigDict(dict(
+        init="",  # oie-jax model directory to fine-tune (`oie-jax convert hf-to-jax`); "" = random init of `preset`
+        preset="",  # architecture of a random init, and of --dry-run when `init` does not exist here
+        tokenizer="",  # "" = the tokenizer files of `init`; else a path or "bytes" (for random tiny models)
+        param_dtype="",  # master weights and optimizer state; "" keeps the checkpoint's or preset's
+        dtype="",  # matmul compute dtype: "bfloat16" with float32 params is mixed precision
+        remat="",  # per-block rematerialisation: none, full, dots, dots_no_batch; "" keeps the default
+    ))
+    c.data = ConfigDict(dict(
+        train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
+        dev="sample:dev",  # same forms; "" = no dev set
+        source="auto",  # corpus format (see `oie-jax data inspect --help`)
+        strict=False,  # fail on the first malformed record instead of counting and reporting it
+        seq_len=512,
+        batch_size=8,  # rows per optimizer step, global across processes
+        pack=True,
+        mixture_temperature=1.0,
+        seed=0,
+    ))
+    c.train = ConfigDict(dict(
+        epochs=1,
+        steps=0,  # 0 = as many as `epochs` take; otherwise this many, whatever the epochs
+        lr=1e-5,
+        warmup_fraction=0.03,  # of the total steps
+        decay="cosine",  # cosine, linear or constant after warmup
+        end_fraction=0.0,  # final learning rate as a fraction of lr
+        weight_decay=0.0,  # AdamW, not applied to norm scales
+        clip_norm=1.0,  # global gradient norm; 0 = no clipping
+        b1=0.9,
+        b2=0.95,
+        micro_batches=1,  # gradient accumulation: the batch is cut into this many sequential parts
+        z_loss=0.0,
+        seed=0,  # random init
+    ))
+    c.mesh = ConfigDict(dict(
+        shape=(1, -1, 1),  # (data, fsdp, tensor) inside a slice; one -1 takes the remaining devices
+        dcn_shape=(1, 1, 1),  # the same axes across slices/hosts over the data-center network
+        rules=DEFAULT_RULES,  # logical axis -> mesh axes
+        devices=0,  # --dry-run plans for this many devices (0 = the devices present)
+        device_memory_gb=0.0,  # --dry-run compares its estimate with this (0 = unknown)
+    ))
+    c.checkpoint = ConfigDict(dict(
+        every=100,  # steps; a last one is written at the end and on SIGTERM/SIGINT
+        keep=2,  # latest checkpoints kept for resume
+        async_save=True,  # write in the background while training goes on
+        best_metric="dev_loss",  # keeps the best params by this metric under best/ ("" = off)
+        best_mode="min",  # min or max
+    ))
+    c.eval = ConfigDict(dict(
+        every=100,  # steps between dev-loss evaluations (and at the end); 0 = only at the end
+    ))
+    c.log = ConfigDict(dict(
+        every=10,  # steps between metrics lines (JSONL, TensorBoard) and progress-bar updates
+    ))
+    c.export = ConfigDict(dict(
+        model=True,  # write WORKDIR/model, an oie-jax model directory of the final parameters
+    ))
+    return c
