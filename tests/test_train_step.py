@@ -12,7 +12,7 @@ from oie_jax import sharding
 from oie_jax.models.config import preset
 from oie_jax.models.llama import Llama
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
-from oie_jax.train.step import init_state, make_train_step, state_shardings
+from oie_jax.train.step import init_state, jit_on_mesh, make_train_step, state_shardings
 
 CFG = preset("tiny")
 
@@ -65,8 +65,9 @@ def run(mesh_shape, steps=5):
         rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
         state = jax.device_put(state, shardings)
         batches = [jax.device_put(b, rows) for b in batches]
-        step = jax.jit(train_step, in_shardings=(shardings, rows), out_shardings=(shardings, None),
-                       donate_argnums=0)
+        # jit_on_mesh: the trainer's path, activation constraints included
+        step = jit_on_mesh(train_step, mesh, in_shardings=(shardings, rows), out_shardings=(shardings, None),
+                           donate_argnums=0)
     losses = []
     for batch in batches:
         state, metrics = step(state, batch)

@@ -212,8 +212,6 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
                                                            "none (no checkpoint was written yet)")
                 + "; lower train.lr, lengthen the warmup or clip gradients (train.clip_norm).")
         outcome.losses[step] = metrics["loss"]
-        if on_step is not None:
-            on_step(step, metrics)
         if step == start + 1:  # the first step of a process compiles: no throughput from it
             interval.update(start=time.perf_counter(), steps=0)
         else:
@@ -228,6 +226,8 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{rate:,.0f}")
             log.write(step, metrics)
             interval.update(start=time.perf_counter(), steps=0)
+        if on_step is not None:
+            on_step(step, metrics)
 
     def evaluate(step):
         if dev is None:
