@@ -92,15 +92,23 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, mask, cached=None, index=None):
         """x (batch, length, embed); `cached` = this layer's (k, v) cache, written at `index`."""
         dtype = self.cfg.dtype
-        q = jnp.einsum("bte,ehd->bthd", x, self.q[...].astype(dtype))
-        k = jnp.einsum("bte,ehd->bthd", x, self.k[...].astype(dtype))
-        v = jnp.einsum("bte,ehd->bthd", x, self.v[...].astype(dtype))
+        q, k, v = (project(x, w[...].astype(dtype)) for w in (self.q, self.k, self.v))
         q, k = rope.apply_rotation(q, cos, sin), rope.apply_rotation(k, cos, sin)
         if cached is not None:
             k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), (0, index, 0, 0))
         out = grouped_query_attention(q, k, v, mask)
-        return jnp.einsum("bthd,hde->bte", out, self.o[...].astype(dtype)), (k, v)
+        b, t, h, d = out.shape
+        o = self.o[...].astype(dtype)
+        return (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1), (k, v)
+
+
+def project(x: jax.Array, w: jax.Array, **dot_kwargs) -> jax.Array:
+    """x (batch, length, w.shape[0]) times a weight w (in, *out) -> (batch, length, *out), as one 2-D
+    matmul over the flattened tokens: XLA's CPU backward runs 3-D einsums ~1.5x slower (transposes)."""
+    b, t, _ = x.shape
+    out = jnp.matmul(x.reshape(b * t, -1), w.reshape(w.shape[0], -1), **dot_kwargs)
+    return out.reshape(b, t, *w.shape[1:])
 
 
 def grouped_query_attention(q, k, v, mask):
@@ -123,9 +131,8 @@ class MLP(nnx.Module):
         self.down = _param(rngs, cfg, (m, e), ("mlp", "embed"))
 
     def __call__(self, x):
-        gate = jnp.einsum("bte,em->btm", x, self.gate[...].astype(self.dtype))
-        up = jnp.einsum("bte,em->btm", x, self.up[...].astype(self.dtype))
-        return jnp.einsum("btm,me->bte", jax.nn.silu(gate) * up, self.down[...].astype(self.dtype))
+        gate, up, down = (w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
+        return project(jax.nn.silu(project(x, gate)) * project(x, up), down)
 
 
 class Block(nnx.Module):
@@ -194,7 +201,7 @@ class Llama(nnx.Module):
         x, kv = self._run_layers(x, cos, sin, mask, cached, index)
         x = self.final_norm(x)
         head = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("bte,ev->btv", x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
+        logits = project(x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "length", "vocab"))
         if cache is not None:
             cache = KVCache(k=kv[0], v=kv[1], segment_ids=kv_segments, index=cache.index + length)
