@@ -1,0 +1,91 @@
+"""Model outputs for records: prompts in the training layout, length-sorted batches through the
+KV-cache `generate`, decoded text, and what it cost (compilations, tokens/s)."""
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+from oie_jax.data.format import Record, render_input
+from oie_jax.data.tokenizer import Tokenizer
+from oie_jax.infer import generate as gen
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationStats:
+    examples: int
+    batch_size: int
+    max_new_tokens: int
+    batches: int
+    generated_tokens: int
+    seconds: float
+    compiles: int  # generation programs compiled during the run
+    buckets: int  # distinct (batch, prompt length) shapes met; compiles <= buckets means no recompilation
+    steady_tokens: int  # tokens and time of the batches that compiled nothing
+    steady_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_tokens_per_second(self) -> float:
+        return self.steady_tokens / self.steady_seconds if self.steady_seconds else 0.0
+
+    def summary(self) -> str:
+        return (f"generated {self.generated_tokens:,} tokens for {self.examples:,} examples in {self.batches} batches "
+                f"of up to {self.batch_size} (at most {self.max_new_tokens} new tokens each), "
+                f"{self.seconds:.1f} s: {self.tokens_per_second:,.1f} tokens/s overall, "
+                f"{self.steady_tokens_per_second:,.1f} tokens/s in batches that compiled nothing; "
+                f"{self.compiles} compilations for {self.buckets} shape buckets")
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "tokens_per_second": round(self.tokens_per_second, 2),
+                "steady_tokens_per_second": round(self.steady_tokens_per_second, 2)}
+
+
+def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[int]]:
+    """BOS + the rendered input, as the training sequences begin (oie_jax.data.packing.encode)."""
+    return tokenizer.encode_batch([render_input(r.text, r.task) for r in records], add_special_tokens=True)
+
+
+def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
+                     max_new_tokens: int = 128, progress: bool = True) -> tuple[list[str], GenerationStats]:
+    """Greedy output text for each record, in the records' order. Prompts are sorted by length and cut
+    into batches, so a batch pads little and most batches fall into a shape bucket compiled before."""
+    prompts = prompt_tokens(records, tokenizer)
+    eos_ids = tuple(sorted(set(model.cfg.eos_token_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None
+                                                           else set())))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    outputs = [""] * len(prompts)
+    buckets, compiles, tokens, steady_tokens, steady_seconds = set(), 0, 0, 0, 0.0
+    bar = progress_bar(len(prompts), progress)
+    start = time.perf_counter()
+    for rows in batches:
+        batch = [prompts[i] for i in rows]
+        buckets.add((gen.bucket(len(batch)), gen.bucket(max(map(len, batch)), gen.MIN_LENGTH_BUCKET)))
+        traced, began = gen.trace_count(), time.perf_counter()
+        new_tokens = gen.generate(model, batch, max_new_tokens, eos_ids=eos_ids, batch_size=batch_size)
+        elapsed, compiled = time.perf_counter() - began, gen.trace_count() - traced
+        produced = sum(map(len, new_tokens))
+        compiles, tokens = compiles + compiled, tokens + produced
+        if not compiled:
+            steady_tokens, steady_seconds = steady_tokens + produced, steady_seconds + elapsed
+        for i, generated in zip(rows, new_tokens):
+            outputs[i] = tokenizer.decode(generated, skip_special_tokens=True)
+        if bar is not None:
+            bar.update(len(rows))
+            bar.set_postfix(compiles=compiles, tokens_per_s=f"{tokens / (time.perf_counter() - start):.1f}")
+    if bar is not None:
+        bar.close()
+    stats = GenerationStats(len(prompts), batch_size, max_new_tokens, len(batches), tokens, time.perf_counter() - start,
+                            compiles, len(buckets), steady_tokens, steady_seconds)
+    return outputs, stats
+
+
+def progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="ex", desc="generating", dynamic_ncols=True)
