@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -93,6 +94,37 @@ def cmd_data_convert(args):
     print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
 
 
+def cmd_train(args):
+    from oie_jax.train.config_file import apply_overrides, load_config_file
+
+    config = apply_overrides(load_config_file(args.config), args.overrides)
+    if args.dry_run:
+        from oie_jax.train.plan import plan
+
+        print(plan(config))
+        return
+    start_distributed(args)
+    from oie_jax.train.loop import train
+
+    outcome = train(config, args.workdir)
+    if outcome.stopped_by:  # the exit status of a process ended by that signal, for job schedulers
+        return 128 + signal.Signals[outcome.stopped_by].value
+    return 0
+
+
+def start_distributed(args) -> None:
+    """jax.distributed for several processes: auto-detected on TPU pods and SLURM (--distributed), or
+    given explicitly (any cluster, or several CPU processes on one machine over gloo)."""
+    import jax
+
+    if args.coordinator_address or args.num_processes:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
+        jax.distributed.initialize(args.coordinator_address, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -166,17 +198,48 @@ def build_parser() -> argparse.ArgumentParser:
     convert_data.add_argument("out", help="output .jsonl file")
     convert_data.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first bad record")
     convert_data.set_defaults(run=cmd_data_convert)
+
+    train = commands.add_parser(
+        "train", help="train or fine-tune a model from a config file; re-running resumes",
+        description="Trains as the config file says (configs/*.py; any field can be overridden with "
+                    "--config.SECTION.FIELD=VALUE) and writes checkpoints, metrics.jsonl, TensorBoard files and "
+                    "the final model under WORKDIR. Running the same command again resumes from the latest "
+                    "checkpoint. SIGTERM or Ctrl-C saves the current step before stopping.")
+    train.add_argument("--config", required=True, help="a Python file defining get_config()")
+    train.add_argument("--workdir", required=True, help="run directory (created; reused to resume)")
+    train.add_argument("--dry-run", action="store_true",
+                       help="plan only: mesh and shardings for mesh.devices devices, memory per device; no data read")
+    cluster = train.add_argument_group("several processes (multi-host)")
+    cluster.add_argument("--distributed", action="store_true",
+                         help="call jax.distributed.initialize() with its auto-detection (TPU pods, SLURM)")
+    cluster.add_argument("--coordinator-address", help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=positive_int)
+    cluster.add_argument("--process-id", type=int)
+    train.set_defaults(run=cmd_train, overrides=[])
+    from oie_jax.eval.score_cli import add_parsers  # score, eval, extract (it imports positive_int from here)
+
+    add_parsers(commands)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from oie_jax.train.config_file import split_overrides
+
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args.run(args)
+        overrides, argv = split_overrides(argv)
+    except UserError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(argv)
+    if overrides and args.command != "train":
+        parser.error("--config.FIELD=VALUE overrides belong to `oie-jax train`")
+    args.overrides = overrides
+    try:
+        return args.run(args) or 0
     except UserError as exc:
         print(f"oie-jax: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0
 
 
 if __name__ == "__main__":
