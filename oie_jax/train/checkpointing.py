@@ -30,17 +30,21 @@ class Checkpoints:
         self.best_metric, self.best_mode = settings.best_metric, settings.best_mode
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"checkpoint.best_mode must be min or max, not {self.best_mode!r}")
+        # Orbax names its cross-process barriers after the step directory, and both managers save step
+        # N at the same time: without distinct prefixes, two processes can meet at the wrong barrier.
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "data", "config"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=settings.keep, create=True,
-                                                 enable_async_checkpointing=settings.async_save))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=settings.keep, create=True, enable_async_checkpointing=settings.async_save,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest")))
         self.best = None
         if self.best_metric:
             self.best = ocp.CheckpointManager(
                 Path(workdir).absolute() / "best", item_names=("params",),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, enable_async_checkpointing=settings.async_save,
-                    best_fn=lambda metrics: metrics[self.best_metric], best_mode=self.best_mode))
+                    best_fn=lambda metrics: metrics[self.best_metric], best_mode=self.best_mode,
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
 
     def save(self, step: int, state: TrainState, data_state: dict, config: dict) -> None:
         self.manager.save(step, force=True, args=ocp.args.Composite(
