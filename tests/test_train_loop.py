@@ -1,7 +1,6 @@
 """The training run end to end on the tiny config: exact resume after SIGKILL and SIGTERM, partial and
 damaged checkpoints, divergence, several JAX processes, config overrides and dry runs."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -180,11 +179,11 @@ def test_dry_run_plans_every_config(name):
     from oie_jax.train.plan import plan
 
     config = load_config_file(ROOT / "configs" / f"{name}.py")
+    devices = config.mesh.devices = config.mesh.devices or 4  # the CPU configs: plan a 4-device host
     report = plan(config)
     assert "train step traced on the planned mesh" in report
     if config.mesh.device_memory_gb:
         assert ": fits" in report
-    devices = config.mesh.devices or 8  # the test process has 8 virtual devices
     assert f"= {devices} devices" in report
 
 
@@ -195,3 +194,23 @@ def test_dry_run_refuses_a_batch_that_does_not_split():
     config.data.batch_size = 12  # 3 rows per micro-batch over 8 GPUs
     with pytest.raises(UserError, match="does not divide over 8 batch shards"):
         plan(config)
+
+
+def test_dev_f1_during_training_feeds_the_best_checkpoint(tmp_path):
+    from oie_jax.data.sample import load_sample
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.eval.evaluate import evaluate
+    from oie_jax.models.checkpoint import load_model
+
+    config = tiny(**{"train.steps": 4, "eval.every": 0, "eval.f1_every": 2, "eval.f1_examples": 6,
+                     "eval.max_new_tokens": 8, "checkpoint.best_metric": "macro/wl/f1", "checkpoint.best_mode": "max",
+                     "export.model": True})
+    train(config, tmp_path)
+    logged = {m["step"]: m for m in read_metrics(tmp_path) if "macro/wl/f1" in m}
+    assert sorted(logged) == [0, 2, 4]  # before training too
+    assert sorted(int(p.name) for p in (tmp_path / "best").iterdir())  # the first F1 is the best so far
+    # The number at the end of the run is what `oie-jax eval` computes for the exported model.
+    model = load_model(tmp_path / "model")
+    _, scores = evaluate(model, load_tokenizer("bytes"), load_sample("dev")[:6], max_new_tokens=8, progress=False,
+                         log=lambda _: None)
+    assert scores.metrics() == {k: v for k, v in logged[4].items() if k in scores.metrics()}

@@ -30,19 +30,24 @@ def abstract_model(cfg: LlamaConfig) -> Llama:
 
 
 def save_model(directory, cfg: LlamaConfig, params: dict, tokenizer_dir=None) -> Path:
-    """Writes `params` (a nested dict of host arrays) with the config and tokenizer files into an
-    existing directory."""
+    """Writes `params` (host arrays, or jax.Arrays possibly sharded over several processes) with the
+    config and tokenizer files into an existing directory. Every process calls it."""
     directory = Path(directory).absolute()
-    (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    host = jax.tree.map(np.asarray, params)
-    # Orbax copies every host array before writing unless told not to; without the copy, peak memory
-    # stays at the size of the parameters. Synchronous and uncompressed: weights barely compress.
-    registry = ocp.type_handlers.create_type_handler_registry(
-        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
-    handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
-    ocp.Checkpointer(handler).save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(host), force=True)
-    if tokenizer_dir is not None:
-        copy_tokenizer_files(tokenizer_dir, directory)
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
+        host = jax.tree.map(np.asarray, params)
+        # Orbax copies every host array before writing unless told not to; without the copy, peak memory
+        # stays at the size of the parameters. Synchronous and uncompressed: weights barely compress.
+        registry = ocp.type_handlers.create_type_handler_registry(
+            (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+        handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
+        ocp.Checkpointer(handler).save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(host), force=True)
+    else:  # each process writes its own shards
+        with ocp.StandardCheckpointer() as checkpointer:  # leaving waits for the background write
+            checkpointer.save(directory / PARAMS_DIR, params, force=True)
+    if jax.process_index() == 0:
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, directory)
     return directory
 
 

@@ -17,14 +17,22 @@ from oie_jax.data.format import Record
 from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.errors import UserError
-from oie_jax.models.checkpoint import CONFIG_FILE, load_config, load_params, save_model
+from oie_jax.models.checkpoint import CONFIG_FILE, load_config, load_params, model_from_params, save_model
 from oie_jax.models.config import LlamaConfig, preset
 from oie_jax.train import throughput
 from oie_jax.train.checkpointing import Checkpoints, with_shardings
 from oie_jax.train.metrics_log import MetricsLog
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
-from oie_jax.train.step import (TrainState, create_state, init_params, init_state, jit_on_mesh, make_eval_step,
-                                make_train_step, state_shardings)
+from oie_jax.train.step import (
+    TrainState,
+    create_state,
+    init_params,
+    init_state,
+    jit_on_mesh,
+    make_eval_step,
+    make_train_step,
+    state_shardings,
+)
 
 
 class TrainingDiverged(UserError):
@@ -155,10 +163,10 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
     tokenizer = run_tokenizer(config.model, init, cfg)
     say(f"reading training data: {config.data.train}")
     pipeline = Pipeline(load_records(config.data.train, config.data, say), tokenizer, pipeline_config(config.data))
-    dev = None
+    dev, dev_records = None, []
     if config.data.dev:
-        dev = Pipeline(load_records(config.data.dev, config.data, say), tokenizer,
-                       pipeline_config(config.data, shuffle=False))
+        dev_records = load_records(config.data.dev, config.data, say)
+        dev = Pipeline(dev_records, tokenizer, pipeline_config(config.data, shuffle=False))
     epoch_steps = [pipeline.steps_in_epoch(e) for e in range(max(config.train.epochs, 1))]
     total_steps = config.train.steps or sum(epoch_steps)
     if total_steps < 1:
@@ -229,19 +237,40 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
         if on_step is not None:
             on_step(step, metrics)
 
+    def due(every, step) -> bool:
+        return bool(every) and step % every == 0 or step == total_steps
+
     def evaluate(step):
-        if dev is None:
+        metrics = {}
+        if dev is not None and due(config.eval.every, step):
+            total = count = 0.0
+            for batch in dev.one_epoch():
+                loss_sum, tokens = eval_step(state.params, to_global(batch, rows))
+                total, count = total + float(loss_sum), count + float(tokens)
+            metrics["dev_loss"] = total / max(count, 1.0)
+            outcome.dev_losses[step] = metrics["dev_loss"]
+        if dev is not None and config.eval.f1_every and due(config.eval.f1_every, step):
+            metrics.update(dev_f1(step))
+        if not metrics:
             return
-        total = count = 0.0
-        for batch in dev.one_epoch():
-            loss_sum, tokens = eval_step(state.params, to_global(batch, rows))
-            total, count = total + float(loss_sum), count + float(tokens)
-        metrics = {"dev_loss": total / max(count, 1.0)}
-        outcome.dev_losses[step] = metrics["dev_loss"]
         log.write(step, metrics)
         better = checkpoints.offer_best(step, state.params, metrics)
-        bar.write(f"step {step}: dev loss {metrics['dev_loss']:.4f}" + (" (best so far, saved)" if better else ""))
+        shown = {name: metrics[name] for name in ("dev_loss", config.checkpoint.best_metric) if name in metrics}
+        bar.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
+                  + (" (best so far, saved)" if better else ""))
         interval["start"] = time.perf_counter()  # evaluation time is not training throughput
+
+    def dev_f1(step) -> dict:
+        if jax.process_count() > 1:
+            bar.write("dev F1 skipped: generation-based evaluation runs in one process (`oie-jax eval`)")
+            return {}
+        from oie_jax.eval.evaluate import evaluate as generate_and_score
+
+        records = dev_records[: config.eval.f1_examples or None]
+        _, scores = generate_and_score(model_from_params(cfg, state.params), tokenizer, records,
+                                       batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens,
+                                       progress=False, log=lambda line: bar.write(f"step {step}: {line}"))
+        return scores.metrics()
 
     def save(step):
         checkpoints.save(step, state, pipeline.state(), run_config)
@@ -259,9 +288,9 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
                 step += 1
                 bar.update(1)
                 finish_step(step, metrics)  # checked before it is evaluated or saved
-                if (config.eval.every and step % config.eval.every == 0) or step == total_steps:
+                if due(config.eval.every, step) or (config.eval.f1_every and due(config.eval.f1_every, step)):
                     evaluate(step)
-                if step % config.checkpoint.every == 0 or step == total_steps:
+                if due(config.checkpoint.every, step):
                     save(step)
                     interval["start"] = time.perf_counter()
             if step < total_steps:  # stopped by a signal: keep the work done
@@ -275,6 +304,7 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
         log.close()
     outcome.step = step
     if step == total_steps and config.export.model:
+        (workdir / "model").mkdir(exist_ok=True)
         out = save_model(workdir / "model", cfg, state.params, tokenizer_dir=init)
         say(f"wrote the fine-tuned model to {out}")
     return outcome
@@ -311,7 +341,8 @@ def summary_lines(config, cfg, init, mesh, pipeline, dev, total_steps, epoch_ste
     devices = jax.devices()
     return [
         "",
-        f"model    LLaMA {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.num_layers} layers, hidden {cfg.hidden_size}); "
+        f"model    LLaMA {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.num_layers} layers, hidden "
+        f"{cfg.hidden_size}); "
         f"{cfg.param_dtype} weights, {cfg.dtype} compute, remat {cfg.remat}; "
         + (f"from {init}" if init else f"random init of preset {config.model.preset!r}"),
         f"mesh     {dict(mesh.shape)} on {len(devices)} {devices[0].platform} devices, {jax.process_count()} "

@@ -68,7 +68,8 @@ def plan(config: ConfigDict) -> str:
     total = params + moments + grads + activations
     lines = [
         f"dry run: {cfg.num_params() / 1e9:.2f}B-parameter LLaMA ({cfg.num_layers} layers), {cfg.param_dtype} weights, "
-        f"{cfg.dtype} compute, remat {cfg.remat}" + ("" if init else f" (architecture of preset {config.model.preset!r})"),
+        f"{cfg.dtype} compute, remat {cfg.remat}"
+        + ("" if init else f" (architecture of preset {config.model.preset!r})"),
         f"mesh: {dict(mesh.shape)} = {devices} devices" + (f" ({slices} slices over DCN {dcn})" if slices > 1 else ""),
         f"batch: {config.data.batch_size} x {config.data.seq_len} tokens, {micro} micro-batch(es), "
         f"{rows_per_step // batch_shards} row(s) per device per micro-batch",
