@@ -4,7 +4,7 @@ Put the release files (Train_*.json, test_*.json) under data/mmm/ and import the
 configs/sample_smollm2.py.
 """
 
-from oie_jax.train.defaults import base_config
+from oie_jax.train.defaults import MMM_DEV, MMM_TRAIN, base_config
 
 
 def get_config():
@@ -14,11 +14,11 @@ def get_config():
     c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
     c.model.remat = "dots_no_batch"
-    c.data.train = "data/mmm/Train_*.json"
-    c.data.dev = "data/mmm/test_*.json"
+    c.data.train, c.data.dev = MMM_TRAIN, MMM_DEV
     c.data.source = "mmm"
     c.data.seq_len = 1024
     c.data.batch_size = 64
+    c.train.micro_batches = 8  # bounds activation memory on a single host
     c.data.mixture_temperature = 2.0  # lifts the small sub-datasets a little
     c.train.epochs = 3
     c.train.lr = 5e-5

@@ -52,11 +52,16 @@ def base_config() -> ConfigDict:
         every=100,  # steps; a last one is written at the end and on SIGTERM/SIGINT
         keep=2,  # latest checkpoints kept for resume
         async_save=True,  # write in the background while training goes on
-        best_metric="dev_loss",  # keeps the best params by this metric under best/ ("" = off)
+        best_metric="dev_loss",  # best params kept under best/ by this metric: dev_loss, or an F1 such as
+        # macro/all/f1 (see docs/metrics.md; needs eval.f1_every); "" = off
         best_mode="min",  # min or max
     ))
     c.eval = ConfigDict(dict(
         every=100,  # steps between dev-loss evaluations (and at the end); 0 = only at the end
+        f1_every=0,  # steps between generation-based F1 evaluations on dev (and at the end); 0 = never
+        f1_examples=0,  # dev records generated for F1 (the first N; 0 = all)
+        max_new_tokens=128,
+        batch_size=16,  # generation batch
     ))
     c.log = ConfigDict(dict(
         every=10,  # steps between metrics lines (JSONL, TensorBoard) and progress-bar updates
@@ -64,4 +69,20 @@ def base_config() -> ConfigDict:
     c.export = ConfigDict(dict(
         model=True,  # write WORKDIR/model, an oie-jax model directory of the final parameters
     ))
+    return c
+
+
+MMM_TRAIN, MMM_DEV = "data/mmm/Train_*.json", "data/mmm/test_*.json"  # the MMM release files, put under data/mmm/
+
+
+def paper_recipe(c: ConfigDict, init: str, preset: str) -> ConfigDict:
+    """OIELLM's fine-tuning as the paper describes it: full fine-tuning on all of MMM, 3 epochs, learning
+    rate 1e-5, bfloat16. Matmuls run in bfloat16; weights and Adam moments stay float32, because an
+    update of 1e-5 relative to a weight is below bfloat16's resolution (2^-8) and would round away."""
+    c.model.init, c.model.preset = init, preset
+    c.model.param_dtype, c.model.dtype = "float32", "bfloat16"
+    c.data.train, c.data.dev, c.data.source = MMM_TRAIN, MMM_DEV, "mmm"
+    c.data.seq_len, c.data.batch_size = 2048, 64
+    c.train.epochs, c.train.lr, c.train.weight_decay = 3, 1e-5, 0.0
+    c.checkpoint.every = c.eval.every = 500
     return c
