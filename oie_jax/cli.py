@@ -8,6 +8,7 @@ from pathlib import Path
 
 from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
+from oie_jax.files import read_lines
 from oie_jax.models.config import DTYPES
 
 
@@ -26,29 +27,13 @@ def cmd_convert_jax_to_hf(args):
     print(f"wrote {out}: load it with transformers.LlamaForCausalLM.from_pretrained({str(out)!r})")
 
 
-def read_prompts(args) -> list[str]:
-    if args.prompt is not None:
-        return [args.prompt]
-    path = Path(args.prompt_file)
-    if not path.is_file():
-        raise UserError("prompt file not found", path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise UserError(f"not UTF-8 text ({exc})", path) from None
-    prompts = [line for line in lines if line.strip()]
-    if not prompts:
-        raise UserError("no prompts (the file has no non-empty line)", path)
-    return prompts
-
-
 def cmd_generate(args):
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer.generate import Sampling, generate
     from oie_jax.models.checkpoint import load_model
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    prompts = read_prompts(args)
+    prompts = [args.prompt] if args.prompt is not None else read_lines(args.prompt_file, "prompt")
     tokenizer = load_tokenizer(args.model)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_model(args.model, **overrides)

@@ -17,6 +17,21 @@ def read_json(path) -> dict:
         raise UserError(f"invalid JSON ({exc})", path) from None
 
 
+def read_lines(path, what: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file (`what` names them in errors: "prompt", "input")."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file not found", path)
+    try:
+        lines = [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+    except UnicodeDecodeError as exc:
+        raise UserError(f"not UTF-8 text ({exc})", path) from None
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise UserError(f"no {what} lines (the file has no non-empty line)", path)
+    return lines
+
+
 def prepare_output_dir(out, overwrite: bool) -> Path:
     """An empty output directory: a non-empty one is refused unless `overwrite`, which empties it, so
     that no file of an earlier export (a stale shard, a tokenizer) is read back with the new ones."""

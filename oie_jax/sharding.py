@@ -94,6 +94,11 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> 
     return PartitionSpec(*spec)
 
 
+def axis_size(mesh, entry) -> int:
+    """How many ways a PartitionSpec entry (None, a mesh axis or a tuple of them) splits a dimension."""
+    return math.prod(mesh.shape[axis] for axis in ((entry,) if isinstance(entry, str) else (entry or ())))
+
+
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> dict:
     """NamedShardings for a model state, as the plain nested dict `load_params` and `jax.jit` take;
     checks that every sharded dimension divides evenly."""
@@ -101,9 +106,7 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RUL
     def sharding(var):
         spec = logical_to_spec(var.logical_axes, rules)
         for size, entry in zip(var.shape, spec):
-            parts = 1
-            for axis in (entry,) if isinstance(entry, str) else (entry or ()):
-                parts *= mesh.shape[axis]
+            parts = axis_size(mesh, entry)
             if size % parts:
                 raise UserError(f"dimension of size {size} ({var.logical_axes}) does not split {parts} ways on "
                                 f"mesh {dict(mesh.shape)}")

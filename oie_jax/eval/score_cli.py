@@ -9,6 +9,7 @@ from oie_jax.data import format as fmt
 from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
 from oie_jax.eval import DEFAULT_METRIC
+from oie_jax.files import read_lines
 from oie_jax.models.config import DTYPES
 
 
@@ -72,23 +73,10 @@ def cmd_eval(args):
           file=sys.stderr)
 
 
-def read_texts(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError("input file not found", file)
-    try:
-        texts = [line for line in file.read_text(encoding="utf-8").split("\n") if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise UserError(f"not UTF-8 text ({exc})", file) from None
-    if not texts:
-        raise UserError("no texts (the file has no non-empty line)", file)
-    return texts
-
-
 def cmd_extract(args):
     from oie_jax.infer.extract import extract
 
-    texts = [args.text] if args.text is not None else read_texts(args.input)
+    texts = [args.text] if args.text is not None else read_lines(args.input, "input")
     for result in extract(args.model, texts, args.task, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, dtype=args.dtype):
         print(json.dumps(result.to_json(), ensure_ascii=False))

@@ -174,10 +174,10 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
     optimizer, schedule = make_optimizer(config.train, total_steps)
 
     mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    rules = mesh_rules(config)
     shardings = state_shardings(cfg, optimizer, mesh, rules)
     rows = sharding.batch_sharding(mesh, rules)
-    check_batch(config, mesh)
+    rows_per_shard(config, mesh)
 
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir, config.checkpoint)
@@ -310,13 +310,18 @@ def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
     return outcome
 
 
-def check_batch(config: ConfigDict, mesh) -> None:
-    rows_axes = sharding.logical_to_spec(("batch",), tuple(tuple(r) for r in config.mesh.rules))[0] or ()
-    shards = math.prod(mesh.shape[a] for a in ((rows_axes,) if isinstance(rows_axes, str) else rows_axes))
+def mesh_rules(config: ConfigDict) -> tuple:
+    return tuple(tuple(rule) for rule in config.mesh.rules)
+
+
+def rows_per_shard(config: ConfigDict, mesh) -> int:
+    """Rows of one micro-batch on one batch shard of the mesh; an error when the batch does not split."""
+    shards = sharding.axis_size(mesh, sharding.logical_to_spec(("batch",), mesh_rules(config))[0])
     micro = config.train.micro_batches
     if config.data.batch_size % micro or (config.data.batch_size // micro) % shards:
-        raise UserError(f"data.batch_size {config.data.batch_size} must split into train.micro_batches {micro} "
-                        f"micro-batches whose rows divide over {shards} batch shards of the mesh")
+        raise UserError(f"data.batch_size {config.data.batch_size} in {micro} micro-batch(es) (train.micro_batches) "
+                        f"does not divide over {shards} batch shards of the mesh")
+    return config.data.batch_size // micro // shards
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

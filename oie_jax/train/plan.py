@@ -10,7 +10,7 @@ from ml_collections import ConfigDict
 from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.models.config import LlamaConfig
-from oie_jax.train.loop import abstract_state, make_optimizer, model_config
+from oie_jax.train.loop import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard
 from oie_jax.train.step import make_train_step, state_shardings
 
 GIB = 1024**3
@@ -41,20 +41,15 @@ def plan(config: ConfigDict) -> str:
         raise UserError(f"mesh.devices {devices} does not split into {slices} slices (mesh.dcn_shape {dcn})")
     ici = sharding.resolve_shape(config.mesh.shape, devices // slices, "ici")
     mesh = sharding.abstract_mesh(tuple(i * d for i, d in zip(ici, dcn)), devices)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    rules = mesh_rules(config)
     optimizer, _ = make_optimizer(config.train, total_steps=1000)  # the schedule does not change shapes
     shardings = state_shardings(cfg, optimizer, mesh, rules)
     state = abstract_state(cfg, optimizer, shardings)
 
-    batch_axes = sharding.logical_to_spec(("batch",), rules)[0] or ()
-    batch_shards = math.prod(mesh.shape[a] for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes))
     micro = config.train.micro_batches
-    rows_per_step = config.data.batch_size // micro
-    if config.data.batch_size % micro or rows_per_step % batch_shards:
-        raise UserError(f"data.batch_size {config.data.batch_size} in {micro} micro-batches does not divide over "
-                        f"{batch_shards} batch shards")
+    local_rows = rows_per_shard(config, mesh)
     shape = (config.data.batch_size, config.data.seq_len)
-    rows = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
+    rows = sharding.batch_sharding(mesh, rules)
     batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=rows)
              for name in ("tokens", "loss_mask", "segment_ids", "positions")}
     step = make_train_step(cfg, optimizer, micro, config.train.z_loss)
@@ -64,7 +59,7 @@ def plan(config: ConfigDict) -> str:
     params = sharding.bytes_per_device(state.params, shardings.params)
     moments = sharding.bytes_per_device(state.opt_state, shardings.opt_state)
     grads = params  # one gradient tree, laid out like the parameters
-    activations = activation_bytes(cfg, rows_per_step // batch_shards, config.data.seq_len, mesh.shape["tensor"])
+    activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"])
     total = params + moments + grads + activations
     lines = [
         f"dry run: {cfg.num_params() / 1e9:.2f}B-parameter LLaMA ({cfg.num_layers} layers), {cfg.param_dtype} weights, "
@@ -72,7 +67,7 @@ def plan(config: ConfigDict) -> str:
         + ("" if init else f" (architecture of preset {config.model.preset!r})"),
         f"mesh: {dict(mesh.shape)} = {devices} devices" + (f" ({slices} slices over DCN {dcn})" if slices > 1 else ""),
         f"batch: {config.data.batch_size} x {config.data.seq_len} tokens, {micro} micro-batch(es), "
-        f"{rows_per_step // batch_shards} row(s) per device per micro-batch",
+        f"{local_rows} row(s) per device per micro-batch",
         "train step traced on the planned mesh: shapes and shardings are consistent",
         "memory per device:",
         f"  parameters       {params / GIB:8.2f} GiB",
