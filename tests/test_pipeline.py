@@ -1,4 +1,4 @@
-"""The input pipeline: TFDS preparation, mixture, exact resume, and per-process shards."""
+"""The input pipeline: mixture, evaluation order, exact resume, and per-process shards."""
 
 import collections
 import json
@@ -13,7 +13,6 @@ import pytest
 
 from oie_jax.data.format import Record
 from oie_jax.data.pipeline import Pipeline, PipelineConfig, epoch_order
-from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
 from oie_jax.data.sample import load_sample
 from oie_jax.data.tokenizer import load_tokenizer
 from oie_jax.errors import UserError
@@ -35,17 +34,6 @@ def assert_same_batches(a, b):
     for x, y in zip(a, b):
         for name in x:
             np.testing.assert_array_equal(x[name], y[name])
-
-
-def test_tfds_split_holds_the_sample_records(tmp_path):
-    from oie_jax.data import tfds_mmm
-
-    builder = tfds_mmm.prepare(SAMPLE_DIRECTORY, tmp_path / "tfds", config="ja")
-    assert {s: builder.info.splits[s].num_examples for s in ("train", "dev", "test")} == {
-        "train": 42, "dev": 14, "test": 14}
-    prepared = sorted(tfds_mmm.load_records(builder, "train"), key=lambda r: r.id)
-    expected = sorted((r for r in load_sample("train") if r.language == "ja"), key=lambda r: r.id)
-    assert prepared == expected
 
 
 def test_resume_gives_exactly_the_following_batches(tokenizer, tmp_path):
@@ -88,8 +76,7 @@ def test_batches_carry_targets_and_segments(tokenizer):
 def test_process_shards_split_each_global_batch(tokenizer):
     records = load_sample("train")
     single = take(iter(Pipeline(records, tokenizer, CONFIG)), 6)
-    halves = [take(iter(Pipeline(records, tokenizer, CONFIG, process_index=p, process_count=2)), 6)
-              for p in range(2)]
+    halves = [take(iter(Pipeline(records, tokenizer, CONFIG, rows=slice(2 * p, 2 * p + 2))), 6) for p in range(2)]
     for whole, a, b in zip(single, *halves):
         np.testing.assert_array_equal(np.concatenate([a["tokens"], b["tokens"]]), whole["tokens"])
 
@@ -113,8 +100,8 @@ def test_small_and_bad_configs(tokenizer):
     assert (batch["segment_ids"].max(axis=1) == [1, 0, 0, 0]).all()
     with pytest.raises(UserError, match="mixture_temperature > 0"):
         PipelineConfig(mixture_temperature=0)
-    with pytest.raises(UserError, match="does not split over 3 processes"):
-        Pipeline([record], tokenizer, CONFIG, process_index=0, process_count=3)
+    with pytest.raises(UserError, match="not rows of a batch of 4"):
+        Pipeline([record], tokenizer, CONFIG, rows=slice(2, 6))
 
 
 TWO_PROCESS = textwrap.dedent("""
@@ -172,12 +159,3 @@ def test_two_jax_processes_resume_like_one(tokenizer, smollm2_hf_dir, tmp_path):
     assert first + second == expected
 
 
-def test_tfds_prepares_conll_from_nested_folders(tmp_path):
-    from oie_jax.data import tfds_mmm
-
-    for folder in ("a", "b"):  # the same file name twice: keys must stay unique
-        (tmp_path / "manual" / folder).mkdir(parents=True)
-        (tmp_path / "manual" / folder / "train.txt").write_text("Ann\tB-PER\nran\tO\n\nBob\tB-PER\nsat\tO\n")
-    builder = tfds_mmm.prepare(tmp_path / "manual", tmp_path / "tfds", config="all")
-    records = tfds_mmm.load_records(builder, "train")
-    assert sorted(r.items for r in records) == [(("PER", "Ann"),)] * 2 + [(("PER", "Bob"),)] * 2

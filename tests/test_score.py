@@ -6,7 +6,7 @@ import json
 import pytest
 
 from oie_jax import cli
-from oie_jax.data.format import render
+from oie_jax.data.format import Record, render
 from oie_jax.data.sample import load_sample
 from oie_jax.data.sources.registry import write_jsonl
 from oie_jax.eval.metrics import score
@@ -115,12 +115,24 @@ def test_unknown_metric_and_directory_outputs(files, tmp_path, capsys):
     assert code == 2 and "output is a directory" in capsys.readouterr().err
 
 
-def test_rejected_gold_records_are_reported_or_fatal_with_strict(files, tmp_path, capsys):
-    _, _, gold_path, pred_path = files
-    lines = gold_path.read_text().splitlines()
-    write_lines(gold_path, lines + ['{"id": "bad", "text": "abc", "task": "Unknown Task"}'])
-    assert cli.main(["score", "--gold", str(gold_path), "--pred", str(pred_path)]) == 0
+def test_every_gold_record_is_scored_and_inconsistent_ones_are_named(files, tmp_path, capsys):
+    golds, outputs, gold_path, pred_path = files
+    # A translation that lost its entity and an empty text: training would leave them out, a score never.
+    odd = [Record(text="Kyoto is old.", task="NER", label="Travel", items=(("Location", "Paris"),), id="odd1",
+                  subset="SCNM", language="en"),
+           Record(text=" ", task="NER", label="Travel", id="odd2", subset="SCNM", language="en")]
+    odd_outputs = ["Travel/NER/:Location;Paris", "Travel/NER/"]
+    write_jsonl(golds + odd, gold_path)
+    write_lines(pred_path, [{"id": g.id, "output": o} for g, o in zip(golds + odd, outputs + odd_outputs)])
+    code = cli.main(["score", "--gold", str(gold_path), "--pred", str(pred_path), "--json", str(tmp_path / "s.json")])
     err = capsys.readouterr().err
-    assert "1 gold records rejected and not scored" in err and f"gold.jsonl:{len(lines) + 1}: task" in err
+    assert code == 0 and "2 gold records are inconsistent and are scored as they are" in err
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["examples"] == len(golds) + 2
+    assert report["metrics"] == pytest.approx(score(golds + odd, outputs + odd_outputs).metrics(), abs=1e-6)
     code, err = run_error(capsys, "score", "--gold", str(gold_path), "--pred", str(pred_path), "--strict")
-    assert code == 2 and f"gold.jsonl:{len(lines) + 1}: task: unknown instruction word" in err
+    assert code == 2 and f"gold.jsonl:{len(golds) + 1}: items: entity not in text ('Paris')" in err
+    # A line that holds no record cannot be scored: an error, not a smaller score.
+    write_lines(gold_path, gold_path.read_text().splitlines() + ['{"id": "bad", "text": "abc", "task": "Unknown"}'])
+    code, err = run_error(capsys, "score", "--gold", str(gold_path), "--pred", str(pred_path))
+    assert code == 2 and "1 gold record(s) cannot be read" in err and f"gold.jsonl:{len(golds) + 3}: task" in err

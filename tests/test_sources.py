@@ -99,17 +99,50 @@ def test_mmm_bad_records_are_reported_with_file_line_and_reason(tmp_path):
         good(text="Tokyo is big.", output="Geography/NER/:Location;Tokyo"),
     ])
     result = load([str(path)], mmm.read, (".jsonl",))
-    assert [r.text for r in result.records] == ["Kazan met Spiegel in Paris.", "Tokyo is big."]
+    assert [r.text for r in result.records] == ["Kazan met Spiegel in Paris.", "Kazan met Spiegel in Paris.",
+                                                "Tokyo is big."]
     assert result.records[0].subset == "SCNM" and result.records[0].language == "en"
     reasons = [(p.line, p.field, p.reason) for p in result.problems]
     assert reasons == [(2, "json", "malformed JSON"), (3, "output", "missing field"),
-                       (4, "input", "unknown instruction word"), (5, "items", "entity not in text"),
-                       (6, "text", "empty text"), (7, "output", "malformed output")]
+                       (4, "input", "unknown instruction word"), (6, "text", "empty text"),
+                       (7, "output", "malformed output")]
+    # An entity that is not in its text is kept and counted (translated corpora have such records).
+    assert [(p.line, p.reason, p.rejects) for p in result.warnings] == [(5, "entity not in text", False)]
     summary = result.files[0]
-    assert summary.read == 8 and summary.kept == 2 and sum(summary.rejected.values()) == 6
+    assert summary.read == 8 and summary.kept == 3 and sum(summary.rejected.values()) == 5
+    assert summary.warned == {"entity not in text": 1}
     assert str(result.problems[0]).startswith(f"{path}:2: json: malformed JSON")
     with pytest.raises(UserError, match=":2: json: malformed JSON"):
         load([str(path)], mmm.read, (".jsonl",), strict=True)
+    # Gold data to score keeps every record that could be read: the empty text too, as a warning.
+    gold = load([str(path)], mmm.read, (".jsonl",), keep_all=True)
+    assert len(gold.records) == 4
+    assert [(p.line, p.reason) for p in gold.warnings] == [(5, "entity not in text"), (6, "empty text"),
+                                                           (6, "entity not in text")]
+    assert [p.line for p in gold.problems] == [2, 3, 4, 7]
+
+
+def test_entities_are_found_in_the_text_after_normalization(tmp_path, capsys):
+    path = write_lines(tmp_path / "Train_Ja_0_SCNM_dataset.jsonl", [
+        good(text="Ｐａｒｉｓは大きい。", output="地理/NER/:地名;Paris"),  # full-width letters in the text
+        good(text="京都は古い。", output="地理/NER/:地名;Kyoto"),  # a translation that lost its entity
+    ])
+    result = load([str(path)], mmm.read, (".jsonl",))
+    assert len(result.records) == 2 and [p.detail for p in result.warnings] == ["'Kyoto'"]
+    assert cli.main(["data", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "records: 2 kept, 0 rejected, 1 kept with a warning" in out
+    assert "entity not in text" in out and ":2: items: entity not in text ('Kyoto')" in out
+
+
+def test_rows_that_name_their_language_and_subset_keep_them(tmp_path):
+    rows = [{"input": "Kazan met Spiegel in Paris./NER", "output": "History/NER/:Person;Kazan", "id": str(i),
+             "language": language, "subset": "SCNM"} for i, language in enumerate(("en", "ja", "zh"))]
+    path = write_lines(tmp_path / "dev.jsonl", [json.dumps(row) for row in rows])
+    source, result = load_source([str(path)])
+    assert source == "mmm"
+    assert [(r.id, r.language, r.subset) for r in result.records] == [("0", "en", "SCNM"), ("1", "ja", "SCNM"),
+                                                                       ("2", "zh", "SCNM")]
 
 
 def test_json_list_lines_and_wrong_encoding(tmp_path):

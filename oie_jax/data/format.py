@@ -119,10 +119,12 @@ def text_values(task: str, item: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def missing_from_text(record: Record) -> str | None:
-    """The first item value that should be a span of the text and is not; None when all are."""
+    """The first item value that should be a span of the text and is not, compared after `normalize`
+    (full-width `Ｐａｒｉｓ` holds `Paris`); None when all are."""
+    text = normalize(record.text)
     for item in record.items:
         for value in text_values(record.task, item):
-            if value not in record.text:
+            if normalize(value) not in text:
                 return value
     return None
 

@@ -22,7 +22,8 @@ def _table(title: str, counts: collections.Counter) -> list[str]:
 def report(source: str, result: LoadResult) -> str:
     records = result.records
     lines = [f"source: {source}", *result.summary_lines(),
-             f"records: {len(records):,} kept, {len(result.problems):,} rejected"]
+             f"records: {len(records):,} kept, {len(result.problems):,} rejected, {len(result.warnings):,} kept with a "
+             "warning"]
     lines += _table("language", collections.Counter(r.language or "?" for r in records))
     lines += _table("subset", collections.Counter(r.subset or "-" for r in records))
     lines += _table("task", collections.Counter(r.task for r in records))
@@ -40,9 +41,16 @@ def report(source: str, result: LoadResult) -> str:
         lines.append(f"grounding: {groundable:,} of {entities:,} entities have boxes "
                      f"({groundable / max(entities, 1):.1%} groundable), "
                      f"{sum(len(b) for g in grounded for b in g.boxes):,} boxes")
-    if result.problems:
-        lines.append("rejected records:")
-        lines += [f"  {p}" for p in result.problems[:MAX_PROBLEMS_SHOWN]]
-        if len(result.problems) > MAX_PROBLEMS_SHOWN:
-            lines.append(f"  ... and {len(result.problems) - MAX_PROBLEMS_SHOWN:,} more")
+    lines += _listed("rejected records", result.problems)
+    lines += _listed("kept with a warning", result.warnings)
     return "\n".join(lines)
+
+
+def _listed(title: str, problems: list) -> list[str]:
+    if not problems:
+        return []
+    lines = _table(f"{title} by reason", collections.Counter(p.reason for p in problems))
+    lines += [f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN:,} more")
+    return lines

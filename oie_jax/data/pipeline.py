@@ -38,6 +38,11 @@ class PipelineConfig:
     shuffle: bool = True
     prefetch: int = 2
 
+    @classmethod
+    def for_evaluation(cls, seq_len: int, batch_size: int, pack: bool = True) -> "PipelineConfig":
+        """Every example exactly once, in order: no mixture, no shuffling."""
+        return cls(seq_len=seq_len, batch_size=batch_size, pack=pack, mixture_temperature=1.0, shuffle=False)
+
     def __post_init__(self):
         if self.mixture_temperature <= 0 or self.seq_len < 2 or self.batch_size < 1:
             raise UserError(f"invalid pipeline config {self}: mixture_temperature > 0, seq_len >= 2 and "
@@ -57,10 +62,13 @@ def epoch_order(groups: list[tuple[str, str]], cfg: PipelineConfig, epoch: int) 
         members[group].append(index)
     names = sorted(members)
     sizes = np.array([len(members[g]) for g in names], np.float64)
-    weights = sizes ** (1.0 / cfg.mixture_temperature)
-    quota = weights / weights.sum() * len(groups)
-    counts = np.floor(quota).astype(int)
-    counts[np.argsort(counts - quota, kind="stable")[: len(groups) - counts.sum()]] += 1  # largest remainders
+    if cfg.mixture_temperature == 1.0:  # natural proportions: every example exactly once
+        counts = sizes.astype(int)
+    else:
+        weights = sizes ** (1.0 / cfg.mixture_temperature)
+        quota = weights / weights.sum() * len(groups)
+        counts = np.floor(quota).astype(int)
+        counts[np.argsort(counts - quota, kind="stable")[: len(groups) - counts.sum()]] += 1  # largest remainders
     order = []
     for name, count in zip(names, counts):
         pool = np.array(members[name])
@@ -73,14 +81,19 @@ def epoch_order(groups: list[tuple[str, str]], cfg: PipelineConfig, epoch: int) 
 class Pipeline:
     """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS."""
 
-    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig, rows: slice | None = None):
+        """`rows`: this process's rows of each global batch (`sharding.process_row_blocks`); by
+        default the process's equal share in process order."""
         self.cfg = cfg
-        self.process_index = jax.process_index() if process_index is None else process_index
-        self.process_count = jax.process_count() if process_count is None else process_count
-        if cfg.batch_size % self.process_count:
-            raise UserError(f"batch_size {cfg.batch_size} does not split over {self.process_count} processes")
-        self.local_batch = cfg.batch_size // self.process_count
+        if rows is None:
+            count = jax.process_count()
+            if cfg.batch_size % count:
+                raise UserError(f"batch_size {cfg.batch_size} does not split over {count} processes")
+            share = cfg.batch_size // count
+            rows = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+        if not 0 <= rows.start < rows.stop <= cfg.batch_size:
+            raise UserError(f"rows {rows.start}:{rows.stop} are not rows of a batch of {cfg.batch_size}")
+        self.rows = rows
         self.stats = EncodeStats()
         encoded = [(encode(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
         kept = [(s, g) for s, g in encoded if s is not None]
@@ -114,8 +127,8 @@ class Pipeline:
     def _epoch_dataset(self, epoch: int, start: int) -> tf.data.Dataset:
         rows = self.epoch_rows(epoch)
         steps = len(rows.tokens) // self.cfg.batch_size
-        mine = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, mine] for name in BATCH_FIELDS}
+        local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, self.rows]
+                 for name in BATCH_FIELDS}
         return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch)
 
     def one_epoch(self, epoch: int = 0):

@@ -1,13 +1,30 @@
-"""One small interface over Hugging Face `tokenizer.json` and SentencePiece `.model` files."""
+"""One small interface over Hugging Face `tokenizer.json` and SentencePiece `.model` files, and the
+tokenizer files that travel with a model directory. Paths are `etils.epath` paths (local or gs://)."""
 
-from pathlib import Path
+import json
+
+from etils import epath
 
 from oie_jax.errors import UserError
-from oie_jax.files import read_json
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"
 )
+
+
+def copy_tokenizer_files(src, dst) -> list[str]:
+    """Copies the tokenizer files of `src` (a directory, or one tokenizer.json / .model file; "bytes"
+    has none) into the directory `dst`; returns their names."""
+    if str(src) == "bytes":
+        return []
+    src, dst = epath.Path(src), epath.Path(dst)
+    if src.is_dir():
+        pairs = [(src / name, name) for name in TOKENIZER_FILES if (src / name).is_file()]
+    else:  # a lone file takes the name a model directory gives it
+        pairs = [(src, "tokenizer" + src.suffix)]
+    for path, name in pairs:
+        (dst / name).write_bytes(path.read_bytes())
+    return [name for _, name in pairs]
 
 
 class Tokenizer:
@@ -34,11 +51,11 @@ class Tokenizer:
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json` (Llama 3, SmolLM2, ...) through the `tokenizers` library."""
 
-    def __init__(self, path: Path, config: dict | None = None):
+    def __init__(self, path: epath.Path, config: dict | None = None):
         from tokenizers import Tokenizer as RustTokenizer
 
         try:
-            self._tok = RustTokenizer.from_file(str(path))
+            self._tok = RustTokenizer.from_str(path.read_text())
         except Exception as exc:  # the Rust library raises a bare Exception on bad files
             raise UserError(f"not a valid tokenizer.json ({exc})", path) from None
         config = config or {}
@@ -65,13 +82,13 @@ class HFTokenizer(Tokenizer):
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece `.model` (Llama 2, the 13B OIELLM): BOS prepended, no EOS, like Llama 2."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: epath.Path):
         import sentencepiece
 
         self._sp = sentencepiece.SentencePieceProcessor()
         try:
-            self._sp.Load(str(path))
-        except (OSError, RuntimeError) as exc:
+            self._sp.LoadFromSerializedProto(path.read_bytes())
+        except (OSError, RuntimeError, TypeError) as exc:
             raise UserError(f"not a valid SentencePiece model ({exc})", path) from None
         self.vocab_size = self._sp.GetPieceSize()
         self.bos_id, self.eos_id, self.pad_id = (
@@ -111,9 +128,9 @@ def load_tokenizer(path) -> Tokenizer:
     "bytes" names the byte tokenizer."""
     if str(path) == "bytes":
         return ByteTokenizer()
-    path = Path(path)
+    path = epath.Path(path)
     if path.is_dir():
-        config = read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}
+        config = read_config(path / "tokenizer_config.json")
         if (path / "tokenizer.json").exists():
             return HFTokenizer(path / "tokenizer.json", config)
         if (path / "tokenizer.model").exists():
@@ -126,3 +143,12 @@ def load_tokenizer(path) -> Tokenizer:
     if path.suffix == ".model":
         return SentencePieceTokenizer(path)
     raise UserError("expected a tokenizer.json or a SentencePiece .model file", path)
+
+
+def read_config(path: epath.Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"invalid JSON ({exc})", path) from None

@@ -4,7 +4,7 @@ written for this project, split 6/2/2 per cell into train.jsonl, dev.jsonl and t
 from pathlib import Path
 
 from oie_jax.data.format import Record
-from oie_jax.data.sources import records
+from oie_jax.data.sources import Checked, records
 
 DIRECTORY = Path(__file__).parent
 SPLITS = ("train", "dev", "test")
@@ -17,7 +17,7 @@ def load_sample(split: str | None = None) -> list[Record]:
     loaded = []
     for name in [split] if split else SPLITS:
         for value in records.read(DIRECTORY / f"{name}.jsonl"):
-            if not isinstance(value, Record):
+            if not isinstance(value, Checked) or value.problems:
                 raise ValueError(f"the embedded sample corpus is damaged: {value}")
-            loaded.append(value)
+            loaded.append(value.record)
     return loaded

@@ -8,20 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data.format import Grounding, Record
-from oie_jax.data.sources import Problem, checked
+from oie_jax.data.sources import Checked, Problem, checked
 from oie_jax.data.sources.jsonfile import lines, read_text
 
 
-def read(path: Path, language: str = "en") -> Iterator[Record | Problem]:
+def read(path: Path, language: str = "en") -> Iterator[Checked | Problem]:
     yield from _read(path, language, xml_dir=None)
 
 
-def read_gmner(path: Path, xml_dir: Path | None = None) -> Iterator[Record | Problem]:
+def read_gmner(path: Path, xml_dir: Path | None = None) -> Iterator[Checked | Problem]:
     """GMNER tweets; boxes from `xml_dir` (default: `xml/` beside the folder of the text file)."""
     yield from _read(path, "en", xml_dir or path.parent.parent / "xml")
 
 
-def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Record | Problem]:
+def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Checked | Problem]:
     text = read_text(path)
     if isinstance(text, Problem):
         yield text
@@ -35,7 +35,7 @@ def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Record | 
             block = []
 
 
-def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) -> Record | Problem:
+def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) -> Checked | Problem:
     first_line = block[0][0]
     image = ""
     if block[0][1].startswith("IMGID:"):

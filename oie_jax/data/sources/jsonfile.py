@@ -24,9 +24,16 @@ def lines(text: str) -> list[str]:
 
 
 def read_json_records(path: Path, to_record) -> Iterator:
-    """to_record(value, path, line) for each value of a JSON file, and the file's own problems."""
+    """to_record(value, path, line, name) for each value of a JSON file, and the file's own problems.
+    `name` is the record's default id: `{file stem}:{record number}` (several records of a JSON list
+    may share a line)."""
+    number = 0
     for entry in iter_json_values(path):
-        yield entry if isinstance(entry, Problem) else to_record(entry[1], path, entry[0])
+        if isinstance(entry, Problem):
+            yield entry
+            continue
+        number += 1
+        yield to_record(entry[1], path, entry[0], f"{path.stem}:{number}")
 
 
 def _line_of_byte(data: bytes, offset: int) -> int:

@@ -1,6 +1,7 @@
 """The MMM release: JSON (list or lines) files of {input, output} or {instruction, input, output}
 records, named like `Train_En_0_SCNM_dataset.json`, `test_Ch_5_TCREE_2k_clear2.json` or
-`Train_Ch_MRE_OIEDataset.json` (TCONER)."""
+`Train_Ch_MRE_OIEDataset.json` (TCONER). The file name gives the language and subset unless a row
+names its own `language` and `subset`."""
 
 import functools
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem, checked, missing_fields, split_from_name
+from oie_jax.data.sources import Checked, Problem, checked, missing_fields, split_from_name
 from oie_jax.data.sources.jsonfile import read_json_records
 
 LANGUAGE_CODES = {"en": "en", "ja": "ja", "jp": "ja", "ch": "zh", "zh": "zh", "cn": "zh"}
@@ -35,12 +36,13 @@ def describe_file(path: Path) -> tuple[str, str, str]:
     return split, language, subset
 
 
-def read(path: Path) -> Iterator[Record | Problem]:
+def read(path: Path) -> Iterator[Checked | Problem]:
     _, language, file_subset = describe_file(path)
-    yield from read_json_records(path, lambda value, path, line: to_record(value, path, line, language, file_subset))
+    yield from read_json_records(path, lambda value, path, line, name: to_record(value, path, line, name, language,
+                                                                                 file_subset))
 
 
-def to_record(value, path: Path, line: int, language: str, file_subset: str) -> Record | Problem:
+def to_record(value, path: Path, line: int, name: str, language: str, file_subset: str) -> Checked | Problem:
     if problem := missing_fields(value, path, line, ("input", "output")):
         return problem
     reject = functools.partial(Problem, str(path), line)
@@ -55,6 +57,9 @@ def to_record(value, path: Path, line: int, language: str, file_subset: str) -> 
     parsed = fmt.parse(value["output"], task)
     if not parsed.well_formed:
         return reject("output", "malformed output", parsed.reason)
-    record = Record(text=text, task=task, label=parsed.label, items=parsed.items, language=language,
-                    subset=file_subset or SUBSET_BY_TASK.get(task, ""), id=str(value.get("id", f"{path.stem}:{line}")))
+    # What the row says wins over what the file name implies (JSON lines with language and subset).
+    record = Record(text=text, task=task, label=parsed.label, items=parsed.items,
+                    language=value.get("language") or language,
+                    subset=value.get("subset") or file_subset or SUBSET_BY_TASK.get(task, ""),
+                    id=str(value.get("id", name)))
     return checked(record, path, line)

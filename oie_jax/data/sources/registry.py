@@ -37,15 +37,17 @@ def detect(path: str) -> str:
     return "records" if '"items"' in head and '"task"' in head else "mmm"
 
 
-def load_source(paths: list[str], source: str = "auto", strict: bool = False) -> tuple[str, LoadResult]:
-    """Records of one format from files, directories and globs; `auto` guesses it from the first."""
+def load_source(paths: list[str], source: str = "auto", strict: bool = False,
+                keep_all: bool = False) -> tuple[str, LoadResult]:
+    """Records of one format from files, directories and globs; `auto` guesses it from the first.
+    `keep_all` keeps records that training would reject (gold data to score; see `sources.load`)."""
     if source == "auto":
         first = Path(paths[0])
         source = detect(paths[0] if first.is_dir() else str(expand(paths[:1], ALL_SUFFIXES)[0]))
     reader, suffixes = SOURCES[source]
     if source == "gmner":
         paths = [str(Path(p) / "txt") if (Path(p) / "txt").is_dir() else p for p in paths]
-    return source, load(paths, reader, suffixes, strict=strict)
+    return source, load(paths, reader, suffixes, strict=strict, keep_all=keep_all)
 
 
 def write_jsonl(records, out: Path) -> int:

@@ -6,15 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oie_jax.data.format import Record
-from oie_jax.data.sources import Problem, checked, missing_fields
+from oie_jax.data.sources import Checked, Problem, checked, missing_fields
 from oie_jax.data.sources.jsonfile import read_json_records
 
 
-def read(path: Path) -> Iterator[Record | Problem]:
+def read(path: Path) -> Iterator[Checked | Problem]:
     yield from read_json_records(path, to_record)
 
 
-def to_record(value, path: Path, line: int) -> Record | Problem:
+def to_record(value, path: Path, line: int, name: str) -> Checked | Problem:
     if problem := missing_fields(value, path, line, ("text",)):
         return problem
     reject = functools.partial(Problem, str(path), line)
@@ -34,6 +34,6 @@ def to_record(value, path: Path, line: int) -> Record | Problem:
             return reject(f"{field}.span", "span mismatch",
                            f"text[{span[0]}:{span[1]}] is {text[span[0]:span[1]]!r}, name is {entity['name']!r}")
         items.append((entity["type"], entity["name"]))
-    record = Record(text=text, task="NER", items=tuple(items), id=str(value.get("curid", f"{path.stem}:{line}")),
+    record = Record(text=text, task="NER", items=tuple(items), id=str(value.get("curid", name)),
                     language="ja", subset="SCNM")
     return checked(record, path, line)
