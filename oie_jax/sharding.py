@@ -115,6 +115,25 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RUL
     return nnx.to_pure_dict(jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
+def inference_shardings(state: nnx.State, devices=None, rules=DEFAULT_RULES, device_memory: int | None = None,
+                        fraction: float = 0.5) -> dict:
+    """Where a model for inference lives: whole on the first device when it takes at most `fraction` of
+    that device's memory, else split over all `devices` (default: the local ones) by the rules (fsdp).
+    `device_memory` defaults to what an accelerator reports; CPUs report none (they share the host's
+    memory, where splitting gains nothing)."""
+    devices = list(devices or jax.local_devices())
+    if device_memory is None and devices[0].platform != "cpu":
+        device_memory = (devices[0].memory_stats() or {}).get("bytes_limit")
+    size = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize
+               for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    if device_memory is None or size <= fraction * device_memory or len(devices) == 1:
+        single = jax.sharding.SingleDeviceSharding(devices[0])
+        return nnx.to_pure_dict(jax.tree.map(lambda v: v.replace(single), state,
+                                             is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    mesh = jax.make_mesh((1, len(devices), 1), MESH_AXES, axis_types=(AUTO,) * len(MESH_AXES), devices=devices)
+    return param_shardings(state, mesh, rules)
+
+
 # ---- activations ---------------------------------------------------------------------------------
 
 _activation_rules = DEFAULT_RULES
@@ -131,6 +150,10 @@ def activation_rules(rules):
         _activation_rules = previous
 
 
+def current_rules() -> tuple:
+    return _activation_rules
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Pins an activation to its logical layout on the current mesh (`jax.set_mesh`); a no-op without a
     mesh, so the model runs unchanged on one device and in generation."""
@@ -138,6 +161,30 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, _activation_rules))
+
+
+def process_row_blocks(batch: NamedSharding, rows: int,
+                       process_of=lambda device: device.process_index) -> dict[int, slice]:
+    """{process: the rows of a global batch its devices hold}: one contiguous block per process,
+    disjoint from the others' (what each process's input pipeline feeds and
+    `jax.make_array_from_process_local_data` expects). A mesh that puts the same rows on several
+    processes, or one process's rows in pieces, is refused."""
+    held: dict[int, set[int]] = {}
+    for device, index in batch.devices_indices_map((rows,)).items():
+        held.setdefault(process_of(device), set()).update(range(*index[0].indices(rows)))
+    owners = {}
+    for process, block in held.items():
+        if max(block) - min(block) + 1 != len(block):
+            raise UserError(f"process {process} holds rows {sorted(block)} of the batch, not one block: the mesh "
+                            f"{dict(batch.mesh.shape)} interleaves processes along the batch axes")
+        for row in block:
+            owners.setdefault(row, []).append(process)
+    shared = next((row for row, processes in sorted(owners.items()) if len(processes) > 1), None)
+    if shared is not None:
+        raise UserError(f"batch row {shared} sits on processes {owners[shared]}: the mesh {dict(batch.mesh.shape)} "
+                        "replicates rows across hosts, whose input pipelines feed different rows; put the hosts "
+                        "along a batch axis (data or fsdp, mesh.dcn_shape)")
+    return {process: slice(min(block), max(block) + 1) for process, block in sorted(held.items())}
 
 
 def batch_sharding(mesh, rules=DEFAULT_RULES) -> NamedSharding:

@@ -1,5 +1,6 @@
 """Builders shared by the tests: small random Hugging Face LLaMA checkpoints."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,15 @@ def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "f
 
 def random_tokens(shape, vocab: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(4, vocab, shape).astype(np.int32)
+
+
+def save_word_tokenizer(directory: Path, vocab_size: int, eos_token: str = "t2") -> None:
+    """A tokenizer.json whose words `t0` ... `t{vocab_size - 1}` are token ids 0 ... vocab_size - 1 (t1 is
+    BOS), for command-line runs of random models: "t5 t17" encodes to [1, 5, 17]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="t1 $A", special_tokens=[("t1", 1)])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "t1", "eos_token": eos_token}))

@@ -1,16 +1,24 @@
 """KV-cache generation on a tiny random LLaMA-3.1-shaped model against transformers, plus sampling."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
+from flax import nnx
 
+from oie_jax import cli, sharding
 from oie_jax.convert import hf_to_jax
+from oie_jax.data.format import Record, render_input
+from oie_jax.data.tokenizer import load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.infer import generate as gen
-from oie_jax.models.checkpoint import load_model
-from tests.helpers import llama31_hf_config, random_tokens, save_random_hf_llama
+from oie_jax.infer.predict import generate_outputs
+from oie_jax.models.checkpoint import abstract_model, load_config, load_model, load_params
+from tests.helpers import llama31_hf_config, random_tokens, save_random_hf_llama, save_word_tokenizer
 
 NO_EOS = ()
 
@@ -115,3 +123,53 @@ def test_bad_requests(pair):
         gen.generate(model, [[5]], max_new_tokens=2, batch_size=0)
     with pytest.raises(UserError, match="at least 1"):
         gen.generate(model, [[5]], max_new_tokens=0)
+
+
+def test_generation_config_stop_ids_end_every_generation(tmp_path, capsys):
+    """Llama 3 Instruct names <|eot_id|> in generation_config.json only: `generate` and evaluation both stop
+    there, as transformers does."""
+    hf_dir, ours = tmp_path / "hf", tmp_path / "ours"
+    torch_model = save_random_hf_llama(hf_dir, llama31_hf_config(eos_token_id=2), seed=7)
+    save_word_tokenizer(hf_dir, 320)
+    tokenizer = load_tokenizer(hf_dir)
+    record = Record(text="t5 t17 t100 t33 t250", task="NER")
+    prompt = render_input(record.text, record.task)  # what evaluation feeds; "t250/NER" is the unknown word t0
+    ids = torch.tensor([tokenizer.encode(prompt)])
+
+    def reference_generate(model, **kwargs):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                 do_sample=False, pad_token_id=0, **kwargs)
+        return out[0, ids.shape[1]:].tolist()
+
+    free = reference_generate(torch_model, eos_token_id=None)
+    end_of_turn = next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i] and t != 2)
+    config = json.loads((hf_dir / "generation_config.json").read_text())
+    (hf_dir / "generation_config.json").write_text(json.dumps(dict(config, eos_token_id=[2, end_of_turn])))
+    stopped = reference_generate(transformers.LlamaForCausalLM.from_pretrained(str(hf_dir)).eval())
+    assert stopped == free[:free.index(end_of_turn) + 1]  # transformers reads generation_config.json
+
+    hf_to_jax.convert(hf_dir, ours)
+    assert load_model(ours).cfg.eos_token_ids == (2, end_of_turn)
+    assert cli.main(["generate", "--model", str(ours), "--prompt", prompt, "--max-new-tokens", "16"]) == 0
+    assert capsys.readouterr().out.strip() == tokenizer.decode(stopped)
+    outputs, _ = generate_outputs(load_model(ours), load_tokenizer(ours), [record], max_new_tokens=16, progress=False)
+    assert outputs == [tokenizer.decode(stopped)]
+
+
+def test_a_model_too_large_for_one_device_is_split_over_all_and_generates_the_same(pair, tmp_path):
+    _, model = pair
+    hf_dir, ours = tmp_path / "hf", tmp_path / "ours"
+    save_random_hf_llama(hf_dir, llama31_hf_config(), seed=7)
+    hf_to_jax.convert(hf_dir, ours)
+    state = nnx.state(abstract_model(load_config(ours)))
+    whole = sharding.inference_shardings(state)  # CPUs share the host's memory: one device
+    assert {type(s) for s in jax.tree.leaves(whole)} == {jax.sharding.SingleDeviceSharding}
+    split = sharding.inference_shardings(state, device_memory=10_000)  # a device of 10 kB
+    assert {s.mesh.size for s in jax.tree.leaves(split)} == {8}
+    prompts = prompts_of([3, 17, 9])
+    sharded = load_model(ours, shardings=split)
+    assert gen.generate(sharded, prompts, 12, eos_ids=NO_EOS) == gen.generate(model, prompts, 12, eos_ids=NO_EOS)
+    # An export reads the parameters into host memory, onto no device at all.
+    params = load_params(ours, load_config(ours))
+    assert all(type(leaf) is np.ndarray for leaf in jax.tree.leaves(params))

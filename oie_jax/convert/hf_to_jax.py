@@ -13,12 +13,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from oie_jax.convert import layout
+from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir, read_json
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
@@ -102,13 +104,28 @@ def _get_or_alloc(tree, path, shape, dtype) -> np.ndarray:
     return node[path[-1]]
 
 
+def stop_token_overrides(src: Path, hf_config: dict) -> dict:
+    """`eos_token_id` as the union of config.json's and generation_config.json's (Llama 3 Instruct
+    ends its turns with <|eot_id|>, named in the latter only); {} without a generation config."""
+    path = src / GENERATION_CONFIG
+    if not path.is_file():
+        return {}
+    ids = []
+    for value in (hf_config.get("eos_token_id"), read_json(path).get("eos_token_id")):
+        ids += value if isinstance(value, list) else [] if value is None else [value]
+    ids = list(dict.fromkeys(ids))
+    return {"eos_token_id": ids[0] if len(ids) == 1 else tuple(ids)} if ids else {}
+
+
 def convert_safetensors_dir(src: Path, out: Path, dtype: str | None = None) -> LlamaConfig:
-    cfg = LlamaConfig.from_hf_config(read_json(src / "config.json"))
+    hf_config = read_json(src / "config.json")
+    cfg = LlamaConfig.from_hf_config(hf_config, **stop_token_overrides(src, hf_config))
     if dtype:
         cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
     files = safetensors_files(src)
     params = fill_params(cfg, iter_safetensors(files), NUMPY_DTYPES[cfg.param_dtype])
-    checkpoint.save_model(out, cfg, params, tokenizer_dir=src)
+    checkpoint.save_model(out, cfg, params)
+    copy_tokenizer_files(src, out)
     return cfg
 
 

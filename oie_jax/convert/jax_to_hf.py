@@ -12,7 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from oie_jax.convert import layout
-from oie_jax.convert.hf_to_jax import INDEX_FILE, NUMPY_DTYPES
+from oie_jax.convert.hf_to_jax import GENERATION_CONFIG, INDEX_FILE, NUMPY_DTYPES
+from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir
 from oie_jax.models import checkpoint
@@ -42,17 +43,30 @@ def hf_tensor(params, entry, layer, cfg, dtype) -> np.ndarray:
 
 def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
             overwrite: bool = False) -> Path:
-    from safetensors.numpy import save_file
-
-    src = Path(src)
+    """An oie-jax model directory as a Hugging Face one; the parameters are read into host memory."""
     cfg = checkpoint.load_config(src)
-    dtype = dtype or cfg.param_dtype
-    if dtype not in NUMPY_DTYPES:
-        raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
-    np_dtype = NUMPY_DTYPES[dtype]
+    check_dtype(dtype)
     params = checkpoint.load_params(src, cfg)
     out = prepare_output_dir(out, overwrite)
+    write(out, cfg, params, dtype, max_shard_bytes)
+    if not copy_tokenizer_files(src, out):
+        print(f"warning: {src} has no tokenizer files; {out} has none either", file=sys.stderr)
+    return out
 
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in NUMPY_DTYPES:
+        raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
+
+
+def write(out: Path, cfg: LlamaConfig, params: dict, dtype: str | None = None,
+          max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Safetensors shards, their index, config.json and generation_config.json of host `params` into
+    the empty directory `out`."""
+    from safetensors.numpy import save_file
+
+    dtype = dtype or cfg.param_dtype
+    np_dtype = NUMPY_DTYPES[dtype]
     shards = plan_shards(cfg, params, np.dtype(np_dtype).itemsize, max_shard_bytes)
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
@@ -72,10 +86,7 @@ def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_M
         (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
     _write_json(out / "config.json", cfg.to_hf_config(torch_dtype=dtype))
-    _write_json(out / "generation_config.json", generation_config(cfg))
-    if not checkpoint.copy_tokenizer_files(src, out):
-        print(f"warning: {src} has no tokenizer files; {out} has none either", file=sys.stderr)
-    return out
+    _write_json(out / GENERATION_CONFIG, generation_config(cfg))
 
 
 def generation_config(cfg: LlamaConfig) -> dict:

@@ -121,21 +121,12 @@ class Scores:
 
     def metrics(self) -> dict[str, float]:
         """Every value by name: `micro/wl/f1`, `macro/all/p`, `en/macro/tl/r`, `SCNM/en/all/f1`, ..."""
-        values = {}
-
-        def add(scope, table):
-            for m, metric in enumerate(METRICS):
-                for s, stat in enumerate(STATS):
-                    values[f"{scope}/{metric}/{stat}"] = float(table[m, s])
-
-        add("micro", self.micro)
-        add("macro", self.macro)
-        for i, language in enumerate(self.groups.languages):
-            add(f"{language or '-'}/micro", self.language_micro[i])
-            add(f"{language or '-'}/macro", self.language_macro[i])
-        for i, (subset, language) in enumerate(self.groups.keys):
-            add(f"{subset or '-'}/{language or '-'}", self.group[i])
-        return values
+        tables = [self.micro, self.macro]
+        tables += [table for i in range(len(self.groups.languages))
+                   for table in (self.language_micro[i], self.language_macro[i])]
+        tables += list(self.group[: len(self.groups.keys)])
+        return {f"{scope}/{metric}/{stat}": float(table[m, s]) for scope, table in zip(scopes(self.groups), tables)
+                for m, metric in enumerate(METRICS) for s, stat in enumerate(STATS)}
 
     def metric(self, name: str = DEFAULT_METRIC) -> float:
         values = self.metrics()
@@ -143,6 +134,19 @@ class Scores:
             raise KeyError(f"no metric {name!r}; names look like 'macro/all/f1', 'micro/wl/p', 'en/macro/tl/r', "
                            f"'SCNM/en/all/f1' (scope/metric/stat with metric in {METRICS} and stat in {STATS})")
         return values[name]
+
+
+def scopes(groups: Groups) -> list[str]:
+    """The scopes of a set's metric names, in the order `Scores.metrics` lists them."""
+    return (["micro", "macro"] + [f"{language or '-'}/{kind}" for language in groups.languages
+                                  for kind in ("micro", "macro")]
+            + [f"{subset or '-'}/{language or '-'}" for subset, language in groups.keys])
+
+
+def metric_names(records: Sequence[Record]) -> list[str]:
+    """The names `Scores.metrics()` will have for these gold records, before any output exists."""
+    return [f"{scope}/{metric}/{stat}" for scope in scopes(Groups.of(records)) for metric in METRICS
+            for stat in STATS]
 
 
 def score(golds: Sequence[Record], outputs: Sequence[str], *, notes: Sequence[str] = (),

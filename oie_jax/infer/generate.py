@@ -3,9 +3,12 @@
 Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), so
 one compiled program serves every batch that falls into it (for one model, max_new_tokens, set of
 EOS ids and kind of sampling). Positions follow the real tokens of each row, as in Hugging Face
-`generate`, and each row stops on its own at any of the EOS ids.
+`generate`, and each row stops on its own at any of the EOS ids (`stop_ids`: one rule for every
+caller). A model whose parameters are sharded over a mesh generates with its rows split over the
+mesh's batch axes, on one process or several (every process passes the same prompts).
 """
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -15,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from oie_jax import sharding
 from oie_jax.errors import UserError
+from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama, init_cache
 
 MIN_LENGTH_BUCKET = 16
@@ -34,6 +39,15 @@ class Sampling:
     def __post_init__(self):
         if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
             raise UserError(f"invalid sampling settings {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+
+
+def stop_ids(cfg: LlamaConfig, tokenizer=None) -> tuple[int, ...]:
+    """Where generation ends: any end-of-sequence id of the model (config.json and, since the import,
+    generation_config.json) or of its tokenizer."""
+    ids = dict.fromkeys(cfg.eos_token_ids)
+    if tokenizer is not None and tokenizer.eos_id is not None:
+        ids[tokenizer.eos_id] = None
+    return tuple(ids)
 
 
 def trace_count() -> int:
@@ -78,10 +92,11 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id"))
-def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, max_new_tokens, filters, eos_ids,
-              pad_id):
+def _generate(graphdef, state, tokens, prompt_mask, key_data, temperature, top_p, *, max_new_tokens, filters,
+              eos_ids, pad_id):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
+    key = jax.random.wrap_key_data(key_data)
     batch, prompt_length = tokens.shape
     cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
@@ -114,8 +129,10 @@ def _generate(graphdef, state, tokens, prompt_mask, key, temperature, top_p, *, 
 
 
 def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-             eos_ids=None, pad_id: int | None = None, batch_size: int = 8) -> list[list[int]]:
-    """New tokens for each prompt (token ids), up to and including the first EOS id."""
+             eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None) -> list[list[int]]:
+    """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
+    config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
+    sharded model (default: the rules of the current `sharding.activation_rules` context)."""
     if any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: every prompt needs at least one token")
     if max_new_tokens < 1 or batch_size < 1:
@@ -132,6 +149,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}",
               file=sys.stderr)
     graphdef, state = nnx.split(model)
+    placement = Placement.of(state, rules or sharding.current_rules())
     filters = filters_of(sampling, cfg.vocab_size)
     key = jax.random.key(sampling.seed)
     # Similar lengths share a batch: less padding, fewer length buckets.
@@ -139,19 +157,70 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     results: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        tokens, mask = left_pad([prompts[i] for i in rows], pad_id)
+        tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
         key, batch_key = jax.random.split(key)
-        out = np.asarray(_generate(graphdef, state, tokens, mask, batch_key, jnp.float32(sampling.temperature),
-                                   jnp.float32(sampling.top_p), max_new_tokens=max_new_tokens,
-                                   filters=filters, eos_ids=eos_ids, pad_id=pad_id))
+        # The key and scalars as numpy: the same value on every process, replicated on the mesh.
+        with placement.context():
+            out = _generate(graphdef, state, placement.rows(tokens), placement.rows(mask),
+                            np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
+                            np.float32(sampling.top_p), max_new_tokens=max_new_tokens, filters=filters,
+                            eos_ids=eos_ids, pad_id=pad_id)
+        out = placement.gather(out)
         for row, i in enumerate(rows):
             results[i] = cut_at_eos(out[row].tolist(), eos_ids)
     return results
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, mask) of shape (bucket(batch), bucket(longest prompt)); padding rows are all-zero masks."""
-    batch, length = bucket(len(prompts)), bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET)
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a batch of generation lives: the mesh of the parameters (rows split over its batch
+    axes), or nowhere in particular for a model on one device."""
+
+    mesh: jax.sharding.Mesh | None
+    rules: tuple
+
+    @classmethod
+    def of(cls, state, rules) -> "Placement":
+        meshes = {leaf.sharding.mesh for leaf in jax.tree.leaves(state)
+                  if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)}
+        mesh = next((m for m in meshes if m.size > 1), None)
+        return cls(mesh, tuple(tuple(rule) for rule in rules))
+
+    @property
+    def row_sharding(self) -> jax.sharding.NamedSharding:
+        return sharding.batch_sharding(self.mesh, self.rules)
+
+    @property
+    def row_multiple(self) -> int:
+        return 1 if self.mesh is None else sharding.axis_size(self.mesh, self.row_sharding.spec[0])
+
+    def rows(self, array: np.ndarray):
+        if self.mesh is None:
+            return array
+        return jax.make_array_from_callback(array.shape, self.row_sharding, lambda index: array[index])
+
+    def context(self):
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(sharding.activation_rules(self.rules))
+        return stack
+
+    @staticmethod
+    def gather(out: jax.Array) -> np.ndarray:
+        if out.is_fully_addressable:
+            return np.asarray(out)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, row_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask) of shape (bucket(batch) rounded up to `row_multiple`, bucket(longest prompt));
+    padding rows are all-zero masks."""
+    batch = -(-bucket(len(prompts)) // row_multiple) * row_multiple
+    length = bucket(max(map(len, prompts)), MIN_LENGTH_BUCKET)
     tokens = np.full((batch, length), pad_id, np.int32)
     mask = np.zeros((batch, length), np.int32)
     for row, prompt in enumerate(prompts):

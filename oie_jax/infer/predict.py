@@ -53,8 +53,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     """Greedy output text for each record, in the records' order. Prompts are sorted by length and cut
     into batches, so a batch pads little and most batches fall into a shape bucket compiled before."""
     prompts = prompt_tokens(records, tokenizer)
-    eos_ids = tuple(sorted(set(model.cfg.eos_token_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None
-                                                           else set())))
+    eos_ids = gen.stop_ids(model.cfg, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = [""] * len(prompts)

@@ -1,22 +1,22 @@
-"""A model directory: our config, the parameters as an Orbax checkpoint, the tokenizer files.
+"""A model directory: our config and the parameters as an Orbax checkpoint (the tokenizer files that
+travel with it are `oie_jax.data.tokenizer`'s business).
 
     MODEL_DIR/oie_model.json      LlamaConfig fields
     MODEL_DIR/params/             Orbax checkpoint of the parameter tree
-    MODEL_DIR/tokenizer.json ...  copied tokenizer files
+
+Directories are `etils.epath` paths: local, or a bucket (gs://...).
 """
 
 import json
-import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
-from oie_jax.data.tokenizer import TOKENIZER_FILES
+from oie_jax import sharding
 from oie_jax.errors import UserError
-from oie_jax.files import read_json
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
 
@@ -29,10 +29,14 @@ def abstract_model(cfg: LlamaConfig) -> Llama:
     return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
-def save_model(directory, cfg: LlamaConfig, params: dict, tokenizer_dir=None) -> Path:
-    """Writes `params` (host arrays, or jax.Arrays possibly sharded over several processes) with the
-    config and tokenizer files into an existing directory. Every process calls it."""
-    directory = Path(directory).absolute()
+def abstract_params(cfg: LlamaConfig) -> dict:
+    return nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+
+
+def save_model(directory, cfg: LlamaConfig, params: dict) -> epath.Path:
+    """Writes `params` (host arrays, or jax.Arrays possibly sharded over several processes) and the
+    config into an existing directory. Every process calls it."""
+    directory = epath.Path(directory)
     if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
         host = jax.tree.map(np.asarray, params)
         # Orbax copies every host array before writing unless told not to; without the copy, peak memory
@@ -46,20 +50,11 @@ def save_model(directory, cfg: LlamaConfig, params: dict, tokenizer_dir=None) ->
             checkpointer.save(directory / PARAMS_DIR, params, force=True)
     if jax.process_index() == 0:
         (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, directory)
     return directory
 
 
-def copy_tokenizer_files(src, dst) -> list[str]:
-    copied = [name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
-    for name in copied:
-        shutil.copyfile(Path(src) / name, Path(dst) / name)
-    return copied
-
-
 def load_config(directory) -> LlamaConfig:
-    directory = Path(directory)
+    directory = epath.Path(directory)
     path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise UserError("no such model directory", directory)
@@ -67,20 +62,21 @@ def load_config(directory) -> LlamaConfig:
         raise UserError(f"not an oie-jax model directory (no {CONFIG_FILE}; convert a Hugging Face model with "
                         "`oie-jax convert hf-to-jax`)", directory)
     try:
-        return LlamaConfig.from_dict(read_json(path))
-    except TypeError as exc:
+        return LlamaConfig.from_dict(json.loads(path.read_text()))
+    except (TypeError, json.JSONDecodeError) as exc:
         raise UserError(f"invalid model config ({exc})", path) from None
 
 
 def load_params(directory, cfg: LlamaConfig, shardings=None) -> dict:
     """The parameter tree restored in cfg.param_dtype, placed by `shardings` (a matching tree of
-    jax.sharding.Sharding) or on the first device."""
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    path = Path(directory).absolute() / PARAMS_DIR
+    jax.sharding.Sharding), or as numpy arrays in host memory when None (for an export: nothing is
+    put on an accelerator)."""
+    abstract = abstract_params(cfg)
+    if shardings is None:  # without a sharding, Orbax restores a numpy array
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    else:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    path = epath.Path(directory) / PARAMS_DIR
     try:
         return ocp.StandardCheckpointer().restore(path, target)
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -90,8 +86,11 @@ def load_params(directory, cfg: LlamaConfig, shardings=None) -> dict:
 
 def load_model(directory, shardings=None, **config_overrides) -> Llama:
     """A ready model; `config_overrides` may change dtypes, remat, ... (a change of shape fails to
-    restore)."""
+    restore). `shardings` default: `sharding.inference_shardings` (one device when the model fits on
+    it, else split over the local devices)."""
     cfg = load_config(directory).replace(**config_overrides)
+    if shardings is None:
+        shardings = sharding.inference_shardings(nnx.state(abstract_model(cfg)))
     return model_from_params(cfg, load_params(directory, cfg, shardings))
 
 
