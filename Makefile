@@ -29,7 +29,8 @@ $(BASE)/oie_model.json: $(STAMP)
 	$(BIN)/oie-jax convert hf-to-jax "$$(dirname $$GGUF)" $(BASE) --gguf-file "$$(basename $$GGUF)" --overwrite
 
 # The main job: F1 of the base model on the sample test split, fine-tuning on the sample train split
-# (re-running resumes, or finds the run finished), F1 of the fine-tuned model, export to Hugging Face.
+# (re-running resumes, or finds the run finished), F1 of the fine-tuned model (WORKDIR/model holds the
+# step with the best dev loss), export to Hugging Face.
 EVAL := --data oie_jax/data/sample/test.jsonl --batch-size 16 --max-new-tokens 96 --overwrite --no-progress
 train: $(BASE)/oie_model.json
 	$(BIN)/oie-jax eval --model $(BASE) $(EVAL) --out $(RUN)/eval-before

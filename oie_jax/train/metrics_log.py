@@ -2,7 +2,9 @@
 
 import json
 import math
-from pathlib import Path
+import tempfile
+
+from etils import epath
 
 FILE = "metrics.jsonl"
 
@@ -10,40 +12,70 @@ FILE = "metrics.jsonl"
 class MetricsLog:
     """One JSON object per line, {"step": n, name: value, ...}. On resume from step s, lines of later
     steps (written by the run that was cut off) are dropped, so the file reads like one uninterrupted
-    run. Only the writing process (process 0) opens files."""
+    run. Only the writing process (process 0) opens files.
+
+    Every file goes through `etils.epath`, so the workdir may be a bucket (gs://). A bucket cannot
+    append: there, metrics.jsonl is rewritten and the TensorBoard event files (which TensorFlow
+    writes to a local directory) are copied over at each `flush()`; the loop flushes when it saves."""
 
     def __init__(self, workdir, resume_step: int, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(workdir) / FILE
+        self.path = epath.Path(workdir) / FILE
+        self.events = epath.Path(workdir) / "tensorboard"
+        self.remote = "://" in str(self.path)
+        self.lines: list[str] = []
+        self.unwritten = 0
         self.writer = None
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            lines = self.path.read_text().splitlines()
+            self.lines = [line for line in lines if json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in self.lines))
         import tensorflow as tf  # the input pipeline imports it anyway
 
-        self.writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+        self.local_events = epath.Path(tempfile.mkdtemp(prefix="oie-jax-tensorboard-")) if self.remote else self.events
+        self.writer = tf.summary.create_file_writer(str(self.local_events))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        values = {name: float(value) for name, value in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: v if math.isfinite(v) else str(v) for k, v in values.items()}})
-                    + "\n")
         import tensorflow as tf
 
+        values = {name: float(value) for name, value in metrics.items()}
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, value)
+        self.lines.append(json.dumps({"step": step, **{k: v if math.isfinite(v) else str(v)
+                                                       for k, v in values.items()}}))
+        self.unwritten += 1
+        if not self.remote:
+            self._write_lines()
+
+    def _write_lines(self) -> None:
+        if self.remote:
+            self.path.write_text("".join(line + "\n" for line in self.lines))
+        elif self.unwritten:
+            with self.path.open("a") as f:
+                f.write("".join(line + "\n" for line in self.lines[-self.unwritten:]))
+        self.unwritten = 0
+
+    def flush(self) -> None:
+        if not self.enabled:
+            return
+        self.writer.flush()
+        if self.remote:
+            self._write_lines()
+            self.events.mkdir(parents=True, exist_ok=True)
+            for path in self.local_events.iterdir():
+                (self.events / path.name).write_bytes(path.read_bytes())
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.flush()
+            self.flush()
             self.writer.close()
 
 
 def read_metrics(workdir) -> list[dict]:
-    path = Path(workdir) / FILE
+    path = epath.Path(workdir) / FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -10,7 +10,8 @@ from ml_collections import ConfigDict
 from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.models.config import LlamaConfig
-from oie_jax.train.loop import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard
+from oie_jax.train import validate
+from oie_jax.train.build import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard
 from oie_jax.train.step import make_train_step, state_shardings
 
 GIB = 1024**3
@@ -33,7 +34,10 @@ def activation_bytes(cfg: LlamaConfig, rows: int, seq_len: int, tensor: int) -> 
 
 
 def plan(config: ConfigDict) -> str:
+    validate.check_config(config)
     cfg, init = model_config(config.model, planning=True)
+    warnings = []
+    validate.check_precision(cfg, config.train, warn=warnings.append)
     devices = config.mesh.devices or jax.device_count()
     dcn = tuple(config.mesh.dcn_shape)
     slices = math.prod(dcn)
@@ -52,7 +56,7 @@ def plan(config: ConfigDict) -> str:
     rows = sharding.batch_sharding(mesh, rules)
     batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=rows)
              for name in ("tokens", "loss_mask", "segment_ids", "positions")}
-    step = make_train_step(cfg, optimizer, micro, config.train.z_loss)
+    step = make_train_step(cfg, optimizer, micro, config.train.z_loss, config.train.loss_scale)
     with jax.sharding.use_abstract_mesh(mesh), sharding.activation_rules(rules):  # trace on the planned mesh
         jax.eval_shape(step, state, batch)
 
@@ -80,4 +84,4 @@ def plan(config: ConfigDict) -> str:
         room = config.mesh.device_memory_gb * 1e9
         lines.append(f"  device memory    {room / GIB:8.2f} GiB: "
                      + ("fits" if total < 0.9 * room else "DOES NOT FIT (more devices, remat, micro-batches)"))
-    return "\n".join(lines)
+    return "\n".join(warnings + lines)

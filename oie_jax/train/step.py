@@ -15,7 +15,7 @@ from oie_jax import sharding
 from oie_jax.models.checkpoint import abstract_model, model_from_params
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
-from oie_jax.train.loss import token_losses
+from oie_jax.train.loss import LossSums, token_losses
 
 
 @jax.tree_util.register_dataclass
@@ -58,15 +58,20 @@ def jit_on_mesh(fn, mesh, rules=sharding.DEFAULT_RULES, **jit_kwargs) -> Callabl
     return call
 
 
-def batch_loss(cfg: LlamaConfig, params: dict, batch: dict, z_loss: float = 0.0):
-    """(sum of masked token losses, masked token count) of a batch of BATCH_FIELDS arrays."""
+def batch_loss(cfg: LlamaConfig, params: dict, batch: dict, z_loss: float = 0.0) -> LossSums:
+    """Loss sums of a batch of BATCH_FIELDS arrays."""
     logits, _ = model_from_params(cfg, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
     return token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss)
 
 
 def make_eval_step(cfg: LlamaConfig) -> Callable:
-    """eval_step(params, batch) -> (loss sum, token count): sums over batches give the mean loss."""
-    return lambda params, batch: batch_loss(cfg, params, batch)
+    """eval_step(params, batch) -> (cross-entropy sum, token count): sums over batches give the mean loss."""
+
+    def eval_step(params, batch):
+        sums = batch_loss(cfg, params, batch)
+        return sums.cross_entropy, sums.tokens
+
+    return eval_step
 
 
 def state_shardings(cfg: LlamaConfig, optimizer, mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
@@ -81,27 +86,39 @@ def state_shardings(cfg: LlamaConfig, optimizer, mesh, rules=sharding.DEFAULT_RU
 
 
 def make_train_step(cfg: LlamaConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
-                    z_loss: float = 0.0) -> Callable:
+                    z_loss: float = 0.0, loss_scale: float = 0.0) -> Callable:
     """train_step(state, batch) -> (state, metrics). The batch is cut into `micro_batches` equal parts
     whose gradients are summed before one update; the loss is divided by the masked tokens of the
-    whole batch, so accumulation gives the update of one big batch."""
+    whole batch, so accumulation gives the update of one big batch. `loss_scale` (> 0) multiplies the
+    loss before differentiation and divides the gradients after, so that float16 gradients do not
+    underflow.
 
-    grad_fn = jax.value_and_grad(lambda params, batch: batch_loss(cfg, params, batch, z_loss), has_aux=True)
+    Metrics: `loss` (cross-entropy per target token, without the z-loss), `z_loss`, `grad_norm`,
+    `target_tokens` (tokens with a loss) and `tokens` (non-padding tokens)."""
+    scale = loss_scale or 1.0
+
+    def objective(params, batch):
+        sums = batch_loss(cfg, params, batch, z_loss)
+        return (sums.cross_entropy + sums.z_loss) * scale, sums
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
 
     def train_step(state: TrainState, batch: dict):
         parts = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
 
         def accumulate(carry, part):
-            grads, total, count = carry
-            (part_total, part_count), part_grads = grad_fn(state.params, part)
-            return (jax.tree.map(jnp.add, grads, part_grads), total + part_total, count + part_count), None
+            grads, sums = carry
+            (_, part_sums), part_grads = grad_fn(state.params, part)
+            return (jax.tree.map(jnp.add, grads, part_grads), jax.tree.map(jnp.add, sums, part_sums)), None
 
-        start = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
-        (grads, total, count), _ = jax.lax.scan(accumulate, start, parts)
-        count = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / count, grads)
+        start = (jax.tree.map(jnp.zeros_like, state.params), LossSums(*(jnp.float32(0),) * 3))
+        (grads, sums), _ = jax.lax.scan(accumulate, start, parts)
+        count = jnp.maximum(sums.tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / (count * scale), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        metrics = {"loss": total / count, "grad_norm": optax.tree.norm(grads), "tokens": count}
+        metrics = {"loss": sums.cross_entropy / count, "z_loss": sums.z_loss / count,
+                   "grad_norm": optax.tree.norm(grads), "target_tokens": sums.tokens,
+                   "tokens": (batch["segment_ids"] > 0).sum()}
         return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
 
     return train_step

@@ -1,0 +1,5 @@
+import sys
+
+from oie_jax.cli import main
+
+sys.exit(main())

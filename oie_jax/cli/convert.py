@@ -1,0 +1,47 @@
+"""`oie-jax convert hf-to-jax | jax-to-hf`: LLaMA weights between Hugging Face and oie-jax."""
+
+from oie_jax.models.config import DTYPES
+
+
+def cmd_hf_to_jax(args):
+    from oie_jax.convert import hf_to_jax
+
+    cfg = hf_to_jax.convert(args.src, args.out, gguf_file=args.gguf_file, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.out}: LLaMA with {cfg.num_params() / 1e6:.1f}M parameters in {cfg.param_dtype}")
+
+
+def cmd_jax_to_hf(args):
+    from oie_jax.convert import jax_to_hf
+
+    out = jax_to_hf.convert(args.src, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3),
+                            overwrite=args.overwrite)
+    print(f"wrote {out}: load it with transformers.LlamaForCausalLM.from_pretrained({str(out)!r})")
+
+
+def add_hf_export_arguments(parser) -> None:
+    parser.add_argument("--dtype", choices=DTYPES, help="tensor dtype (default: the model's)")
+    parser.add_argument("--max-shard-gb", type=float, default=5.0, help="start a new shard above this size")
+
+
+def add_parsers(commands) -> None:
+    convert = commands.add_parser("convert", help="move LLaMA weights between Hugging Face and oie-jax")
+    directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+    to_jax = directions.add_parser(
+        "hf-to-jax", help="Hugging Face safetensors (or GGUF) directory -> oie-jax model directory",
+        description="Reads config.json and single or sharded safetensors tensor by tensor (or a GGUF file "
+                    "through transformers, dequantized) and writes an Orbax checkpoint, our config and the "
+                    "tokenizer files.")
+    to_jax.add_argument("src", help="Hugging Face model directory")
+    to_jax.add_argument("out", help="output oie-jax model directory")
+    to_jax.add_argument("--gguf-file", help="read this GGUF file (name inside SRC) instead of safetensors")
+    to_jax.add_argument("--dtype", choices=DTYPES, help="parameter and compute dtype (default: the source's)")
+    to_jax.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    to_jax.set_defaults(run=cmd_hf_to_jax)
+
+    to_hf = directions.add_parser(
+        "jax-to-hf", help="oie-jax model directory -> Hugging Face directory (safetensors, config, tokenizer)")
+    to_hf.add_argument("src", help="oie-jax model directory")
+    to_hf.add_argument("out", help="output Hugging Face model directory")
+    add_hf_export_arguments(to_hf)
+    to_hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    to_hf.set_defaults(run=cmd_jax_to_hf)

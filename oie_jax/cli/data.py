@@ -1,0 +1,75 @@
+"""`oie-jax data inspect | convert`: read, check and convert IE corpora."""
+
+import sys
+from pathlib import Path
+
+from oie_jax.cli.arguments import positive_int
+from oie_jax.data.sources.registry import SOURCES
+from oie_jax.errors import UserError
+
+
+def cmd_inspect(args):
+    from oie_jax.data.inspect import report
+    from oie_jax.data.sources.registry import load_source
+
+    source, result = load_source(args.paths, args.source, strict=args.strict)
+    print(report(source, result))
+    if args.pack:
+        from oie_jax.data.packing import EncodeStats, encode, pack, pad
+        from oie_jax.data.tokenizer import load_tokenizer
+
+        if not args.tokenizer:
+            raise UserError("--pack needs --tokenizer (a model directory, tokenizer.json or .model)")
+        tokenizer = load_tokenizer(args.tokenizer)
+        stats = EncodeStats()
+        sequences = [s for r in result.records if (s := encode(r, tokenizer, args.pack, stats)) is not None]
+        packed, padded = pack(sequences, args.pack, pad_id=0), pad(sequences, args.pack, pad_id=0)
+        print(f"packing into rows of {args.pack} tokens: {len(sequences):,} sequences, "
+              f"{sum(len(s.tokens) for s in sequences):,} tokens; packed {len(packed.tokens):,} rows, "
+              f"efficiency {packed.efficiency:.1%} (padded one per row: {padded.efficiency:.1%})")
+        print(f"  prompts cut to fit: {stats.prompts_cut:,} ({stats.prompt_tokens_cut:,} tokens); skipped: "
+              + (", ".join(f"{n:,} {why}" for why, n in stats.skipped.items()) or "none"))
+
+
+def cmd_convert(args):
+    from oie_jax.data.sources.registry import load_source, write_jsonl
+
+    source, result = load_source(args.src, args.source, strict=args.strict)
+    for line in result.summary_lines():
+        print(line, file=sys.stderr)
+    for problem in result.problems:
+        print(f"rejected: {problem}", file=sys.stderr)
+    count = write_jsonl(result.records, Path(args.out))
+    print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
+
+
+def add_source_argument(parser, what: str = "corpus format") -> None:
+    parser.add_argument("--from", dest="source", choices=("auto", *SOURCES), default="auto",
+                        help=f"{what} (default: guessed from the first path)")
+
+
+def add_parsers(commands) -> None:
+    data = commands.add_parser("data", help="read, check and convert IE corpora")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    inspect = actions.add_parser(
+        "inspect", help="counts per language, subset, task and label; rejected records with file and line",
+        description="Reads corpus files (files, directories or globs) and reports what they hold. Records that "
+                    "cannot be used are listed with file, line, field and reason, and counted per file; records "
+                    "kept with a warning (an entity not found in its text) are counted and listed too.")
+    inspect.add_argument("paths", nargs="+", help="files, directories or glob patterns")
+    add_source_argument(inspect)
+    inspect.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first rejected record")
+    inspect.add_argument("--pack", type=positive_int, metavar="LENGTH",
+                         help="also report packing into rows of LENGTH tokens")
+    inspect.add_argument("--tokenizer", help="tokenizer for --pack: model directory, tokenizer.json or .model")
+    inspect.set_defaults(run=cmd_inspect)
+
+    convert = actions.add_parser(
+        "convert", help="corpus files -> JSON Lines of unified records",
+        description="Writes one JSON record per line (id, language, subset, task, text, label, items, and "
+                    "grounding for GMNER). Rejected records are listed on stderr.")
+    add_source_argument(convert)
+    convert.add_argument("src", nargs="+", help="files, directories or glob patterns")
+    convert.add_argument("out", help="output .jsonl file")
+    convert.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first rejected record")
+    convert.set_defaults(run=cmd_convert)

@@ -1,0 +1,67 @@
+"""`oie-jax export`: an oie-jax model directory, or a Hugging Face one, from any step of a run: the
+best parameters (best/), the latest checkpoint, or a step number. The parameters are read into host
+memory, so exporting a model larger than one accelerator needs none."""
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from ml_collections import ConfigDict
+
+from oie_jax.data.tokenizer import copy_tokenizer_files
+from oie_jax.errors import UserError
+from oie_jax.files import prepare_output_dir
+from oie_jax.models.checkpoint import abstract_params, save_model
+from oie_jax.models.config import LlamaConfig
+from oie_jax.train.build import tokenizer_source
+from oie_jax.train.checkpointing import read_run_config, restore_params
+
+
+def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
+    """(checkpoint directory, step, item) of "best", "latest" or a step number."""
+    best, latest = workdir / "best", workdir / "checkpoints"
+    best_steps = ocp.CheckpointManager(best).all_steps() if best.is_dir() else []
+    latest_steps = ocp.CheckpointManager(latest).all_steps() if latest.is_dir() else []
+    if which == "best":
+        if not best_steps:
+            raise UserError("no best/ checkpoint in this run (checkpoint.best_metric was off, or no evaluation ran); "
+                            "export --from latest", workdir)
+        return best, max(best_steps), "params"
+    if which == "latest":
+        if not latest_steps:
+            raise UserError("no checkpoint in this run directory", latest)
+        return latest, max(latest_steps), "state"
+    if not which.isdigit():
+        raise UserError(f"--from {which!r}: expected best, latest or a step number")
+    step = int(which)
+    if step in best_steps:
+        return best, step, "params"
+    if step in latest_steps:
+        return latest, step, "state"
+    raise UserError(f"no step {step} in this run (checkpoints: {sorted(latest_steps)}, best: {sorted(best_steps)})",
+                    workdir)
+
+
+def export(workdir, out, which: str = "best", hugging_face: bool = False, dtype: str | None = None,
+           overwrite: bool = False, max_shard_bytes: int | None = None) -> tuple[Path, int, str]:
+    """Writes the parameters of `which` to `out`; returns (out, step, where they came from)."""
+    from oie_jax.convert import jax_to_hf
+
+    workdir = epath.Path(workdir)
+    jax_to_hf.check_dtype(dtype)
+    directory, step, item = locate(workdir, which)
+    _, run = read_run_config(workdir)
+    cfg = LlamaConfig.from_dict(run["model"])
+    params = restore_params(directory, step, item, abstract_params(cfg))
+    out = prepare_output_dir(out, overwrite)
+    if hugging_face:
+        jax_to_hf.write(out, cfg, params, dtype, max_shard_bytes or jax_to_hf.DEFAULT_MAX_SHARD_BYTES)
+    else:
+        if dtype:
+            cfg = cfg.replace(param_dtype=dtype)
+            params = jax.tree.map(lambda a: a.astype(jax_to_hf.NUMPY_DTYPES[dtype]), params)
+        save_model(out, cfg, params)
+    model = ConfigDict(run["config"]["model"])
+    copy_tokenizer_files(tokenizer_source(model, model.init or None), out)
+    return out, step, f"{directory.name}/{step}"

