@@ -4,7 +4,15 @@ import json
 import shutil
 from pathlib import Path
 
+from etils import epath
+
 from oie_jax.errors import UserError
+
+
+def location(path) -> epath.Path:
+    """A directory that may be a bucket: a URL (gs://...) as it is, a local path made absolute (Orbax
+    refuses relative ones)."""
+    return epath.Path(path) if "://" in str(path) else epath.Path(path).absolute()
 
 
 def read_json(path) -> dict:

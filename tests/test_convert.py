@@ -9,7 +9,7 @@ import transformers
 from safetensors import safe_open
 
 from oie_jax.convert import hf_to_jax, jax_to_hf
-from oie_jax.models.checkpoint import load_config
+from oie_jax.models.checkpoint import load_config, load_model
 from tests.helpers import llama31_hf_config, random_tokens, save_random_hf_llama
 
 
@@ -70,6 +70,17 @@ def test_sharded_export_and_import(tmp_path):
     jax_to_hf.convert(again, tmp_path / "single")
     single, first = read_all(tmp_path / "single"), read_all(src)
     assert all(np.array_equal(single[k], first[k]) for k in first)
+
+
+def test_model_directories_may_be_relative(tmp_path, monkeypatch):
+    # `make train` names its models runs/...; Orbax refuses relative paths unless we resolve them.
+    monkeypatch.chdir(tmp_path)
+    save_random_hf_llama(tmp_path / "src", llama31_hf_config())
+    hf_to_jax.convert("src", "ours")
+    model = load_model("ours")
+    jax_to_hf.convert("ours", "back")
+    back = read_all(tmp_path / "back")
+    np.testing.assert_array_equal(back["model.embed_tokens.weight"], np.asarray(model.embed[...]))
 
 
 def test_exported_smollm2_loads_with_auto_classes(smollm2_dir, smollm2_hf_dir, tmp_path):

@@ -17,6 +17,7 @@ from flax import nnx
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
+from oie_jax.files import location
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
 
@@ -36,7 +37,7 @@ def abstract_params(cfg: LlamaConfig) -> dict:
 def save_model(directory, cfg: LlamaConfig, params: dict) -> epath.Path:
     """Writes `params` (host arrays, or jax.Arrays possibly sharded over several processes) and the
     config into an existing directory. Every process calls it."""
-    directory = epath.Path(directory)
+    directory = location(directory)
     if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
         host = jax.tree.map(np.asarray, params)
         # Orbax copies every host array before writing unless told not to; without the copy, peak memory
@@ -54,7 +55,7 @@ def save_model(directory, cfg: LlamaConfig, params: dict) -> epath.Path:
 
 
 def load_config(directory) -> LlamaConfig:
-    directory = epath.Path(directory)
+    directory = location(directory)
     path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise UserError("no such model directory", directory)
@@ -76,7 +77,7 @@ def load_params(directory, cfg: LlamaConfig, shardings=None) -> dict:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    path = epath.Path(directory) / PARAMS_DIR
+    path = location(directory) / PARAMS_DIR
     try:
         return ocp.StandardCheckpointer().restore(path, target)
     except (FileNotFoundError, ValueError, KeyError) as exc:

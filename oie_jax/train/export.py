@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
-from oie_jax.files import prepare_output_dir
+from oie_jax.files import location, prepare_output_dir
 from oie_jax.models.checkpoint import abstract_params, save_model
 from oie_jax.models.config import LlamaConfig
 from oie_jax.train.build import tokenizer_source
@@ -48,7 +48,7 @@ def export(workdir, out, which: str = "best", hugging_face: bool = False, dtype:
     """Writes the parameters of `which` to `out`; returns (out, step, where they came from)."""
     from oie_jax.convert import jax_to_hf
 
-    workdir = epath.Path(workdir)
+    workdir = location(workdir)
     jax_to_hf.check_dtype(dtype)
     directory, step, item = locate(workdir, which)
     _, run = read_run_config(workdir)
