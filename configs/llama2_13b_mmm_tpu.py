@@ -11,6 +11,7 @@ from oie_jax.train.defaults import base_config, paper_recipe
 def get_config():
     c = paper_recipe(base_config(), init="checkpoints/llama2-13b", preset="llama2-13b")
     c.model.remat = "full"
+    c.mesh.platform = "tpu"  # attention "auto" -> splash; --dry-run plans for it
     c.mesh.shape = (1, 16, 2)  # the 40 heads split in two
     c.mesh.devices = 32
     c.mesh.device_memory_gb = 32.0

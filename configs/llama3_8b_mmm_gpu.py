@@ -11,6 +11,7 @@ def get_config():
     c = paper_recipe(base_config(), init="checkpoints/llama3-8b", preset="llama3-8b")
     c.model.remat = "dots_no_batch"  # keep the matmul outputs, recompute the cheap element-wise ops
     c.train.micro_batches = 4
+    c.mesh.platform = "gpu"  # attention "auto" -> cudnn; --dry-run plans for it
     c.mesh.shape = (1, 8, 1)
     c.mesh.devices = 8
     c.mesh.device_memory_gb = 80.0

@@ -13,6 +13,7 @@ from oie_jax.train.defaults import base_config, paper_recipe
 def get_config():
     c = paper_recipe(base_config(), init="checkpoints/llama3-8b", preset="llama3-8b")
     c.model.remat = "full"
+    c.mesh.platform = "tpu"  # attention "auto" -> splash; --dry-run plans for it
     c.mesh.shape = (1, -1, 1)
     c.mesh.devices = 16
     c.mesh.device_memory_gb = 32.0

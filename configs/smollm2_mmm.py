@@ -19,6 +19,7 @@ def get_config():
     c.data.seq_len = 1024
     c.data.batch_size = 64
     c.train.micro_batches = 8  # bounds activation memory on a single host
+    c.train.loss_chunk = 256  # logits of 8 rows x 256 positions at a time
     c.data.mixture_temperature = 2.0  # lifts the small sub-datasets a little
     c.train.epochs = 3
     c.train.lr = 5e-5

@@ -9,7 +9,7 @@ from oie_jax.data.packing import EncodeStats, encode, pack, pad
 from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
 from oie_jax.data.sample import load_sample
 from oie_jax.data.tokenizer import load_tokenizer
-from oie_jax.models.llama import attention_mask
+from oie_jax.models.attention import AttentionMask
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_packed_rows_keep_sequences_apart(tokenizer):
     assert rows.loss_mask.sum() == sum(s.loss_mask.sum() for s in sequences)
     # Through the model's own mask: no query attends to a key of another segment or to padding.
     slots = np.arange(256)
-    mask = np.asarray(attention_mask(rows.segment_ids, slots, rows.segment_ids, slots))
+    mask = np.asarray(AttentionMask(rows.segment_ids, rows.segment_ids, slots, slots).dense())
     other = rows.segment_ids[:, :, None] != rows.segment_ids[:, None, :]
     assert not (mask & other).any() and not mask[rows.segment_ids == 0].any()
     assert rows.efficiency > 1.5 * pad(sequences, 256, pad_id=0).efficiency

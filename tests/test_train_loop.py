@@ -1,5 +1,5 @@
 """The training run end to end on the tiny config: exact resume after SIGKILL and SIGTERM, partial and
-damaged checkpoints, divergence, several JAX processes, config overrides and dry runs."""
+damaged checkpoints, divergence, several JAX processes, config overrides and the compilation cache."""
 
 import itertools
 import os
@@ -65,13 +65,13 @@ def losses(workdir) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
 
 
-def run(args, env=None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+def run(args, env=None, cwd=ROOT, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600,
                           env=env or os.environ, **kwargs)
 
 
-def cli(*args, env=None) -> subprocess.CompletedProcess:
-    return run(["-m", "oie_jax.cli", "train", *map(str, args)], env=env)
+def cli(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
+    return run(["-m", "oie_jax.cli", "train", *map(str, args)], env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,19 @@ def test_config_overrides_and_their_errors():
         apply_overrides(config, [("train.steps", "many")])
 
 
+def test_a_restarted_job_loads_its_compiled_steps_from_the_workdir(tmp_path):
+    # Log compilations and cache every executable, however fast it compiled.
+    env = {**os.environ, "JAX_LOG_COMPILES": "1", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    hit = "Persistent compilation cache hit for 'jit_train_step'"
+    # A relative workdir, as `make train` passes (Orbax takes absolute paths only).
+    first = cli("--config", TINY, "--workdir", "run", "--config.train.steps=2", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert hit not in first.stderr and any((tmp_path / "run" / "compilation_cache").iterdir())
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # a job restarted from scratch on the same workdir
+    again = cli("--config", TINY, "--workdir", "run", "--config.train.steps=2", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and hit in again.stderr, again.stderr[-3000:]
+
+
 def test_cli_train_errors_are_one_line(tmp_path):
     result = cli("--config", TINY, "--workdir", tmp_path, "--config.train.nope=1")
     assert result.returncode == 2 and "no such field" in result.stderr and "Traceback" not in result.stderr
@@ -216,29 +229,6 @@ def test_cli_train_errors_are_one_line(tmp_path):
     bad.write_text("def get_config():\n    return {}\n")
     result = cli("--config", bad, "--workdir", tmp_path)
     assert result.returncode == 2 and f"{bad}: get_config() returned dict" in result.stderr
-
-
-@pytest.mark.parametrize("name", ["llama3_8b_mmm_tpu", "llama3_8b_mmm_gpu", "llama2_13b_mmm_tpu", "smollm2_mmm",
-                                  "sample_smollm2"])
-def test_dry_run_plans_every_config(name):
-    from oie_jax.train.plan import plan
-
-    config = load_config_file(ROOT / "configs" / f"{name}.py")
-    devices = config.mesh.devices = config.mesh.devices or 4  # the CPU configs: plan a 4-device host
-    report = plan(config)
-    assert "train step traced on the planned mesh" in report
-    if config.mesh.device_memory_gb:
-        assert ": fits" in report
-    assert f"= {devices} devices" in report
-
-
-def test_dry_run_refuses_a_batch_that_does_not_split():
-    from oie_jax.train.plan import plan
-
-    config = load_config_file(ROOT / "configs" / "llama3_8b_mmm_gpu.py")
-    config.data.batch_size = 12  # 3 rows per micro-batch over 8 GPUs
-    with pytest.raises(UserError, match="does not divide over 8 batch shards"):
-        plan(config)
 
 
 # An easy synthetic task: "NAME visited CITY." -> "Travel/NER/:Person;NAME:Location;CITY". The dev set holds

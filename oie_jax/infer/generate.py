@@ -21,7 +21,7 @@ from flax import nnx
 from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.models.config import LlamaConfig
-from oie_jax.models.llama import Llama, init_cache
+from oie_jax.models.llama import Llama, init_cache, unstack_layers
 
 MIN_LENGTH_BUCKET = 16
 _traces = {"count": 0}
@@ -73,34 +73,42 @@ def filters_of(sampling: Sampling, vocab_size: int) -> Filters:
                    nucleus=sampling.top_p < 1.0)
 
 
+def nucleus(ordered, top_p):
+    """Logits sorted in descending order, with everything after the smallest prefix whose probability
+    mass reaches top_p set to -inf."""
+    probs = jax.nn.softmax(ordered, axis=-1)
+    return jnp.where(jnp.cumsum(probs, axis=-1) - probs < top_p, ordered, -jnp.inf)
+
+
 def sample_tokens(logits, key, temperature, top_p, filters: Filters):
     """One token per row from float32 logits (batch, vocab); temperature and top_p are traced."""
     if filters.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / temperature
-    if filters.top_k:
-        kth = jax.lax.top_k(scaled, filters.top_k)[0][:, -1:]
-        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if filters.top_k:  # top-p then needs only the k values top_k returns sorted, not a sort of the vocabulary
+        values, indices = jax.lax.top_k(scaled, filters.top_k)
+        if filters.nucleus:
+            values = nucleus(values, top_p)
+        choice = jax.random.categorical(key, values, axis=-1)
+        return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     if filters.nucleus:
-        # Keep the smallest prefix of the sorted distribution whose mass reaches top_p.
-        ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        kept = nucleus(jnp.sort(scaled, axis=-1)[:, ::-1], top_p)
+        threshold = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id"))
-def _generate(graphdef, state, tokens, prompt_mask, key_data, temperature, top_p, *, max_new_tokens, filters,
-              eos_ids, pad_id):
+def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, *, max_new_tokens,
+              filters, eos_ids, pad_id):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
     key = jax.random.wrap_key_data(key_data)
     batch, prompt_length = tokens.shape
     cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    logits, cache = model(tokens, positions, prompt_mask, cache)
+    hidden, cache = model.hidden_states(tokens, positions, prompt_mask, cache, layers)
+    logits = model.logits(hidden[:, -1:])  # only the last position picks a token
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def pick(logits, key, done):
@@ -120,7 +128,7 @@ def _generate(graphdef, state, tokens, prompt_mask, key_data, temperature, top_p
     def step_once(carry):
         step, cache, token, position, done, out, key = carry
         key, step_key = jax.random.split(key)
-        logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache)
+        logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
         token, done = pick(logits[:, 0], step_key, done)
         return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key
 
@@ -150,6 +158,9 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
               file=sys.stderr)
     graphdef, state = nnx.split(model)
     placement = Placement.of(state, rules or sharding.current_rules())
+    # XLA fuses a layer's slice of the stacked parameters into its matmuls on GPU and TPU; on CPU it
+    # copies them at every token, so there each layer gets arrays of its own (for this call).
+    layers = unstack_layers(model) if jax.devices()[0].platform == "cpu" else None
     filters = filters_of(sampling, cfg.vocab_size)
     key = jax.random.key(sampling.seed)
     # Similar lengths share a batch: less padding, fewer length buckets.
@@ -161,7 +172,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         key, batch_key = jax.random.split(key)
         # The key and scalars as numpy: the same value on every process, replicated on the mesh.
         with placement.context():
-            out = _generate(graphdef, state, placement.rows(tokens), placement.rows(mask),
+            out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
                             np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
                             np.float32(sampling.top_p), max_new_tokens=max_new_tokens, filters=filters,
                             eos_ids=eos_ids, pad_id=pad_id)

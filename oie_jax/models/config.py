@@ -9,6 +9,7 @@ from oie_jax.errors import UserError
 SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see llama.CHECKPOINT_POLICIES
+ATTENTION = ("auto", "xla", "cudnn", "splash")  # see attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class LlamaConfig:
     param_dtype: str = "float32"  # storage dtype of the weights (the master copy in training)
     dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
     remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
+    attention: str = "auto"  # kernel, one of ATTENTION (oie_jax/models/attention.py): auto picks by platform
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -46,6 +48,8 @@ class LlamaConfig:
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise UserError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION:
+            raise UserError(f"attention={self.attention!r} is not one of {ATTENTION}")
         if self.rope_scaling is not None and self.rope_scaling.get("rope_type", "llama3") != "llama3":
             raise UserError(f"rope_scaling type {self.rope_scaling.get('rope_type')!r} is not supported (only llama3)")
 

@@ -15,14 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from oie_jax.models import rope
+from oie_jax.models import attention, rope
 from oie_jax.models.config import LlamaConfig
 from oie_jax.sharding import constrain
 
 RESIDUAL = ("batch", "length", "activation_embed")  # logical layout of the activations between blocks
-
-# Finite, so that a row with no visible key (a padding query) gives a uniform softmax, not NaN.
-MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 CHECKPOINT_POLICIES = {  # config.remat name -> what jax.checkpoint may keep
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -32,22 +29,31 @@ CHECKPOINT_POLICIES = {  # config.remat name -> what jax.checkpoint may keep
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys and values of every layer, and the segment id of every slot (0 = empty)."""
+    """Preallocated keys and values, one buffer per layer (updated in place, never re-stacked), and
+    the segment id of every slot (0 = empty)."""
 
-    k: jax.Array  # (layers, batch, slots, kv_heads, head_dim)
-    v: jax.Array
+    k: tuple[jax.Array, ...]  # per layer (batch, kv_heads, slots, head_dim): attention reads it unpermuted
+    v: tuple[jax.Array, ...]
     segment_ids: jax.Array  # (batch, slots)
     index: jax.Array  # scalar int32: the slot the next token is written to
 
 
 def init_cache(cfg: LlamaConfig, batch: int, slots: int) -> KVCache:
-    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, cfg.dtype),
-        v=jnp.zeros(shape, cfg.dtype),
+        k=tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers)),
         segment_ids=jnp.zeros((batch, slots), jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )
+
+
+def unstack_layers(model: "Llama") -> list[nnx.State]:
+    """Each layer's parameters as arrays of their own (a copy), for decoding on CPU: there a layer
+    sliced out of the stacked parameters inside a compiled program is a copy of its weights at every
+    token, which costs as much as the token itself."""
+    _, state = nnx.split(model.layers)
+    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(model.cfg.num_layers)]
 
 
 def _param(rngs: nnx.Rngs, cfg: LlamaConfig, shape, logical_axes, scale: float | None = 0.02) -> nnx.Param:
@@ -70,16 +76,6 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def attention_mask(q_segments, q_slots, kv_segments, kv_slots) -> jax.Array:
-    """(batch, q, kv) booleans: causal by slot, within one segment, never to an empty slot.
-
-    Packed rows carry several segments (ids 1, 2, ...); padding and empty cache slots are 0.
-    """
-    same_segment = q_segments[:, :, None] == kv_segments[:, None, :]
-    causal = kv_slots[None, None, :] <= q_slots[None, :, None]
-    return same_segment & causal & (kv_segments[:, None, :] != 0)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -89,18 +85,22 @@ class Attention(nnx.Module):
         self.v = _param(rngs, cfg, (e, kv, d), ("embed", "kv_heads", "head_dim"))
         self.o = _param(rngs, cfg, (h, d, e), ("q_heads", "head_dim", "embed"))
 
-    def __call__(self, x, cos, sin, mask, cached=None, index=None):
-        """x (batch, length, embed); `cached` = this layer's (k, v) cache, written at `index`."""
+    def __call__(self, x, cos, sin, mask: attention.AttentionMask, implementation: str, cache=None):
+        """x (batch, length, embed). `cache` = (this layer's k and v buffers, the slot to write at): the
+        new keys and values are written into them in place."""
         dtype = self.cfg.dtype
         q, k, v = (project(x, w[...].astype(dtype)) for w in (self.q, self.k, self.v))
         q, k = rope.apply_rotation(q, cos, sin), rope.apply_rotation(k, cos, sin)
-        if cached is not None:
-            k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), (0, index, 0, 0))
-        out = grouped_query_attention(q, k, v, mask)
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            write = lambda buffer, new: jax.lax.dynamic_update_slice(  # noqa: E731
+                buffer, new.swapaxes(1, 2).astype(buffer.dtype), (0, 0, index, 0))
+            cache = (write(k_cache, k), write(v_cache, v))
+            k, v = (buffer.swapaxes(1, 2) for buffer in cache)  # a view: the einsum takes either layout
+        out = attention.attend(q, k, v, mask, implementation, cached=cache is not None)
         b, t, h, d = out.shape
         o = self.o[...].astype(dtype)
-        return (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1), (k, v)
+        return (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1), cache
 
 
 def project(x: jax.Array, w: jax.Array, **dot_kwargs) -> jax.Array:
@@ -109,17 +109,6 @@ def project(x: jax.Array, w: jax.Array, **dot_kwargs) -> jax.Array:
     b, t, _ = x.shape
     out = jnp.matmul(x.reshape(b * t, -1), w.reshape(w.shape[0], -1), **dot_kwargs)
     return out.reshape(b, t, *w.shape[1:])
-
-
-def grouped_query_attention(q, k, v, mask):
-    """q (b, t, heads, d); k, v (b, s, kv_heads, d); query head h reads kv head h // group."""
-    b, t, heads, d = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * d**-0.5
-    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
 
 
 class MLP(nnx.Module):
@@ -142,10 +131,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cached=None, index=None):
-        attended, kv = self.attn(self.attn_norm(x), cos, sin, mask, cached, index)
+    def __call__(self, x, cos, sin, mask, implementation, cache=None):
+        attended, cache = self.attn(self.attn_norm(x), cos, sin, mask, implementation, cache)
         x = x + attended
-        return x + self.mlp(self.mlp_norm(x)), kv
+        return x + self.mlp(self.mlp_norm(x)), cache
 
 
 def _is_variable(x) -> bool:
@@ -170,12 +159,19 @@ class Llama(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None):
-        """Float32 logits (batch, length, vocab) and the updated cache (None without one).
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None):
+        """Float32 logits (batch, length, vocab) and the updated cache (None without one); see
+        `hidden_states` for the arguments."""
+        x, cache = self.hidden_states(tokens, positions, segment_ids, cache, layers)
+        return self.logits(x), cache
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None):
+        """The final-normed hidden states (batch, length, embed) and the updated cache.
 
         positions: per-token RoPE positions (restart per packed segment); default 0..length-1, after
             the filled slots when a cache is given.
         segment_ids: 1, 2, ... per packed segment, 0 for padding; default all 1.
+        layers: `unstack_layers(self)`, used with a cache instead of slicing the stacked parameters.
         """
         batch, length = tokens.shape
         slots = jnp.arange(length, dtype=jnp.int32)
@@ -184,39 +180,44 @@ class Llama(nnx.Module):
             positions = jnp.broadcast_to(start + slots, tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-
+        segment_ids = segment_ids.astype(jnp.int32)
         if cache is None:
-            mask = attention_mask(segment_ids, slots, segment_ids, slots)
-            cached, index = None, None
+            mask = attention.AttentionMask(segment_ids, segment_ids, slots, slots)
         else:
-            kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32),
-                                                       (0, cache.index))
+            kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
             kv_slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
-            mask = attention_mask(segment_ids, cache.index + slots, kv_segments, kv_slots)
-            cached, index = (cache.k, cache.v), cache.index
+            mask = attention.AttentionMask(segment_ids, kv_segments, cache.index + slots, kv_slots)
 
         inv_freq = rope.inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         cos, sin = rope.rotation_tables(positions, inv_freq)
         x = constrain(self.embed[...][tokens].astype(self.cfg.dtype), RESIDUAL)
-        x, kv = self._run_layers(x, cos, sin, mask, cached, index)
-        x = self.final_norm(x)
+        x, cache = self._run_layers(x, cos, sin, mask, cache, layers)
+        return self.final_norm(x), cache
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Float32 logits of hidden states (batch, length, embed), whatever the compute dtype."""
         head = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
         logits = project(x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        if cache is not None:
-            cache = KVCache(k=kv[0], v=kv[1], segment_ids=kv_segments, index=cache.index + length)
-        return logits, cache
+        return constrain(logits, ("batch", "length", "vocab"))
 
-    def _run_layers(self, x, cos, sin, mask, cached, index):
+    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None, layers: list[nnx.State] | None):
         graphdef, state = nnx.split(self.layers)
+        implementation = attention.resolve(self.cfg.attention, jax.devices()[0].platform, self.cfg.dtype)
+        if cache is not None:
+            # Decoding: the layers one after another, each writing its own cache buffers in place (a scan
+            # would re-stack every layer's cache, i.e. copy it, at every token).
+            ks, vs = list(cache.k), list(cache.v)
+            for i in range(self.cfg.num_layers):
+                layer_state = layers[i] if layers is not None else jax.tree.map(lambda a, i=i: a[i], state)
+                block = nnx.merge(graphdef, layer_state)
+                x, (ks[i], vs[i]) = block(x, cos, sin, mask, implementation, (ks[i], vs[i], cache.index))
+                x = constrain(x, RESIDUAL)
+            return x, KVCache(tuple(ks), tuple(vs), mask.kv_segments, cache.index + x.shape[1])
 
-        def body(x, layer):
-            layer_state, layer_cache = layer
-            x, kv = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, layer_cache, index)
-            x = constrain(x, RESIDUAL)  # block boundary: every block starts from the same layout
-            return x, (kv if layer_cache is not None else None)  # no (k, v) stack without a cache
+        def body(x, layer_state):
+            x, _ = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, implementation)
+            return constrain(x, RESIDUAL), None  # block boundary: every block starts from the same layout
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
-        x, kv = jax.lax.scan(body, x, (state, cached))
-        return x, kv
+        return jax.lax.scan(body, x, state)[0], None

@@ -13,6 +13,7 @@ from oie_jax.data.format import Record
 from oie_jax.data.pipeline import PipelineConfig
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.errors import UserError
+from oie_jax.files import location
 from oie_jax.models.checkpoint import CONFIG_FILE, load_config
 from oie_jax.models.config import LlamaConfig, preset
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
@@ -22,7 +23,7 @@ from oie_jax.train.step import TrainState, init_params, init_state
 def model_config(model: ConfigDict, planning: bool = False) -> tuple[LlamaConfig, epath.Path | None]:
     """(architecture and dtypes, directory to initialise from or None for a random init). When
     planning (--dry-run), a missing `init` directory falls back to `preset`."""
-    init = epath.Path(model.init) if model.init else None
+    init = location(model.init) if model.init else None
     if init is not None and not (init / CONFIG_FILE).is_file() and planning and model.preset:
         init = None
     if init is not None:
@@ -31,7 +32,7 @@ def model_config(model: ConfigDict, planning: bool = False) -> tuple[LlamaConfig
         cfg = preset(model.preset)
     else:
         raise UserError("the config sets neither model.init (a model directory to fine-tune) nor model.preset")
-    overrides = {name: model[name] for name in ("param_dtype", "dtype", "remat") if model[name]}
+    overrides = {name: model[name] for name in ("param_dtype", "dtype", "remat", "attention") if model[name]}
     return cfg.replace(**overrides), init
 
 

@@ -14,6 +14,7 @@ def base_config() -> ConfigDict:
         param_dtype="",  # master weights and optimizer state; "" keeps the checkpoint's or preset's
         dtype="",  # matmul compute dtype: "bfloat16" with float32 params is mixed precision
         remat="",  # per-block rematerialisation: none, full, dots, dots_no_batch; "" keeps the default
+        attention="",  # kernel: auto (by platform), xla, cudnn (GPU), splash (TPU); "" keeps the model's (auto)
     ))
     c.data = ConfigDict(dict(
         train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
@@ -40,6 +41,8 @@ def base_config() -> ConfigDict:
         micro_batches=1,  # gradient accumulation: the batch is cut into this many sequential parts
         z_loss=0.0,
         loss_scale=0.0,  # static loss scale for float16 compute (required there); 0 = none
+        loss_chunk=0,  # positions whose logits are computed at once (divides data.seq_len); 0 = the whole
+        # sequence. Bounds the float32 logits and their gradient to (rows, loss_chunk, vocab).
         seed=0,  # random init
     ))
     c.mesh = ConfigDict(dict(
@@ -47,6 +50,7 @@ def base_config() -> ConfigDict:
         dcn_shape=(1, 1, 1),  # the same axes across slices/hosts over the data-center network
         rules=DEFAULT_RULES,  # logical axis -> mesh axes
         devices=0,  # --dry-run plans for this many devices (0 = the devices present)
+        platform="",  # --dry-run plans for this platform (tpu, gpu, cpu; "" = this host's): attention "auto"
         device_memory_gb=0.0,  # --dry-run compares its estimate with this (0 = unknown)
     ))
     c.checkpoint = ConfigDict(dict(
@@ -56,6 +60,8 @@ def base_config() -> ConfigDict:
         best_metric="dev_loss",  # best params kept under best/ by this metric: dev_loss, or an F1 such as
         # macro/all/f1 (see docs/metrics.md; needs eval.f1_every); "" = off
         best_mode="min",  # min or max
+        compilation_cache=True,  # JAX's persistent compilation cache in WORKDIR/compilation_cache: a
+        # restarted job loads its compiled steps instead of compiling them again
     ))
     c.eval = ConfigDict(dict(
         every=100,  # steps between dev-loss evaluations (and at the end); 0 = only at the end
@@ -89,5 +95,6 @@ def paper_recipe(c: ConfigDict, init: str, preset: str) -> ConfigDict:
     c.data.train, c.data.dev, c.data.source = MMM_TRAIN, MMM_DEV, "mmm"
     c.data.seq_len, c.data.batch_size = 2048, 64
     c.train.epochs, c.train.lr, c.train.weight_decay = 3, 1e-5, 0.0
+    c.train.loss_chunk = 512  # 128k-token vocabularies: never the float32 logits of a whole row at once
     c.checkpoint.every = c.eval.every = 500
     return c

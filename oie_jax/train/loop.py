@@ -7,6 +7,7 @@ F1, logs and a progress bar. Re-running with the same workdir resumes from the l
 import dataclasses
 import json
 import math
+import os
 import time
 
 import jax
@@ -18,6 +19,8 @@ from oie_jax import sharding
 from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
+from oie_jax.files import location
+from oie_jax.models import attention
 from oie_jax.models.checkpoint import load_params, model_from_params, save_model
 from oie_jax.train import build, throughput, validate
 from oie_jax.train.checkpointing import Checkpoints
@@ -77,6 +80,20 @@ class Interval:
         return values
 
 
+COMPILATION_CACHE = "compilation_cache"
+
+
+def use_compilation_cache(directory: epath.Path) -> None:
+    """Compiled steps are saved to and loaded from `directory` (unless JAX_COMPILATION_CACHE_DIR names
+    another): the cache is set up once per process, so it is reset when the directory changes."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir == str(directory):
+        return
+    compilation_cache.reset_cache()
+    compilation_cache.set_cache_dir(str(directory))
+
+
 class Run:
     """One training run, built from a config and a workdir (local or gs://). `run()` trains to the end,
     or until SIGTERM/SIGINT, and exports the best (else the last) parameters to WORKDIR/model."""
@@ -84,12 +101,14 @@ class Run:
     def __init__(self, config: ConfigDict, workdir, on_step=None):
         validate.check_config(config)
         self.config, self.on_step = config, on_step
-        self.workdir = epath.Path(workdir)
+        self.workdir = location(workdir)
         self.primary = jax.process_index() == 0
         self.say = print if self.primary else (lambda *args, **kwargs: None)
 
         self.cfg, self.init = build.model_config(config.model)
         validate.check_precision(self.cfg, config.train, warn=self.say)
+        # The kernel "auto" stands for here; a kernel this platform lacks is an error now, not at step 1.
+        self.attention = attention.resolve(self.cfg.attention, jax.devices()[0].platform, self.cfg.dtype)
         self.tokenizer = build.run_tokenizer(config.model, self.init, self.cfg)
         records = build.read_data(config.data, self.say)
         validate.check_best_metric(config, records.dev)
@@ -112,16 +131,19 @@ class Run:
         self.shardings = state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if config.checkpoint.compilation_cache:
+            use_compilation_cache(self.workdir / COMPILATION_CACHE)
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint)
         self.run_config = {"config": config.to_dict(), "model": self.cfg.to_dict()}
         self.state, self.start = self.restore_or_init()
         self.checkpoints.resume_best(self.start, self.say)
         train = config.train
         self.train_step = jit_on_mesh(
-            make_train_step(self.cfg, self.optimizer, train.micro_batches, train.z_loss, train.loss_scale),
+            make_train_step(self.cfg, self.optimizer, train.micro_batches, train.z_loss, train.loss_scale,
+                            train.loss_chunk),
             self.mesh, self.rules, in_shardings=(self.shardings, self.rows), out_shardings=(self.shardings, None),
             donate_argnums=0)
-        self.eval_step = jit_on_mesh(make_eval_step(self.cfg), self.mesh, self.rules,
+        self.eval_step = jit_on_mesh(make_eval_step(self.cfg, train.loss_chunk), self.mesh, self.rules,
                                      in_shardings=(self.shardings.params, self.rows))
         self.peak, self.peak_source = throughput.peak_flops()
         self.tokens_to_flops = (throughput.train_flops_per_token(self.cfg, data.seq_len)
@@ -286,7 +308,8 @@ class Run:
         return [
             "",
             f"model    LLaMA {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.num_layers} layers, hidden "
-            f"{cfg.hidden_size}); {cfg.param_dtype} weights, {cfg.dtype} compute, remat {cfg.remat}; "
+            f"{cfg.hidden_size}); {cfg.param_dtype} weights, {cfg.dtype} compute, remat {cfg.remat}, "
+            f"{self.attention} attention; "
             + (f"from {self.init}" if self.init else f"random init of preset {config.model.preset!r}"),
             f"mesh     {dict(self.mesh.shape)} on {len(devices)} {devices[0].platform} devices, {jax.process_count()} "
             f"process(es); peak {self.peak / 1e12:.3g} TFLOP/s per device ({self.peak_source})",

