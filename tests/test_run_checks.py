@@ -7,6 +7,7 @@ import sys
 
 import jax
 import pytest
+from ml_collections import ConfigDict
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
@@ -30,6 +31,8 @@ from tests.test_train_loop import ROOT, TINY, tiny
     ("checkpoint.keep", 0, "checkpoint.keep = 0: needs >= 1"),
     ("eval.max_new_tokens", 0, "eval.max_new_tokens = 0: needs >= 1"),
     ("model.remat", "some", "model.remat = 'some': needs one of"),
+    ("data.source", "csv", "config field data.source = 'csv': needs auto or one of records, mmm, stockmark"),
+    ("train.steps", True, "config field train.steps = True: needs an int, not a bool"),
 ])
 def test_every_field_is_checked_before_anything_runs(tmp_path, field, value, message):
     with pytest.raises(UserError, match=message):
@@ -37,6 +40,22 @@ def test_every_field_is_checked_before_anything_runs(tmp_path, field, value, mes
     assert not (tmp_path / "run").exists()  # nothing was written
     with pytest.raises(UserError, match=message):
         plan(tiny(**{field: value}))
+
+
+def test_sections_built_anew_are_checked_field_by_field(tmp_path):
+    config = tiny()
+    config.data = ConfigDict({**config.data.to_dict(), "pack": 1})  # ConfigDict's own checks pass this
+    with pytest.raises(UserError, match="config field data.pack = 1: needs a bool, not an int"):
+        Run(config, tmp_path / "run")
+    del config.data["pack"]
+    with pytest.raises(UserError, match="config field data.pack is missing"):
+        plan(config)
+
+
+def test_a_mesh_that_does_not_fit_the_devices_is_reported_before_the_data_is_read(tmp_path):
+    config = tiny(**{"mesh.shape": (1, 3, 1), "data.train": str(tmp_path / "absent.jsonl")})
+    with pytest.raises(UserError, match=f"needs 3 devices, there are {jax.device_count()}"):
+        Run(config, tmp_path / "run")
 
 
 def test_a_bad_field_is_one_line_from_the_command(tmp_path):

@@ -136,13 +136,14 @@ def test_entities_are_found_in_the_text_after_normalization(tmp_path, capsys):
 
 
 def test_rows_that_name_their_language_and_subset_keep_them(tmp_path):
+    # The file name says Japanese TCREE; each row says otherwise, in the release's codes or ours.
     rows = [{"input": "Kazan met Spiegel in Paris./NER", "output": "History/NER/:Person;Kazan", "id": str(i),
-             "language": language, "subset": "SCNM"} for i, language in enumerate(("en", "ja", "zh"))]
-    path = write_lines(tmp_path / "dev.jsonl", [json.dumps(row) for row in rows])
+             "language": language, "subset": "SCNM"} for i, language in enumerate(("En", "ja", "Ch", "zh"))]
+    path = write_lines(tmp_path / "test_Ja_5_TCREE_2k_clear2.jsonl", [json.dumps(row) for row in rows])
     source, result = load_source([str(path)])
     assert source == "mmm"
-    assert [(r.id, r.language, r.subset) for r in result.records] == [("0", "en", "SCNM"), ("1", "ja", "SCNM"),
-                                                                       ("2", "zh", "SCNM")]
+    assert [(r.id, r.language, r.subset) for r in result.records] == [
+        ("0", "en", "SCNM"), ("1", "ja", "SCNM"), ("2", "zh", "SCNM"), ("3", "zh", "SCNM")]
 
 
 def test_json_list_lines_and_wrong_encoding(tmp_path):

@@ -178,6 +178,8 @@ def test_two_processes_train_evaluate_checkpoint_and_resume_like_one(learned, tm
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
         outputs = [p.communicate(timeout=600) for p in procs]
         assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outputs]
+        # One voice: evaluation lines come from process 0 only.
+        assert "dev_loss" in outputs[0][0] and "dev_loss" not in "".join(outputs[1]), outputs[1]
         return outputs[0][0]
 
     launch(4, port)

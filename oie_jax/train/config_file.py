@@ -24,7 +24,10 @@ def load_config_file(path) -> ml_collections.ConfigDict:
         raise UserError(f"the config file does not run ({type(exc).__name__}: {exc})", path) from None
     if not callable(getattr(module, "get_config", None)):
         raise UserError("a config file must define get_config() returning an ml_collections.ConfigDict", path)
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as exc:  # a TypeError of ConfigDict's own type checks, say
+        raise UserError(f"get_config() failed ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise UserError(f"get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict", path)
     return config

@@ -105,6 +105,8 @@ class Run:
         self.primary = jax.process_index() == 0
         self.say = print if self.primary else (lambda *args, **kwargs: None)
 
+        # The mesh first: a shape that does not fit the devices is reported before any data is read.
+        self.mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape)
         self.cfg, self.init = build.model_config(config.model)
         validate.check_precision(self.cfg, config.train, warn=self.say)
         # The kernel "auto" stands for here; a kernel this platform lacks is an error now, not at step 1.
@@ -114,7 +116,6 @@ class Run:
         validate.check_best_metric(config, records.dev)
         self.dev_records, self.dev_origin = records.dev, records.dev_origin
 
-        self.mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape)
         self.rules = build.mesh_rules(config)
         self.rows = sharding.batch_sharding(self.mesh, self.rules)
         build.rows_per_shard(config, self.mesh)
@@ -200,7 +201,7 @@ class Run:
                 if step < self.total_steps:  # stopped by a signal: keep the work done
                     self.save(step)
                     self.outcome.stopped_by = signals.name
-                    self.bar.write(f"{signals.name} received: saved step {step} in {self.checkpoints.directory}; "
+                    self.write(f"{signals.name} received: saved step {step} in {self.checkpoints.directory}; "
                                    "run the same command again to resume")
         finally:
             self.bar.close()
@@ -234,6 +235,11 @@ class Run:
         if self.on_step is not None:
             self.on_step(step, metrics)
 
+    def write(self, line: str) -> None:
+        """A line above the progress bar, from process 0 only (tqdm.write prints even when disabled)."""
+        if self.primary:
+            self.bar.write(line)
+
     def due(self, every: int, step: int) -> bool:
         return bool(every) and step % every == 0 or step == self.total_steps
 
@@ -253,7 +259,7 @@ class Run:
         best = self.config.checkpoint.best_metric
         better = best in metrics and self.checkpoints.offer_best(step, self.state.params, metrics)
         shown = {name: metrics[name] for name in ("dev_loss", best) if name in metrics}
-        self.bar.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
+        self.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
                        + (" (best so far, saved)" if better else ""))
         self.interval.restart_clock()
 
@@ -274,7 +280,7 @@ class Run:
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
                                  max_new_tokens=self.config.eval.max_new_tokens, progress=False,
-                                 log=lambda line: self.bar.write(f"step {step}: {line}"))
+                                 log=lambda line: self.write(f"step {step}: {line}"))
         return scores.metrics()
 
     def save(self, step: int) -> None:

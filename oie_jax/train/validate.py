@@ -7,6 +7,7 @@ import sys
 from ml_collections import ConfigDict
 
 from oie_jax.data import holdout
+from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
 from oie_jax.models.config import ATTENTION, DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
 from oie_jax.sharding import MESH_AXES
@@ -24,6 +25,7 @@ RULES = (
     ("model.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("model.dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("model.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
+    ("data.source", lambda v: v in ("auto", *SOURCES), f"auto or one of {', '.join(SOURCES)}"),
     ("data.train", lambda v: bool(v.strip()), "a corpus (sample:train, files, directories or globs)"),
     ("data.seq_len", lambda v: v >= 2, ">= 2"),
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
@@ -68,8 +70,46 @@ def field(config: ConfigDict, name: str):
     return node
 
 
+def type_name(value) -> str:
+    return {bool: "a bool", int: "an int", float: "a number", str: "a string", tuple: "a tuple"}.get(
+        type(value), type(value).__name__)
+
+
+def fits(value, default) -> bool:
+    """Whether `value` has the type of the field whose default is `default` (bool is not an int here)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def check_types(config: ConfigDict) -> None:
+    """Every field of `base_config` is present and of its type: an int where an int is expected, a bool
+    where a bool is (ConfigDict itself lets True into an int field, and a config file may build its
+    sections anew)."""
+    from oie_jax.train.defaults import base_config
+
+    def walk(default: ConfigDict, given, prefix: str):
+        for name, value in default.items():
+            path = f"{prefix}{name}"
+            if not isinstance(given, ConfigDict) or name not in given:
+                raise UserError(f"config field {path} is missing")
+            if isinstance(value, ConfigDict):
+                walk(value, given[name], f"{path}.")
+            elif not fits(given[name], value):
+                raise UserError(f"config field {path} = {given[name]!r}: needs {type_name(value)}, not "
+                                f"{type_name(given[name])}")
+
+    walk(base_config(), config, "")
+
+
 def check_config(config: ConfigDict) -> None:
-    """A UserError for the first field out of its range, or fields that do not fit together."""
+    """A UserError for the first field that is missing, of the wrong type or out of its range, or fields
+    that do not fit together."""
+    check_types(config)
     for name, test, need in RULES:
         value = field(config, name)
         if not test(value):

@@ -20,13 +20,19 @@ SUBSET_BY_TASK = {task: subset for subset, tasks in fmt.SUBSET_TASKS.items() for
 NAME = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<lang>[A-Za-z]{2})_(?P<rest>.*)$")
 
 
+def language_code(code):
+    """Our language code for a release code (`En`, `Jp`, `Ch`, ...); anything else is kept as written
+    (a value that is not text is then reported by the record check)."""
+    return LANGUAGE_CODES.get(code.lower(), code) if isinstance(code, str) else code
+
+
 def describe_file(path: Path) -> tuple[str, str, str]:
     """(split, language, subset) from a release file name; '' for what the name does not say."""
     match = NAME.match(path.stem)
     if not match:
         return "", "", ""
     split = split_from_name(path)
-    language = LANGUAGE_CODES.get(match["lang"].lower(), "")
+    language = LANGUAGE_CODES.get(match["lang"].lower(), "")  # a name's unknown code says nothing
     rest = match["rest"]
     if "OIE" in rest.upper():
         subset = "TCONER"
@@ -59,7 +65,7 @@ def to_record(value, path: Path, line: int, name: str, language: str, file_subse
         return reject("output", "malformed output", parsed.reason)
     # What the row says wins over what the file name implies (JSON lines with language and subset).
     record = Record(text=text, task=task, label=parsed.label, items=parsed.items,
-                    language=value.get("language") or language,
+                    language=language_code(value.get("language")) or language,
                     subset=value.get("subset") or file_subset or SUBSET_BY_TASK.get(task, ""),
                     id=str(value.get("id", name)))
     return checked(record, path, line)

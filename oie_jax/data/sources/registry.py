@@ -44,6 +44,8 @@ def load_source(paths: list[str], source: str = "auto", strict: bool = False,
     if source == "auto":
         first = Path(paths[0])
         source = detect(paths[0] if first.is_dir() else str(expand(paths[:1], ALL_SUFFIXES)[0]))
+    if source not in SOURCES:
+        raise UserError(f"unknown corpus format {source!r}: use auto or one of {', '.join(SOURCES)}")
     reader, suffixes = SOURCES[source]
     if source == "gmner":
         paths = [str(Path(p) / "txt") if (Path(p) / "txt").is_dir() else p for p in paths]
