@@ -145,6 +145,34 @@ def test_cut_off_and_damaged_checkpoints_are_skipped_and_other_errors_stop(unint
     assert "checkpoint step 12 is incomplete (no data)" in capsys.readouterr().out
 
 
+def test_a_restore_error_that_is_not_damage_stops_and_names_the_step(uninterrupted, tmp_path, monkeypatch):
+    shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+
+    def bucket_timeout(*args, **kwargs):  # the step's files and metadata are intact; reading them failed
+        raise TimeoutError("the bucket did not answer within 60 s")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", bucket_timeout)
+    with pytest.raises(UserError, match=r"step 12 cannot be restored \(TimeoutError: the bucket did not answer"):
+        Run(tiny(**{"train.steps": 14}), tmp_path)
+
+
+def test_when_process_0_cannot_pick_a_step_every_process_stops_with_its_error(tmp_path):
+    first = cli("--config", TINY, "--workdir", tmp_path, "--config.train.steps=2", "--config.checkpoint.every=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port = 21000 + (os.getpid() + 4500) % 9000
+    procs = [subprocess.Popen(  # another architecture on the same workdir: the checkpoint does not fit
+        [sys.executable, "-m", "oie_jax.cli", "train", "--config", str(TINY), "--workdir", str(tmp_path),
+         "--config.model.preset=smollm2-135m", "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)",
+         "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], [e[-2000:] for e in errors]
+    for error in errors:
+        assert "checkpoint step 2 does not fit this run" in error.strip().splitlines()[-1], error[-2000:]
+    assert "on process 0: " in errors[1]
+
+
 def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     config = tiny(**{"train.lr": 1e30, "checkpoint.every": 1, "eval.every": 0})
     with pytest.raises(TrainingDiverged, match=r"training diverged .* last good checkpoint is step (\d+)") as info:

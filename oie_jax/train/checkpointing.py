@@ -6,8 +6,9 @@
 
 Paths are `etils.epath` paths, so WORKDIR may be a bucket (gs://...). Orbax writes each step into a
 temporary directory and renames it when complete, so a save cut off by a crash is never listed as a
-step. On resume, a step that is incomplete or damaged is skipped with a warning; a step that does not
-fit the run (another architecture) stops the run, as does any other error.
+step. On resume, a step that is incomplete or damaged (unreadable metadata, missing or corrupt array
+data) is skipped with a warning; a step that does not fit the run (another architecture) stops the
+run, as does any other error (I/O, a timeout, memory), on every process.
 """
 
 import jax
@@ -115,20 +116,23 @@ class Checkpoints:
         target = _as_tree(abstract_state)
         steps = sorted(self.manager.all_steps(), reverse=True)
         while steps:
-            step = agreed(self._newest_intact_step(steps, target, say))
+            step = agreed(lambda steps=steps: self._newest_intact_step(steps, target, say))
             if step is None:
                 return None
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                     config=ocp.args.JsonRestore()))
-            except Exception as exc:  # the step's metadata fits the run, so this is its data: damaged
-                if jax.process_count() > 1:  # the processes cannot agree to skip it safely
-                    raise UserError(f"checkpoint step {step} cannot be read ({type(exc).__name__}: "
-                                    f"{str(exc)[:200]}); delete it to resume from the one before",
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                # Several processes cannot agree to skip a step safely; and an error that is not damage
+                # (an I/O error, a bucket timeout, out of memory) would skip good steps.
+                if jax.process_count() > 1 or not is_damage(exc):
+                    raise UserError(f"checkpoint step {step} cannot be restored ({reason}); fix the cause and run "
+                                    "again, or delete the step to resume from the one before",
                                     self.directory / str(step)) from None
-                say(f"checkpoint step {step} is damaged: its state cannot be read ({type(exc).__name__}: "
-                    f"{str(exc)[:160]}); trying the one before")
+                say(f"checkpoint step {step} is damaged: its state cannot be read ({reason[:160]}); trying the "
+                    "one before")
                 steps = [s for s in steps if s < step]
                 continue
             say(f"resuming from step {step} ({self.directory / str(step)})")
@@ -139,8 +143,6 @@ class Checkpoints:
     def _newest_intact_step(self, steps: list[int], target: dict, say) -> int | None:
         """The newest step with every item and readable metadata; a step whose arrays do not fit the
         run is an error, not a reason to fall back (every older step would not fit either)."""
-        if jax.process_index() != 0:
-            return None
         expected = shapes_by_path(target)
         for step in steps:
             missing = [item for item in STATE_ITEMS if not (self.directory / str(step) / item).is_dir()]
@@ -190,23 +192,38 @@ def mismatch(saved: dict, expected: dict) -> str:
     return "no difference"
 
 
-def agreed(step: int | None) -> int | None:
-    """Process 0's choice of step, on every process."""
+# How tensorstore and Orbax report array data that is missing or does not decode; anything else (an I/O
+# error, a timeout, memory) is not damage of the step.
+DAMAGE_MARKS = ("NOT_FOUND", "DATA_LOSS", "checksum", "corrupt")
+MESSAGE_BYTES = 1024
+
+
+def is_damage(exc: Exception) -> bool:
+    return isinstance(exc, FileNotFoundError) or any(mark in str(exc) for mark in DAMAGE_MARKS)
+
+
+def agreed(pick) -> int | None:
+    """Process 0's `pick()` (a step or None), on every process. When it raises, every process raises a
+    UserError with its message, instead of the others waiting in the broadcast until the coordinator
+    times out."""
     if jax.process_count() == 1:
-        return step
+        return pick()
     from jax.experimental import multihost_utils
 
-    chosen = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step)))
-    return None if chosen < 0 else chosen
-
-
-def read_run_config(workdir: epath.Path, step: int | None = None) -> tuple[int, dict]:
-    """(step, the run config saved with it) of a run's latest (or given) checkpoint."""
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=STATE_ITEMS)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise UserError("no checkpoint in this run directory", workdir / "checkpoints")
-    return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    step, error, text = None, None, b""
+    if jax.process_index() == 0:
+        try:
+            step = pick()
+        except Exception as exc:
+            error = exc
+            text = (str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").encode()
+    message = np.frombuffer(text[:MESSAGE_BYTES].ljust(MESSAGE_BYTES, b"\0"), np.uint8)
+    chosen, message = multihost_utils.broadcast_one_to_all((np.int32(-1 if step is None else step), message))
+    if error is not None:
+        raise error
+    if np.any(message):
+        raise UserError("on process 0: " + bytes(np.asarray(message)).rstrip(b"\0").decode(errors="replace"))
+    return None if int(chosen) < 0 else int(chosen)
 
 
 def restore_params(directory: epath.Path, step: int, item: str, abstract_params: dict) -> dict:
