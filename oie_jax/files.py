@@ -1,7 +1,8 @@
 """Small file helpers shared by the readers and writers."""
 
+import contextlib
 import json
-import shutil
+import tempfile
 from pathlib import Path
 
 from etils import epath
@@ -9,10 +10,30 @@ from etils import epath
 from oie_jax.errors import UserError
 
 
+def is_url(path) -> bool:
+    return "://" in str(path)
+
+
 def location(path) -> epath.Path:
-    """A directory that may be a bucket: a URL (gs://...) as it is, a local path made absolute (Orbax
-    refuses relative ones)."""
-    return epath.Path(path) if "://" in str(path) else epath.Path(path).absolute()
+    """A file or directory that may be in a bucket: a URL (gs://...) as it is, a local path made absolute
+    (Orbax refuses relative ones)."""
+    return epath.Path(path) if is_url(path) else epath.Path(path).absolute()
+
+
+@contextlib.contextmanager
+def staged(directory: epath.Path):
+    """A local directory for writers that need one (safetensors, `save_pretrained`): `directory` itself
+    when it is local, else a temporary one whose files are copied into the bucket when the block ends."""
+    if not is_url(directory):
+        yield Path(directory)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        yield Path(local)
+        for path in sorted(Path(local).rglob("*")):
+            if path.is_file():
+                target = directory / path.relative_to(local).as_posix()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
 
 
 def read_json(path) -> dict:
@@ -40,15 +61,16 @@ def read_lines(path, what: str) -> list[str]:
     return lines
 
 
-def prepare_output_dir(out, overwrite: bool) -> Path:
-    """An empty output directory: a non-empty one is refused unless `overwrite`, which empties it, so
-    that no file of an earlier export (a stale shard, a tokenizer) is read back with the new ones."""
-    out = Path(out).absolute()
+def prepare_output_dir(out, overwrite: bool) -> epath.Path:
+    """An empty output directory (local or in a bucket): a non-empty one is refused unless `overwrite`,
+    which empties it, so that no file of an earlier export (a stale shard, a tokenizer) is read back with
+    the new ones."""
+    out = location(out)
     if out.exists() and not out.is_dir():
         raise UserError("output exists and is not a directory", out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError("output directory is not empty (pass --overwrite to replace its contents)", out)
-        shutil.rmtree(out)
+        out.rmtree()
     out.mkdir(parents=True, exist_ok=True)
     return out

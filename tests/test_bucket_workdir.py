@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.test_train_loop import TINY
+from tests.test_train_loop import ROOT, TINY
 
 # The command line, with epath told to use fsspec for gs:// paths.
 CLI = "import sys; from etils.epath import gpath; gpath._is_tf_installed = lambda: False; " \
@@ -88,3 +88,35 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports(gcs, tmp_path):
     logged = [json.loads(line) for line in read_object(gcs, "run/metrics.jsonl").splitlines()]
     assert sorted(m["step"] for m in logged if "loss" in m) == list(range(1, 9))
     assert any(name.startswith("run/checkpoints/8/") for name in listing(gcs, "run/checkpoints/"))
+
+
+def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
+    """convert (both directions), export and eval --out write into gs:// paths, never a local `gs:` folder."""
+    from tests.helpers import llama31_hf_config, save_random_hf_llama, save_word_tokenizer
+
+    cwd = tmp_path / "cwd"
+    (cwd / "src").mkdir(parents=True)
+    save_random_hf_llama(cwd / "src", llama31_hf_config())
+    save_word_tokenizer(cwd / "src", 320)
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-c", CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    cli("convert", "hf-to-jax", "src", "gs://bucket/ours")
+    cli("convert", "jax-to-hf", "gs://bucket/ours", "gs://bucket/hf")
+    cli("eval", "--model", "gs://bucket/ours", "--data", ROOT / "oie_jax" / "data" / "sample" / "test.jsonl",
+        "--limit", "2", "--max-new-tokens", "4", "--no-progress", "--out", "gs://bucket/eval")
+    cli("train", "--config", TINY, "--workdir", "gs://bucket/run", "--config.train.steps=2",
+        "--config.checkpoint.every=2", "--config.eval.every=2")
+    cli("export", "gs://bucket/run", "gs://bucket/exported", "--from", "latest", "--format", "hf")
+    names = listing(gcs, "")
+    for name in ("ours/oie_model.json", "ours/tokenizer.json", "hf/model.safetensors", "hf/config.json",
+                 "hf/tokenizer.json", "eval/predictions.jsonl", "eval/report.md", "eval/scores.json", "eval/f1.png",
+                 "exported/model.safetensors", "exported/config.json"):
+        assert name in names, name
+    assert any(name.startswith("ours/params/") for name in names)
+    assert sorted(p.name for p in cwd.iterdir()) == ["src"]  # no local stand-in such as ./gs:/bucket

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -173,6 +174,19 @@ def test_when_process_0_cannot_pick_a_step_every_process_stops_with_its_error(tm
     assert "on process 0: " in errors[1]
 
 
+def test_logged_step_time_is_the_wall_time_per_step(tmp_path):
+    done = {}
+    config = tiny(**{"train.steps": 7, "data.batch_size": 32, "data.seq_len": 512, "eval.every": 0,
+                     "checkpoint.every": 0})
+    train(config, tmp_path, on_step=lambda step, _: done.setdefault(step, time.perf_counter()))
+    wall = (done[7] - done[2]) / 5  # per step, once compiled
+    logged = {m["step"]: m for m in read_metrics(tmp_path) if "step_time_s" in m}
+    times = [logged[step]["step_time_s"] for step in range(3, 8)]
+    assert abs(sum(times) / len(times) - wall) <= 0.25 * wall, (times, wall)
+    assert min(times) > 0.5 * wall, (times, wall)  # no step timed by a dispatch alone
+    assert all(0 < m["mfu"] < 1 for m in logged.values())
+
+
 def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     config = tiny(**{"train.lr": 1e30, "checkpoint.every": 1, "eval.every": 0})
     with pytest.raises(TrainingDiverged, match=r"training diverged .* last good checkpoint is step (\d+)") as info:
@@ -326,6 +340,11 @@ def test_export_any_step_of_a_run(learned, tmp_path, capsys):
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "config.json").is_file()
     assert cli.main(["export", str(run_dir), str(tmp_path / "x"), "--from", "7"]) == 2
     assert "no step 7 in this run" in capsys.readouterr().err
+    # best/ exports on its own (a run copied without its checkpoints/).
+    shutil.copytree(run_dir / "best", tmp_path / "best_only" / "best")
+    assert cli.main(["export", str(tmp_path / "best_only"), str(tmp_path / "alone")]) == 0, capsys.readouterr().err
+    alone = load_params(tmp_path / "alone", cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(model)))
 
 
 def test_best_metric_must_be_one_the_run_computes(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import sys
-from pathlib import Path
 
 from oie_jax.cli.arguments import positive_int
 from oie_jax.cli.data import add_source_argument
@@ -56,11 +55,11 @@ def cmd_eval(args):
     from oie_jax.eval import report
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
-    from oie_jax.files import prepare_output_dir
+    from oie_jax.files import location, prepare_output_dir
     from oie_jax.models.checkpoint import load_model
 
     golds = load_gold(args.data, args.source, args.strict)[: args.limit]
-    out = prepare_output_dir(args.out or f"eval-{Path(args.model).resolve().name}", args.overwrite)
+    out = prepare_output_dir(args.out or f"eval-{location(args.model).name}", args.overwrite)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, **({"dtype": args.dtype} if args.dtype else {}))
     outputs, scores = evaluate(model, tokenizer, golds, batch_size=args.batch_size,

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from oie_jax.convert import layout
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
-from oie_jax.files import prepare_output_dir, read_json
+from oie_jax.files import prepare_output_dir, read_json, staged
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
@@ -155,7 +155,8 @@ def convert_gguf(src: Path, gguf_file: str, out: Path, dtype: str | None = None)
     named = ((name, tensor, path) for name, tensor in tensors.items())
     params = fill_params(cfg, named, NUMPY_DTYPES[cfg.param_dtype], total=len(tensors))
     checkpoint.save_model(out, cfg, params)
-    tokenizer.save_pretrained(str(out))
+    with staged(out) as local:
+        tokenizer.save_pretrained(str(local))
     return cfg
 
 

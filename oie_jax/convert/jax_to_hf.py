@@ -6,16 +6,16 @@ index, a complete `config.json`, `generation_config.json` and the tokenizer file
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from oie_jax.convert import layout
 from oie_jax.convert.hf_to_jax import GENERATION_CONFIG, INDEX_FILE, NUMPY_DTYPES
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
-from oie_jax.files import prepare_output_dir
+from oie_jax.files import prepare_output_dir, staged
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
@@ -42,7 +42,7 @@ def hf_tensor(params, entry, layer, cfg, dtype) -> np.ndarray:
 
 
 def convert(src, out, dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False) -> epath.Path:
     """An oie-jax model directory as a Hugging Face one; the parameters are read into host memory."""
     cfg = checkpoint.load_config(src)
     check_dtype(dtype)
@@ -59,7 +59,7 @@ def check_dtype(dtype: str | None) -> None:
         raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
 
 
-def write(out: Path, cfg: LlamaConfig, params: dict, dtype: str | None = None,
+def write(out: epath.Path, cfg: LlamaConfig, params: dict, dtype: str | None = None,
           max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
     """Safetensors shards, their index, config.json and generation_config.json of host `params` into
     the empty directory `out`."""
@@ -79,7 +79,8 @@ def write(out: Path, cfg: LlamaConfig, params: dict, dtype: str | None = None,
             total += tensors[name].nbytes
             weight_map[name] = file_name
             progress.update()
-        save_file(tensors, str(out / file_name), metadata={"format": "pt"})
+        with staged(out) as local:  # one shard at a time on local disk when `out` is a bucket
+            save_file(tensors, str(local / file_name), metadata={"format": "pt"})
     progress.close()
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -99,5 +100,5 @@ def generation_config(cfg: LlamaConfig) -> dict:
     }
 
 
-def _write_json(path: Path, value: dict):
+def _write_json(path: epath.Path, value: dict):
     path.write_text(json.dumps(value, indent=2) + "\n")

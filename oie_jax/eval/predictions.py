@@ -6,9 +6,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from etils import epath
+
 from oie_jax.data.format import Record
 from oie_jax.data.sources.jsonfile import lines
 from oie_jax.errors import UserError
+from oie_jax.files import location
 
 SHOWN = 5  # ids named in a note; the rest are counted
 
@@ -109,11 +112,11 @@ def pair(golds: Sequence[Record], predictions: Sequence[Prediction], path=None) 
     return outputs, coverage
 
 
-def write_predictions(path, golds: Sequence[Record], outputs: Sequence[str]) -> Path:
+def write_predictions(path, golds: Sequence[Record], outputs: Sequence[str]) -> epath.Path:
     """One JSON line per example: id, subset, language, task and output (what `oie-jax score` reads)."""
-    path = Path(path)
+    path = location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with path.open("w", encoding="utf-8") as f:
         for gold, output in zip(golds, outputs):
             value = {"id": gold.id, "subset": gold.subset, "language": gold.language, "task": gold.task,
                      "output": output}

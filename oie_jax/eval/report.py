@@ -3,14 +3,15 @@ Markdown, JSON and a bar chart. A metric a group has no gold for (TL and ALL of 
 labels) prints as '-' and is null in the JSON."""
 
 import json
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from oie_jax.errors import UserError
 from oie_jax.eval import DEFAULT_METRIC
 from oie_jax.eval.encode import subset_order
 from oie_jax.eval.metrics import COUNTS, METRICS, STATS, TALLIES, Scores
+from oie_jax.files import location
 
 HEADS = {"tl": "TL", "wl": "WL", "all": "ALL"}
 
@@ -160,29 +161,31 @@ def plot(scores: Scores, path) -> None:
     axes[-1].set_xticks(np.arange(len(subsets)), [s or "-" for s in subsets], rotation=30, ha="right")
     figure.suptitle(f"F1 per subset and language ({scores.examples:,} examples)")
     figure.tight_layout()
-    figure.savefig(output_path(path), dpi=120)
+    with output_path(path).open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)
     plt.close(figure)
 
 
-def output_path(path) -> Path:
-    path = Path(path)
+def output_path(path) -> epath.Path:
+    path = location(path)
     if path.is_dir():
         raise UserError("output is a directory; name a file", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def write(scores: Scores, markdown_path=None, json_path=None, plot_path=None, title: str = "Scores") -> list[Path]:
+def write(scores: Scores, markdown_path=None, json_path=None, plot_path=None,
+          title: str = "Scores") -> list[epath.Path]:
     """Writes the reports that are asked for; returns their paths."""
     written = []
     if markdown_path:
         output_path(markdown_path).write_text(markdown(scores, title), encoding="utf-8")
-        written.append(Path(markdown_path))
+        written.append(location(markdown_path))
     if json_path:
         text = json.dumps(to_json(scores), indent=2, ensure_ascii=False)
         output_path(json_path).write_text(text + "\n", encoding="utf-8")
-        written.append(Path(json_path))
+        written.append(location(json_path))
     if plot_path:
         plot(scores, plot_path)
-        written.append(Path(plot_path))
+        written.append(location(plot_path))
     return written

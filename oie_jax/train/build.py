@@ -1,6 +1,7 @@
 """What a training config builds: the architecture, tokenizer, records, pipelines, optimizer, mesh
 checks and abstract state. The run (`loop.py`), the dry run (`plan.py`) and `export.py` start here."""
 
+import copy
 import dataclasses
 
 import jax
@@ -18,6 +19,16 @@ from oie_jax.models.checkpoint import CONFIG_FILE, load_config
 from oie_jax.models.config import LlamaConfig, preset
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
 from oie_jax.train.step import TrainState, init_params, init_state
+
+
+def with_absolute_paths(config: ConfigDict) -> ConfigDict:
+    """A copy of `config` whose local model paths (`model.init`, `model.tokenizer`) are absolute, so
+    that the run config saved with every checkpoint means the same from any working directory."""
+    config = copy.deepcopy(config)
+    for name in ("init", "tokenizer"):
+        if config.model[name] and config.model[name] != "bytes":
+            config.model[name] = str(location(config.model[name]))
+    return config
 
 
 def model_config(model: ConfigDict, planning: bool = False) -> tuple[LlamaConfig, epath.Path | None]:

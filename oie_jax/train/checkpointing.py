@@ -2,7 +2,7 @@
 
     WORKDIR/checkpoints/STEP/{state,data,config}   last `keep` steps: train state, data iterator state,
                                                    the run config it was trained with
-    WORKDIR/best/STEP/{params,metrics}             the parameters with the best `best_metric` so far
+    WORKDIR/best/STEP/{params,metrics,config}      the parameters with the best `best_metric` so far
 
 Paths are `etils.epath` paths, so WORKDIR may be a bucket (gs://...). Orbax writes each step into a
 temporary directory and renames it when complete, so a save cut off by a crash is never listed as a
@@ -60,7 +60,8 @@ class Checkpoints:
         self.best_so_far: tuple[int, float] | None = None  # (step, value)
         if self.best_metric:
             self.best = _manager(workdir / "best", {"params": ocp.StandardCheckpointHandler(),
-                                                    "metrics": ocp.JsonCheckpointHandler()},
+                                                    "metrics": ocp.JsonCheckpointHandler(),
+                                                    "config": ocp.JsonCheckpointHandler()},
                                  1, settings.async_save, "best")
 
     def resume_best(self, step: int, say=print) -> None:
@@ -84,9 +85,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def offer_best(self, step: int, params: dict, metrics: dict) -> bool:
-        """Saves `params` under best/ when `metrics[best_metric]` is at least as good as the best so far
-        (a tie keeps the later step, trained longer)."""
+    def offer_best(self, step: int, params: dict, metrics: dict, config: dict) -> bool:
+        """Saves `params` (with the run config, so that best/ exports alone) under best/ when
+        `metrics[best_metric]` is at least as good as the best so far (a tie keeps the later step,
+        trained longer)."""
         if self.best is None:
             return False
         value = float(metrics[self.best_metric])
@@ -94,7 +96,8 @@ class Checkpoints:
             return False
         replace_step(self.best, step)
         self.best.save(step, force=True, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({self.best_metric: value})))
+            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({self.best_metric: value}),
+            config=ocp.args.JsonSave(config)))
         self.best_so_far = step, value
         return True
 
@@ -224,6 +227,15 @@ def agreed(pick) -> int | None:
     if np.any(message):
         raise UserError("on process 0: " + bytes(np.asarray(message)).rstrip(b"\0").decode(errors="replace"))
     return None if int(chosen) < 0 else int(chosen)
+
+
+def read_run_config(directory: epath.Path, step: int) -> dict:
+    """The run config saved with `step` of checkpoints/ or best/."""
+    manager = ocp.CheckpointManager(directory, item_names=("config",))
+    if not (directory / str(step) / "config").is_dir():
+        raise UserError(f"step {step} holds no run config (best/ of a run made before oie-jax saved it there); "
+                        "export --from latest", directory)
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
 def restore_params(directory: epath.Path, step: int, item: str, abstract_params: dict) -> dict:

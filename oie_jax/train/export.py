@@ -2,8 +2,6 @@
 best parameters (best/), the latest checkpoint, or a step number. The parameters are read into host
 memory, so exporting a model larger than one accelerator needs none."""
 
-from pathlib import Path
-
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -44,14 +42,14 @@ def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
 
 
 def export(workdir, out, which: str = "best", hugging_face: bool = False, dtype: str | None = None,
-           overwrite: bool = False, max_shard_bytes: int | None = None) -> tuple[Path, int, str]:
+           overwrite: bool = False, max_shard_bytes: int | None = None) -> tuple[epath.Path, int, str]:
     """Writes the parameters of `which` to `out`; returns (out, step, where they came from)."""
     from oie_jax.convert import jax_to_hf
 
     workdir = location(workdir)
     jax_to_hf.check_dtype(dtype)
     directory, step, item = locate(workdir, which)
-    _, run = read_run_config(workdir)
+    run = read_run_config(directory, step)
     cfg = LlamaConfig.from_dict(run["model"])
     params = restore_params(directory, step, item, abstract_params(cfg))
     out = prepare_output_dir(out, overwrite)

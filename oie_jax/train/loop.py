@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from etils import epath
 from ml_collections import ConfigDict
 from tqdm import tqdm
@@ -44,14 +45,16 @@ class Outcome:
 
 class Interval:
     """The steps since the last log line: token-weighted means of the losses, and throughput over the
-    steps that were timed. A step is timed from the end of the previous step's fetch to the end of its
-    own: the device never idles between them. Not timed: a process's first step (it compiles), and the
-    first step after evaluation or saving (the clock restarted while it ran, or before it started)."""
+    steps that were timed. A step is timed from the fetch of the previous step's metrics to the fetch of
+    its own, i.e. from one completed step to the next: the device never idles between them, and the
+    clock runs on from one interval to the next, whatever the host does in between (logging waits for
+    nothing on the device). Not timed: a process's first step (it compiles), and the first step after
+    evaluation or saving (the clock restarted while it ran, or before it started)."""
 
-    def __init__(self):
+    def __init__(self, mark: float | None = None):
         self.steps = self.target_tokens = self.cross_entropy = self.z_loss = self.grad_norm = 0.0
         self.timed_steps = self.timed_tokens = self.timed_seconds = 0
-        self.mark, self.restarted = time.perf_counter(), False
+        self.mark, self.restarted = time.perf_counter() if mark is None else mark, False
 
     def add(self, metrics: dict, timed: bool) -> None:
         self.steps += 1
@@ -100,6 +103,7 @@ class Run:
 
     def __init__(self, config: ConfigDict, workdir, on_step=None):
         validate.check_config(config)
+        config = build.with_absolute_paths(config)
         self.config, self.on_step = config, on_step
         self.workdir = location(workdir)
         self.primary = jax.process_index() == 0
@@ -129,6 +133,8 @@ class Run:
         self.epoch_steps = [self.pipeline.steps_in_epoch(e) for e in range(max(config.train.epochs, 1))]
         self.total_steps = config.train.steps or sum(self.epoch_steps)
         self.optimizer, self.schedule = build.make_optimizer(config.train, self.total_steps)
+        # On the host, once: evaluating the schedule in the loop would queue behind the running step.
+        self.learning_rates = np.asarray(jax.vmap(self.schedule)(np.arange(self.total_steps)))
         self.shardings = state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
 
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -227,11 +233,11 @@ class Run:
         self.bar.update(1)
         if step % self.config.log.every == 0 or step == self.total_steps:
             logged = self.interval.summary(self.tokens_to_flops)
-            logged["lr"] = float(self.schedule(step - 1))  # the rate this step's update used
+            logged["lr"] = float(self.learning_rates[step - 1])  # the rate this step's update used
             self.log.write(step, logged)
             self.bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}",
                                  **({"tok_s": f"{logged['tokens_per_s']:,.0f}"} if "tokens_per_s" in logged else {}))
-            self.interval = Interval()
+            self.interval = Interval(mark=self.interval.mark)
         if self.on_step is not None:
             self.on_step(step, metrics)
 
@@ -257,7 +263,8 @@ class Run:
             metrics.update(self.dev_f1(step))
         self.log.write(step, metrics)
         best = self.config.checkpoint.best_metric
-        better = best in metrics and self.checkpoints.offer_best(step, self.state.params, metrics)
+        better = best in metrics and self.checkpoints.offer_best(step, self.state.params, metrics,
+                                                                            self.run_config)
         shown = {name: metrics[name] for name in ("dev_loss", best) if name in metrics}
         self.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
                        + (" (best so far, saved)" if better else ""))

@@ -1,0 +1,38 @@
+"""The command line from a working directory with relative paths, as `make train` runs it: convert,
+train, eval and export (Orbax takes absolute paths only; a relative `model.init` must mean the same
+when the run is exported from elsewhere)."""
+
+import os
+import subprocess
+import sys
+
+from oie_jax.models.checkpoint import load_config
+from tests.helpers import llama31_hf_config, save_random_hf_llama, save_word_tokenizer
+from tests.test_train_loop import ROOT, TINY
+
+
+def test_every_command_takes_relative_paths(tmp_path):
+    work = tmp_path / "work"
+    (work / "src").mkdir(parents=True)
+    save_random_hf_llama(work / "src", llama31_hf_config())
+    save_word_tokenizer(work / "src", 320)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+    def cli(*args, cwd=work):
+        result = subprocess.run([sys.executable, "-m", "oie_jax.cli", *map(str, args)], cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    cli("convert", "hf-to-jax", "src", "ours")
+    cli("train", "--config", TINY, "--workdir", "run", "--config.model.init=ours", "--config.model.preset=",
+        "--config.model.tokenizer=", "--config.train.steps=2", "--config.checkpoint.every=2",
+        "--config.eval.every=2", "--config.export.model=True")
+    cli("eval", "--model", "run/model", "--data", ROOT / "oie_jax" / "data" / "sample" / "test.jsonl", "--limit", "2",
+        "--max-new-tokens", "4", "--no-progress", "--out", "eval")
+    cli("convert", "jax-to-hf", "run/model", "hf")
+    # From another directory: the run's relative model.init ("ours") was resolved when the run read its config.
+    cli("export", "work/run", "exported", "--from", "latest", cwd=tmp_path)
+    assert load_config(tmp_path / "exported").hidden_size == 64
+    assert (tmp_path / "exported" / "tokenizer.json").is_file()
+    for path in ("ours/oie_model.json", "run/model/tokenizer.json", "eval/report.md", "hf/model.safetensors"):
+        assert (work / path).is_file(), path
