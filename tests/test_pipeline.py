@@ -45,16 +45,15 @@ def test_resume_gives_exactly_the_following_batches(tokenizer, tmp_path):
     uninterrupted = take(iter(whole), total)
     first = Pipeline(records, tokenizer, CONFIG)
     head = take(iter(first), 7)
-    first.save_state(tmp_path)
+    state = first.state()  # what a checkpoint holds as its JSON item
+    assert state == {"epoch": 0, "step": 7, "fingerprint": whole.fingerprint()}
     resumed = Pipeline(records, tokenizer, CONFIG)
-    resumed.load_state(tmp_path)
+    resumed.restore(json.loads(json.dumps(state)))
     tail = take(iter(resumed), total - 7)
     assert_same_batches(head + tail, uninterrupted)
-    assert json.loads((tmp_path / "data_state.json").read_text()) == {
-        "epoch": 0, "step": 7, "fingerprint": whole.fingerprint()}
     other = Pipeline(records[1:], tokenizer, CONFIG)
     with pytest.raises(UserError, match="other records or another pipeline config"):
-        other.load_state(tmp_path)
+        other.restore(state)
     # Every sequence is in every epoch: the last batch is filled with empty rows, never dropped.
     rows = whole.epoch_rows(0)
     assert len(rows.tokens) % CONFIG.batch_size == 0
@@ -106,9 +105,10 @@ def test_small_and_bad_configs(tokenizer):
 
 TWO_PROCESS = textwrap.dedent("""
     import json, sys
+    from pathlib import Path
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    rank, port, state_dir, phase = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    rank, port, state_dir, phase = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=rank)
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -122,14 +122,14 @@ TWO_PROCESS = textwrap.dedent("""
     checksum = jax.jit(lambda t: (t.astype("int64") * (1 + jax.numpy.arange(t.shape[1]))).sum(axis=1),
                        out_shardings=NamedSharding(mesh, P()))
     if phase == "resume":
-        pipeline.load_state(state_dir)
+        pipeline.restore(json.loads((state_dir / "data.json").read_text()))
     sums = []
     iterator = iter(pipeline)
     for _ in range(4):
         batch = to_global(next(iterator), sharding)
         sums.append(np.asarray(checksum(batch["tokens"])).tolist())
     if rank == 0:
-        pipeline.save_state(state_dir)
+        (state_dir / "data.json").write_text(json.dumps(pipeline.state()))
         print("SUMS", json.dumps(sums))
     jax.distributed.shutdown()
 """)

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,7 +22,6 @@ from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
 BATCH_FIELDS = ("tokens", "loss_mask", "segment_ids", "positions")
-STATE_FILE = "data_state.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +163,6 @@ class Pipeline:
             raise UserError("the data state was saved for other records or another pipeline config; a resumed run "
                             "would not see the batches it would have seen")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-
-    def save_state(self, directory) -> None:
-        path = Path(directory) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.state()) + "\n")
-
-    def load_state(self, directory) -> None:
-        self.restore(json.loads((Path(directory) / STATE_FILE).read_text()))
 
 
 def fill_last_batch(rows: Rows, batch_size: int, pad_id: int) -> Rows:
