@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
+from flax import nnx
 
 from oie_jax import sharding
 from oie_jax.data.format import Record
@@ -322,6 +323,37 @@ def test_a_tiny_model_learns_an_easy_task_and_dev_f1_picks_best(learned):
     assert reference == pytest.approx(scores.metrics())
 
 
+def test_best_keeps_the_later_of_equal_values_and_never_a_worse_one(tmp_path):
+    params = {"w": np.arange(4, dtype=np.float32)}
+    for mode, values in (("max", (0.5, 0.5, 0.4)), ("min", (0.5, 0.5, 0.6))):
+        settings = tiny(**{"checkpoint.best_metric": "macro/all/f1", "checkpoint.best_mode": mode}).checkpoint
+        checkpoints = Checkpoints(epath.Path(tmp_path / mode), settings)
+        kept = [checkpoints.offer_best(step, params, {"macro/all/f1": value}, {})
+                for step, value in zip((1, 2, 3), values)]
+        checkpoints.close()
+        assert kept == [True, True, False] and checkpoints.best_so_far == (2, 0.5)
+        assert [p.name for p in (tmp_path / mode / "best").iterdir()] == ["2"]
+
+
+def test_best_and_model_hold_the_step_where_dev_f1_peaked_before_the_end(learned, tmp_path):
+    """Fine-tuning the learned model with a destructive learning rate: its first update has learning rate 0
+    (warmup), so steps 0 and 1 tie at the peak and step 1 is kept; later evaluations are worse."""
+    run_dir, _, _ = learned
+    config = tiny(**{"model.init": str(run_dir / "model"), "data.train": str(run_dir.parent / "train.jsonl"),
+                     "data.dev": str(run_dir.parent / "dev.jsonl"), "data.seq_len": 128, "data.batch_size": 16,
+                     "train.steps": 4, "train.lr": 1.0, "train.warmup_fraction": 0.5, "train.decay": "constant",
+                     "eval.every": 0, "eval.f1_every": 1, "eval.max_new_tokens": 48,
+                     "checkpoint.best_metric": "macro/all/f1", "checkpoint.best_mode": "max", "checkpoint.every": 0,
+                     "export.model": True})
+    outcome = train(config, tmp_path)
+    f1 = {m["step"]: m["macro/all/f1"] for m in read_metrics(tmp_path) if "macro/all/f1" in m}
+    assert f1[0] == f1[1] == max(f1.values()) and f1[4] < f1[1], f1
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["1"] and outcome.exported_step == 1
+    before, after = load_model(run_dir / "model"), load_model(tmp_path / "model")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(before)),
+                                                    jax.tree.leaves(nnx.state(after))))
+
+
 def test_export_any_step_of_a_run(learned, tmp_path, capsys):
     from oie_jax import cli
     from oie_jax.models.checkpoint import load_config, load_params
@@ -357,11 +389,16 @@ def test_best_metric_must_be_one_the_run_computes(tmp_path):
 
 
 def test_dev_records_are_read_once_in_order_whatever_the_mixture(tmp_path):
-    run = Run(tiny(**{"data.mixture_temperature": 2.0}), tmp_path)
+    # Groups of unequal size (12 English SCNM records, 2 of every other subset and language): a mixture at
+    # temperature 2 would change both their counts and their order.
+    train_scnm = [r for r in load_sample("train") if (r.subset, r.language) == ("SCNM", "en")]
+    dev = load_sample("dev") + train_scnm + train_scnm[:4]
+    write_jsonl(dev, tmp_path / "dev.jsonl")
+    run = Run(tiny(**{"data.mixture_temperature": 2.0, "data.dev": str(tmp_path / "dev.jsonl")}), tmp_path / "run")
     seen = [row[segments == s].tolist() for batch in run.dev.one_epoch()
             for row, segments in zip(batch["tokens"], batch["segment_ids"]) for s in range(1, segments.max() + 1)]
     stats = EncodeStats()
-    expected = [encode(r, ByteTokenizer(), run.config.data.seq_len, stats).tokens.tolist() for r in load_sample("dev")]
+    expected = [encode(r, ByteTokenizer(), run.config.data.seq_len, stats).tokens.tolist() for r in dev]
     assert seen == expected
 
 
