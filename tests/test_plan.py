@@ -4,15 +4,11 @@ and the memory plan agrees with what XLA allocates for the real step."""
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 
-from oie_jax import sharding
 from oie_jax.errors import UserError
-from oie_jax.train import build
 from oie_jax.train.config_file import load_config_file
-from oie_jax.train.plan import memory, plan
-from oie_jax.train.step import make_train_step, state_shardings
+from oie_jax.train.plan import memory, plan, xla_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -53,24 +49,6 @@ def test_dry_run_refuses_a_batch_that_does_not_split():
         plan(config)
 
 
-def compiled_bytes(config) -> int:
-    """Arguments plus temporaries of the real train step on this host's first device, as XLA reports."""
-    cfg, _ = build.model_config(config.model, planning=True)
-    optimizer, _ = build.make_optimizer(config.train, 100)
-    mesh = sharding.make_mesh((1, 1, 1))
-    shardings = state_shardings(cfg, optimizer, mesh)
-    state = build.abstract_state(cfg, optimizer, shardings)
-    shape = (config.data.batch_size, config.data.seq_len)
-    batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=sharding.batch_sharding(mesh))
-             for name in ("tokens", "loss_mask", "segment_ids", "positions")}
-    train = config.train
-    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk)
-    jitted = jax.jit(step, donate_argnums=0)
-    with jax.set_mesh(mesh), sharding.activation_rules(sharding.DEFAULT_RULES):
-        analysis = jitted.lower(state, batch).compile().memory_analysis()
-    return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
-
-
 @pytest.mark.parametrize("remat, rows, seq_len, chunk, micro", [
     ("none", 2, 512, 0, 1),  # every layer's activations and the whole logits dominate
     ("full", 8, 256, 128, 2),  # parameters, Adam moments and two gradient trees dominate
@@ -83,5 +61,15 @@ def test_the_memory_plan_is_within_a_quarter_of_what_xla_allocates(remat, rows, 
     config.data.batch_size, config.data.seq_len = rows, seq_len
     config.train.loss_chunk, config.train.micro_batches = chunk, micro
     config.mesh.devices, config.mesh.platform = 1, "cpu"
-    planned, actual = memory(config)["total"], compiled_bytes(config)
-    assert abs(planned - actual) <= 0.25 * actual, (planned / 2**30, actual / 2**30)
+    planned, actual = memory(config), xla_memory(config, devices=1)
+    assert planned["parameters"] + planned["optimizer state"] + planned["batch"] == actual["arguments"]
+    assert abs(planned["total"] - actual["total"]) <= 0.25 * actual["total"], (planned, actual)
+
+
+def test_a_dry_run_for_this_hosts_devices_prints_xlas_figure_beside_the_estimate():
+    config = load_config_file(CONFIGS / "tiny_debug.py")
+    config.mesh.devices = jax.device_count()
+    report = plan(config)
+    assert f"XLA, compiled for the {jax.device_count()} local devices: arguments" in report
+    config.mesh.devices = jax.device_count() // 2  # another host's devices: shapes only
+    assert "XLA, compiled" not in plan(config)

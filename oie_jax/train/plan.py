@@ -52,14 +52,38 @@ def kernel(config: ConfigDict, cfg: LlamaConfig) -> tuple[str, str]:
 
 def memory(config: ConfigDict) -> dict[str, int]:
     """Bytes per device of the run `config` describes, by part, with their "total"."""
-    return _plan(config)[1]
+    return _plan(config, compile_here=False)[1]
 
 
-def plan(config: ConfigDict) -> str:
-    return _plan(config)[0]
+def plan(config: ConfigDict, compile_here: bool = True) -> str:
+    """The dry-run report. When the run is planned for this host's devices, the real train step is also
+    compiled here and XLA's own memory figure printed beside the estimate."""
+    return _plan(config, compile_here)[0]
 
 
-def _plan(config: ConfigDict) -> tuple[str, dict[str, int]]:
+def xla_memory(config: ConfigDict, devices: int | None = None) -> dict[str, int]:
+    """What XLA allocates per device for the real train step of `config` compiled on this host's first
+    `devices` devices (default all): arguments (parameters, optimizer state, batch), temporaries, total."""
+    cfg, _ = model_config(config.model, planning=True)
+    cfg = cfg.replace(attention=kernel(config, cfg)[1])
+    local = jax.devices()[: devices or jax.device_count()]
+    mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape, devices=local)
+    rules = mesh_rules(config)
+    optimizer, _ = make_optimizer(config.train, total_steps=1000)
+    shardings = state_shardings(cfg, optimizer, mesh, rules)
+    state = abstract_state(cfg, optimizer, shardings)
+    rows = sharding.batch_sharding(mesh, rules)
+    batch = {name: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len), np.int32, sharding=rows)
+             for name in ("tokens", "loss_mask", "segment_ids", "positions")}
+    train = config.train
+    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk)
+    with jax.set_mesh(mesh), sharding.activation_rules(rules):
+        analysis = jax.jit(step, donate_argnums=0).lower(state, batch).compile().memory_analysis()
+    sizes = {"arguments": analysis.argument_size_in_bytes, "temporaries": analysis.temp_size_in_bytes}
+    return {**sizes, "total": sum(sizes.values())}
+
+
+def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
     validate.check_config(config)
     cfg, init = model_config(config.model, planning=True)
     warnings = []
@@ -91,7 +115,8 @@ def _plan(config: ConfigDict) -> tuple[str, dict[str, int]]:
 
     params = sharding.bytes_per_device(state.params, shardings.params)
     parts = {"parameters": params,
-             "optimizer state": sharding.bytes_per_device(state.opt_state, shardings.opt_state),
+             "optimizer state": sharding.bytes_per_device(state, shardings) - params,  # moments and step count
+             "batch": sharding.bytes_per_device(batch, {name: rows for name in batch}),
              # one gradient tree laid out like the parameters, and one more summing the micro-batches
              "gradients": params * (2 if train.micro_batches > 1 else 1)}
     activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"], train.loss_chunk)
@@ -116,6 +141,11 @@ def _plan(config: ConfigDict) -> tuple[str, dict[str, int]]:
                            zip(("layers kept", "one layer", "logits"), activations.values())) + " (estimate)",
         f"  {'total':<16} {parts['total'] / GIB:8.2f} GiB",
     ]
+    if compile_here and devices == jax.device_count() and traced == chosen and (
+            not config.mesh.platform or config.mesh.platform == jax.devices()[0].platform):
+        analysis = xla_memory(config)
+        lines.append(f"  XLA, compiled for the {devices} local devices: arguments {analysis['arguments'] / GIB:.2f} "
+                     f"GiB + temporaries {analysis['temporaries'] / GIB:.2f} GiB = {analysis['total'] / GIB:.2f} GiB")
     if config.mesh.device_memory_gb:
         room = config.mesh.device_memory_gb * 1e9
         lines.append(f"  device memory    {room / GIB:8.2f} GiB: "
