@@ -377,6 +377,10 @@ def test_export_any_step_of_a_run(learned, tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "best_only"), str(tmp_path / "alone")]) == 0, capsys.readouterr().err
     alone = load_params(tmp_path / "alone", cfg)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(model)))
+    # A best/ step saved without the run config (older runs) takes the one of checkpoints/.
+    shutil.copytree(run_dir, tmp_path / "older", ignore=shutil.ignore_patterns("compilation_cache"))
+    shutil.rmtree(tmp_path / "older" / "best" / str(outcome.exported_step) / "config")
+    assert cli.main(["export", str(tmp_path / "older"), str(tmp_path / "older_best")]) == 0
 
 
 def test_best_metric_must_be_one_the_run_computes(tmp_path):

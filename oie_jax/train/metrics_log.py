@@ -6,6 +6,8 @@ import tempfile
 
 from etils import epath
 
+from oie_jax.files import is_url
+
 FILE = "metrics.jsonl"
 
 
@@ -22,7 +24,7 @@ class MetricsLog:
         self.enabled = enabled
         self.path = epath.Path(workdir) / FILE
         self.events = epath.Path(workdir) / "tensorboard"
-        self.remote = "://" in str(self.path)
+        self.remote = is_url(self.path)
         self.lines: list[str] = []
         self.unwritten = 0
         self.writer = None
