@@ -232,13 +232,14 @@ def agreed(pick) -> int | None:
 def read_run_config(directory: epath.Path, step: int) -> dict:
     """The run config saved with `step` of checkpoints/ or best/; for a best/ step saved before best/
     carried it, the one of the run's latest checkpoint."""
+    manager = ocp.CheckpointManager(directory, item_names=("config",))
     if not (directory / str(step) / "config").is_dir():
-        latest = ocp.CheckpointManager(directory.parent / "checkpoints", item_names=("config",)).latest_step()
+        manager = ocp.CheckpointManager(directory.parent / "checkpoints", item_names=("config",))
+        latest = manager.latest_step()
         if latest is None:
             raise UserError(f"step {step} holds no run config, and the run has no checkpoints/ to take it from",
                             directory)
-        directory, step = directory.parent / "checkpoints", latest
-    manager = ocp.CheckpointManager(directory, item_names=("config",))
+        step = latest
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 

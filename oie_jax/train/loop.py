@@ -132,9 +132,9 @@ class Run:
                                 PipelineConfig.for_evaluation(data.seq_len, data.batch_size, data.pack), rows=mine)
         self.epoch_steps = [self.pipeline.steps_in_epoch(e) for e in range(max(config.train.epochs, 1))]
         self.total_steps = config.train.steps or sum(self.epoch_steps)
-        self.optimizer, self.schedule = build.make_optimizer(config.train, self.total_steps)
+        self.optimizer, schedule = build.make_optimizer(config.train, self.total_steps)
         # On the host, once: evaluating the schedule in the loop would queue behind the running step.
-        self.learning_rates = np.asarray(jax.vmap(self.schedule)(np.arange(self.total_steps)))
+        self.learning_rates = np.asarray(jax.vmap(schedule)(np.arange(self.total_steps)))
         self.shardings = state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
 
         self.workdir.mkdir(parents=True, exist_ok=True)

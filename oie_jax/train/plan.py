@@ -9,6 +9,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from oie_jax import sharding
+from oie_jax.data.pipeline import BATCH_FIELDS
 from oie_jax.errors import UserError
 from oie_jax.models import attention
 from oie_jax.models.config import LlamaConfig
@@ -61,6 +62,20 @@ def plan(config: ConfigDict, compile_here: bool = True) -> str:
     return _plan(config, compile_here)[0]
 
 
+def abstract_step(config: ConfigDict, cfg: LlamaConfig, mesh) -> tuple:
+    """(train step, abstract state, abstract batch, state shardings, rules) of `config` on `mesh` (an
+    abstract mesh for the plan, real devices for XLA's figure)."""
+    rules = mesh_rules(config)
+    optimizer, _ = make_optimizer(config.train, total_steps=1000)  # the schedule does not change shapes
+    shardings = state_shardings(cfg, optimizer, mesh, rules)
+    rows = sharding.batch_sharding(mesh, rules)
+    batch = {name: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len), np.int32, sharding=rows)
+             for name in BATCH_FIELDS}
+    train = config.train
+    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk)
+    return step, abstract_state(cfg, optimizer, shardings), batch, shardings, rules
+
+
 def xla_memory(config: ConfigDict, devices: int | None = None) -> dict[str, int]:
     """What XLA allocates per device for the real train step of `config` compiled on this host's first
     `devices` devices (default all): arguments (parameters, optimizer state, batch), temporaries, total."""
@@ -68,15 +83,7 @@ def xla_memory(config: ConfigDict, devices: int | None = None) -> dict[str, int]
     cfg = cfg.replace(attention=kernel(config, cfg)[1])
     local = jax.devices()[: devices or jax.device_count()]
     mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape, devices=local)
-    rules = mesh_rules(config)
-    optimizer, _ = make_optimizer(config.train, total_steps=1000)
-    shardings = state_shardings(cfg, optimizer, mesh, rules)
-    state = abstract_state(cfg, optimizer, shardings)
-    rows = sharding.batch_sharding(mesh, rules)
-    batch = {name: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len), np.int32, sharding=rows)
-             for name in ("tokens", "loss_mask", "segment_ids", "positions")}
-    train = config.train
-    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk)
+    step, state, batch, _, rules = abstract_step(config, cfg, mesh)
     with jax.set_mesh(mesh), sharding.activation_rules(rules):
         analysis = jax.jit(step, donate_argnums=0).lower(state, batch).compile().memory_analysis()
     sizes = {"arguments": analysis.argument_size_in_bytes, "temporaries": analysis.temp_size_in_bytes}
@@ -97,26 +104,16 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
         raise UserError(f"mesh.devices {devices} does not split into {slices} slices (mesh.dcn_shape {dcn})")
     ici = sharding.resolve_shape(config.mesh.shape, devices // slices, "ici")
     mesh = sharding.abstract_mesh(tuple(i * d for i, d in zip(ici, dcn)), devices)
-    rules = mesh_rules(config)
-    optimizer, _ = make_optimizer(config.train, total_steps=1000)  # the schedule does not change shapes
-    shardings = state_shardings(cfg, optimizer, mesh, rules)
-    state = abstract_state(cfg, optimizer, shardings)
-
-    train = config.train
     local_rows = rows_per_shard(config, mesh)
-    shape = (config.data.batch_size, config.data.seq_len)
-    rows = sharding.batch_sharding(mesh, rules)
-    batch = {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=rows)
-             for name in ("tokens", "loss_mask", "segment_ids", "positions")}
-    step = make_train_step(cfg.replace(attention=traced), optimizer, train.micro_batches, train.z_loss,
-                           train.loss_scale, train.loss_chunk)
+    step, state, batch, shardings, rules = abstract_step(config, cfg.replace(attention=traced), mesh)
     with jax.sharding.use_abstract_mesh(mesh), sharding.activation_rules(rules):  # trace on the planned mesh
         jax.eval_shape(step, state, batch)
 
+    train = config.train
     params = sharding.bytes_per_device(state.params, shardings.params)
     parts = {"parameters": params,
              "optimizer state": sharding.bytes_per_device(state, shardings) - params,  # moments and step count
-             "batch": sharding.bytes_per_device(batch, {name: rows for name in batch}),
+             "batch": sharding.bytes_per_device(batch, {name: a.sharding for name, a in batch.items()}),
              # one gradient tree laid out like the parameters, and one more summing the micro-batches
              "gradients": params * (2 if train.micro_batches > 1 else 1)}
     activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"], train.loss_chunk)
