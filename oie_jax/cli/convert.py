@@ -1,4 +1,5 @@
-"""`oie-jax convert hf-to-jax | jax-to-hf`: LLaMA weights between Hugging Face and oie-jax."""
+"""`oie-jax convert hf-to-jax | jax-to-hf | vision-to-jax | vision-to-hf`: LLaMA and vision encoder
+weights between Hugging Face (or torchvision) and oie-jax."""
 
 from oie_jax.models.config import DTYPES
 
@@ -18,13 +19,29 @@ def cmd_jax_to_hf(args):
     print(f"wrote {out}: load it with transformers.LlamaForCausalLM.from_pretrained({str(out)!r})")
 
 
+def cmd_vision_to_jax(args):
+    from oie_jax.convert import vision
+
+    cfg = vision.convert(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    name = f"{cfg.layout} ViT" if hasattr(cfg, "layout") else "MobileNetV2"
+    print(f"wrote {args.out}: {name} encoder in {cfg.param_dtype}")
+
+
+def cmd_vision_to_hf(args):
+    from oie_jax.convert import vision
+
+    out = vision.to_hf(args.src, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}: load it with transformers.AutoModel.from_pretrained({str(out)!r})")
+
+
 def add_hf_export_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, help="tensor dtype (default: the model's)")
     parser.add_argument("--max-shard-gb", type=float, default=5.0, help="start a new shard above this size")
 
 
 def add_parsers(commands) -> None:
-    convert = commands.add_parser("convert", help="move LLaMA weights between Hugging Face and oie-jax")
+    convert = commands.add_parser("convert", help="move LLaMA and vision encoder weights between Hugging Face "
+                                                  "(or torchvision) and oie-jax")
     directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
     to_jax = directions.add_parser(
         "hf-to-jax", help="Hugging Face safetensors (or GGUF) directory -> oie-jax model directory",
@@ -45,3 +62,25 @@ def add_parsers(commands) -> None:
     add_hf_export_arguments(to_hf)
     to_hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     to_hf.set_defaults(run=cmd_jax_to_hf)
+
+    vision_in = directions.add_parser(
+        "vision-to-jax", help="CLIP/SigLIP safetensors directory or torchvision MobileNetV2 file -> oie-jax vision "
+                              "model directory",
+        description="SRC is a Hugging Face CLIPVisionModel, CLIPModel, SiglipVisionModel or SiglipModel directory "
+                    "(the vision tower is taken; preprocessor_config.json gives size, mean and std), or "
+                    "torchvision's MobileNetV2 state dict (.pth, read with the weights-only unpickler and cached as "
+                    "safetensors; or that .safetensors). `python -c 'from oie_jax.assets import "
+                    "mobilenet_v2_weights; print(mobilenet_v2_weights())'` prints the path of the ImageNet weights "
+                    "that ship offline.")
+    vision_in.add_argument("src", help="Hugging Face model directory, or MobileNetV2 .pth/.safetensors file")
+    vision_in.add_argument("out", help="output oie-jax vision model directory")
+    vision_in.add_argument("--dtype", choices=DTYPES, help="parameter and compute dtype (default: float32)")
+    vision_in.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    vision_in.set_defaults(run=cmd_vision_to_jax)
+
+    vision_out = directions.add_parser(
+        "vision-to-hf", help="oie-jax ViT vision model directory -> Hugging Face CLIPVisionModel/SiglipVisionModel")
+    vision_out.add_argument("src", help="oie-jax vision model directory (CLIP or SigLIP layout)")
+    vision_out.add_argument("out", help="output Hugging Face model directory")
+    vision_out.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    vision_out.set_defaults(run=cmd_vision_to_hf)

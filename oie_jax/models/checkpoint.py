@@ -38,6 +38,14 @@ def save_model(directory, cfg: LlamaConfig, params: dict) -> epath.Path:
     """Writes `params` (host arrays, or jax.Arrays possibly sharded over several processes) and the
     config into an existing directory. Every process calls it."""
     directory = location(directory)
+    save_params(directory / PARAMS_DIR, params)
+    if jax.process_index() == 0:
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def save_params(path: epath.Path, params: dict) -> None:
+    """An Orbax checkpoint of a parameter tree, any model's. Every process calls it."""
     if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
         host = jax.tree.map(np.asarray, params)
         # Orbax copies every host array before writing unless told not to; without the copy, peak memory
@@ -45,13 +53,10 @@ def save_model(directory, cfg: LlamaConfig, params: dict) -> epath.Path:
         registry = ocp.type_handlers.create_type_handler_registry(
             (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
         handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
-        ocp.Checkpointer(handler).save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(host), force=True)
+        ocp.Checkpointer(handler).save(path, args=ocp.args.PyTreeSave(host), force=True)
     else:  # each process writes its own shards
         with ocp.StandardCheckpointer() as checkpointer:  # leaving waits for the background write
-            checkpointer.save(directory / PARAMS_DIR, params, force=True)
-    if jax.process_index() == 0:
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return directory
+            checkpointer.save(path, params, force=True)
 
 
 def load_config(directory) -> LlamaConfig:
@@ -72,12 +77,15 @@ def load_params(directory, cfg: LlamaConfig, shardings=None) -> dict:
     """The parameter tree restored in cfg.param_dtype, placed by `shardings` (a matching tree of
     jax.sharding.Sharding), or as numpy arrays in host memory when None (for an export: nothing is
     put on an accelerator)."""
-    abstract = abstract_params(cfg)
+    return restore_params(location(directory) / PARAMS_DIR, abstract_params(cfg), shardings)
+
+
+def restore_params(path: epath.Path, abstract: dict, shardings=None) -> dict:
+    """An Orbax parameter tree shaped like `abstract`, placed by `shardings` or as numpy arrays."""
     if shardings is None:  # without a sharding, Orbax restores a numpy array
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    path = location(directory) / PARAMS_DIR
     try:
         return ocp.StandardCheckpointer().restore(path, target)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -8,7 +8,7 @@ from oie_jax.errors import UserError
 
 SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see llama.CHECKPOINT_POLICIES
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see layers.CHECKPOINT_POLICIES
 ATTENTION = ("auto", "xla", "cudnn", "splash")  # see attention.py
 
 

@@ -17,16 +17,10 @@ from flax import nnx
 
 from oie_jax.models import attention, rope
 from oie_jax.models.config import LlamaConfig
+from oie_jax.models.layers import param, project, scan_layers, stacked
 from oie_jax.sharding import constrain
 
 RESIDUAL = ("batch", "length", "activation_embed")  # logical layout of the activations between blocks
-
-CHECKPOINT_POLICIES = {  # config.remat name -> what jax.checkpoint may keep
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
 
 class KVCache(NamedTuple):
     """Preallocated keys and values, one buffer per layer (updated in place, never re-stacked), and
@@ -57,11 +51,7 @@ def unstack_layers(model: "Llama") -> list[nnx.State]:
 
 
 def _param(rngs: nnx.Rngs, cfg: LlamaConfig, shape, logical_axes, scale: float | None = 0.02) -> nnx.Param:
-    if scale is None:
-        value = jnp.ones(shape, cfg.param_dtype)
-    else:
-        value = (scale * jax.random.normal(rngs.params(), shape)).astype(cfg.param_dtype)
-    return nnx.Param(value, logical_axes=logical_axes)
+    return param(rngs, shape, logical_axes, cfg.param_dtype, scale)
 
 
 class RMSNorm(nnx.Module):
@@ -103,14 +93,6 @@ class Attention(nnx.Module):
         return (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1), cache
 
 
-def project(x: jax.Array, w: jax.Array, **dot_kwargs) -> jax.Array:
-    """x (batch, length, w.shape[0]) times a weight w (in, *out) -> (batch, length, *out), as one 2-D
-    matmul over the flattened tokens: XLA's CPU backward runs 3-D einsums ~1.5x slower (transposes)."""
-    b, t, _ = x.shape
-    out = jnp.matmul(x.reshape(b * t, -1), w.reshape(w.shape[0], -1), **dot_kwargs)
-    return out.reshape(b, t, *w.shape[1:])
-
-
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.dtype = cfg.dtype
@@ -137,24 +119,11 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-def _is_variable(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def stacked_blocks(cfg: LlamaConfig, rngs: nnx.Rngs) -> Block:
-    """One Block whose parameters have a leading `layers` axis of size cfg.num_layers."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
-    keys = jax.random.split(rngs.params(), cfg.num_layers)
-    state = jax.vmap(lambda key: nnx.split(Block(cfg, rngs=nnx.Rngs(key)))[1])(keys)
-    state = jax.tree.map(lambda v: v.replace(logical_axes=("layers", *v.logical_axes)), state, is_leaf=_is_variable)
-    return nnx.merge(graphdef, state)
-
-
 class Llama(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = _param(rngs, cfg, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
-        self.layers = stacked_blocks(cfg, rngs)
+        self.layers = stacked(lambda rngs: Block(cfg, rngs=rngs), cfg.num_layers, rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
@@ -214,10 +183,7 @@ class Llama(nnx.Module):
                 x = constrain(x, RESIDUAL)
             return x, KVCache(tuple(ks), tuple(vs), mask.kv_segments, cache.index + x.shape[1])
 
-        def body(x, layer_state):
-            x, _ = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, implementation)
-            return constrain(x, RESIDUAL), None  # block boundary: every block starts from the same layout
+        def apply(block, x):  # block boundary: every block starts from the same layout
+            return constrain(block(x, cos, sin, mask, implementation)[0], RESIDUAL)
 
-        if self.cfg.remat != "none":
-            body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
-        return jax.lax.scan(body, x, state)[0], None
+        return scan_layers(self.layers, x, apply, self.cfg.remat), None
