@@ -178,9 +178,7 @@ class Attention(nnx.Module):
         keys = queries if keys is None else keys
         inputs = ((queries, self.q, self.q_bias), (keys, self.k, self.k_bias), (keys, self.v, self.v_bias))
         q, k, v = (project(x, w[...].astype(dtype)) + b[...].astype(dtype) for x, w, b in inputs)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * self.cfg.head_dim ** -0.5
-        weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bhts,bshd->bthd", weights, v)
+        out = jax.nn.dot_product_attention(q, k, v)  # softmax in float32 whatever the dtype
         b, t, h, d = out.shape
         out = project(out.reshape(b, t, h * d), self.o[...].astype(dtype).reshape(h * d, -1))
         return out + self.o_bias[...].astype(dtype)
