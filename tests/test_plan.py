@@ -4,11 +4,14 @@ and the memory plan agrees with what XLA allocates for the real step."""
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from oie_jax.errors import UserError
+from oie_jax.models import encoders
 from oie_jax.train.config_file import load_config_file
-from oie_jax.train.plan import memory, plan, xla_memory
+from oie_jax.train.plan import memory, plan, vision_activation_bytes, xla_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -73,3 +76,51 @@ def test_a_dry_run_for_this_hosts_devices_prints_xlas_figure_beside_the_estimate
     assert f"XLA, compiled for the {jax.device_count()} local devices: arguments" in report
     config.mesh.devices = jax.device_count() // 2  # another host's devices: shapes only
     assert "XLA, compiled" not in plan(config)
+
+
+@pytest.mark.parametrize("encoder, trainable", [("siglip-vit-b16", False), ("clip-vit-l14", True),
+                                                ("mobilenet-v2", False)])
+def test_dry_run_with_an_image_encoder_prints_its_memory_and_sharding(encoder, trainable):
+    config = load_config_file(CONFIGS / "llama3_8b_mmm_tpu.py")
+    text_only = memory(config)
+    config.vision.preset, config.vision.trainable = encoder, trainable
+    report = plan(config)
+    cfg = encoders.preset(encoder)
+    what = "MobileNetV2" if encoder == "mobilenet-v2" else f"{cfg.layout} ViT ({cfg.num_layers} layers"
+    assert f"M-parameter {what}" in report and " at 224x224, float32 weights" in report
+    assert f"{'trained' if trainable else 'frozen'} (architecture of preset {encoder!r})" in report
+    assert "forward traced on the planned mesh" in report and "  sharding: " in report
+    if encoder != "mobilenet-v2":
+        assert "embed over fsdp" in report  # the ViT's weights split like the LLaMA's
+    parts = memory(config)
+    whole = encoders.num_params(cfg) * 4
+    fsdp = config.mesh.devices // config.mesh.shape[0]
+    assert whole / fsdp <= parts["vision weights"] <= whole  # float32 weights, split where they divide
+    assert ("vision optimizer" in parts) == ("vision gradients" in parts) == trainable
+    if trainable:
+        assert parts["vision optimizer"] == 2 * parts["vision weights"]
+    assert parts["total"] == text_only["total"] + sum(v for k, v in parts.items() if k.startswith("vision"))
+
+
+def test_a_vision_encoder_whose_heads_do_not_split_over_the_tensor_axis_is_refused():
+    config = load_config_file(CONFIGS / "llama3_8b_mmm_tpu.py")
+    config.mesh.shape = (1, -1, 8)  # the LLaMA's 32 heads split 8 ways, the ViT's 12 do not
+    config.vision.preset = "siglip-vit-b16"
+    with pytest.raises(UserError, match=r"dimension of size 12 .*q_heads.* does not split 8 ways"):
+        plan(config)
+
+
+@pytest.mark.parametrize("encoder", ["siglip-vit-b16", "clip-vit-b32", "mobilenet-v2"])
+def test_the_frozen_encoders_activation_estimate_is_within_twice_what_xla_allocates(encoder):
+    cfg = encoders.preset(encoder)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: encoders.build(cfg, nnx.Rngs(0))))
+    images = jax.ShapeDtypeStruct((4, 224, 224, 3), np.float32)
+
+    def forward(params, images):
+        nnx.replace_by_pure_dict(state, params)
+        return tuple(nnx.merge(graphdef, state)(images))
+
+    compiled = jax.jit(forward).lower(nnx.to_pure_dict(state), images).compile()
+    actual = compiled.memory_analysis().temp_size_in_bytes
+    estimate = vision_activation_bytes(cfg, 4, (224, 224), trainable=False)
+    assert actual / 2 <= estimate <= 2 * actual, (estimate, actual)

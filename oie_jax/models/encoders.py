@@ -8,6 +8,7 @@ Directories are `etils.epath` paths: local, or a bucket (gs://...).
 
 import dataclasses
 import json
+import math
 
 import jax
 from etils import epath
@@ -23,6 +24,32 @@ from oie_jax.models.vision import ViT, ViTConfig
 CONFIG_FILE = "oie_vision.json"
 ARCHITECTURES = {"vit": (ViTConfig, ViT), "mobilenet_v2": (MobileNetV2Config, MobileNetV2)}
 RESIZE_MODES = ("squash", "pad", "crop")
+_VIT_BASE = dict(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12, image_size=224)
+# Architectures for random inits and dry runs (the published configurations); weights come from
+# `oie-jax convert vision-to-jax`.
+PRESETS = {
+    "clip-vit-b32": ViTConfig("clip", patch_size=32, layer_norm_eps=1e-5, **_VIT_BASE),
+    "clip-vit-b16": ViTConfig("clip", patch_size=16, layer_norm_eps=1e-5, **_VIT_BASE),
+    "clip-vit-l14": ViTConfig("clip", image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096,
+                              num_layers=24, num_heads=16, layer_norm_eps=1e-5),
+    "siglip-vit-b16": ViTConfig("siglip", patch_size=16, layer_norm_eps=1e-6, **_VIT_BASE),
+    "mobilenet-v2": MobileNetV2Config(),
+}
+
+
+def preset(name: str):
+    if name not in PRESETS:
+        raise UserError(f"unknown vision preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def image_size(cfg) -> tuple[int, int]:
+    """The encoder's pretraining resolution (height, width)."""
+    return (cfg.image_size,) * 2 if isinstance(cfg, ViTConfig) else (224, 224)
+
+
+def num_params(cfg) -> int:
+    return sum(math.prod(a.shape) for a in jax.tree.leaves(abstract_params(cfg)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ checks and abstract state. The run (`loop.py`), the dry run (`plan.py`) and `exp
 
 import copy
 import dataclasses
+from typing import Any
 
 import jax
 from etils import epath
@@ -15,6 +16,7 @@ from oie_jax.data.pipeline import PipelineConfig
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.files import location
+from oie_jax.models import encoders
 from oie_jax.models.checkpoint import CONFIG_FILE, load_config
 from oie_jax.models.config import LlamaConfig, preset
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
@@ -28,6 +30,8 @@ def with_absolute_paths(config: ConfigDict) -> ConfigDict:
     for name in ("init", "tokenizer"):
         if config.model[name] and config.model[name] != "bytes":
             config.model[name] = str(location(config.model[name]))
+    if config.vision.init:
+        config.vision.init = str(location(config.vision.init))
     return config
 
 
@@ -44,6 +48,22 @@ def model_config(model: ConfigDict, planning: bool = False) -> tuple[LlamaConfig
     else:
         raise UserError("the config sets neither model.init (a model directory to fine-tune) nor model.preset")
     overrides = {name: model[name] for name in ("param_dtype", "dtype", "remat", "attention") if model[name]}
+    return cfg.replace(**overrides), init
+
+
+def vision_config(vision: ConfigDict, planning: bool = False) -> tuple[Any, epath.Path | None]:
+    """(encoder config with the config's dtypes, directory to initialise from) of the `vision` section;
+    (None, None) when the run has no image encoder. Planning falls back to `preset` like `model_config`."""
+    init = location(vision.init) if vision.init else None
+    if init is not None and not (init / encoders.CONFIG_FILE).is_file() and planning and vision.preset:
+        init = None
+    if init is not None:
+        cfg = encoders.load_vision_config(init)[0]
+    elif vision.preset:
+        cfg = encoders.preset(vision.preset)
+    else:
+        return None, None
+    overrides = {name: vision[name] for name in ("param_dtype", "dtype", "remat") if vision[name]}
     return cfg.replace(**overrides), init
 
 

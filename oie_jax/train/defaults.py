@@ -16,6 +16,15 @@ def base_config() -> ConfigDict:
         remat="",  # per-block rematerialisation: none, full, dots, dots_no_batch; "" keeps the default
         attention="",  # kernel: auto (by platform), xla, cudnn (GPU), splash (TPU); "" keeps the model's (auto)
     ))
+    c.vision = ConfigDict(dict(
+        init="",  # oie-jax vision model directory (`oie-jax convert vision-to-jax`); "" with preset "" = none
+        preset="",  # encoder architecture of a random init, and of --dry-run when `init` does not exist here:
+        # clip-vit-b32, clip-vit-b16, clip-vit-l14, siglip-vit-b16, mobilenet-v2
+        param_dtype="",  # "" keeps the checkpoint's or preset's
+        dtype="",  # compute dtype of the encoder's matmuls
+        remat="",  # ViT blocks: none, full, dots, dots_no_batch; "" keeps the default (none)
+        trainable=False,  # fine-tune the encoder; False: frozen (no gradients, no optimizer state)
+    ))
     c.data = ConfigDict(dict(
         train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
         dev="sample:dev",  # same forms, or "holdout:N" = N records per (subset, language) held out of train; "" = none

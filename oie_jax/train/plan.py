@@ -6,15 +6,17 @@ import math
 
 import jax
 import numpy as np
+from flax import nnx
 from ml_collections import ConfigDict
 
 from oie_jax import sharding
 from oie_jax.data.pipeline import BATCH_FIELDS
 from oie_jax.errors import UserError
-from oie_jax.models import attention
+from oie_jax.models import attention, encoders
 from oie_jax.models.config import LlamaConfig
+from oie_jax.models.vision import ViTConfig
 from oie_jax.train import validate
-from oie_jax.train.build import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard
+from oie_jax.train.build import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard, vision_config
 from oie_jax.train.step import make_train_step, state_shardings
 
 GIB = 1024**3
@@ -40,6 +42,77 @@ def activation_bytes(cfg: LlamaConfig, rows: int, seq_len: int, tensor: int, los
     if loss_chunk:
         logits += vocab * hidden * 4
     return {"layers": cfg.num_layers * kept, "layer": layer, "logits": logits}
+
+
+def vision_activation_bytes(cfg, images: int, size: tuple[int, int], trainable: bool) -> int:
+    """An estimate of the image encoder's activation memory on one device for `images` images: one
+    layer's working set when frozen (no backward), every layer's when trained (remat none; the block
+    inputs only under full remat). A scanned ViT also holds one layer's weights, sliced out of the stack."""
+    width = np.dtype(cfg.dtype).itemsize
+    if isinstance(cfg, ViTConfig):
+        tokens = (size[0] // cfg.patch_size) * (size[1] // cfg.patch_size) + cfg.class_token
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        # q k v, attention out, norms and residual; the MLP's two; one float32 score matrix (softmax fused)
+        layer = images * (tokens * (6 * e + 2 * m) * width + cfg.num_heads * tokens**2 * 4)
+        layer += (4 * e * e + 2 * e * m) * np.dtype(cfg.param_dtype).itemsize
+        if not trainable:
+            return layer
+        kept = images * tokens * e * width if cfg.remat == "full" else layer
+        return cfg.num_layers * kept + layer
+    height, wide = size[0] // 2, size[1] // 2  # after the stem
+    blocks = []
+    for channels_in, expansion, channels_out, stride in cfg.blocks:
+        before = (height + 2) * (wide + 2)  # the depthwise convolution's padded input
+        height, wide = -(-height // stride), -(-wide // stride)
+        hidden = channels_in * expansion
+        blocks.append(images * width * (2 * hidden * before + hidden * height * wide + channels_out * height * wide))
+    return sum(blocks) if trainable else max(blocks)
+
+
+def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int) -> tuple[list[str], dict[str, int]]:
+    """The report lines and memory parts per device of the run's image encoder (none without one): its
+    parameters laid out by the rules, its forward traced on the planned mesh for one image per row."""
+    cfg, init = vision_config(config.vision, planning=True)
+    if cfg is None:
+        return [], {}
+    size = encoders.load_vision_config(init)[1].size if init is not None else encoders.image_size(cfg)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: encoders.build(cfg, nnx.Rngs(0))))
+    shardings = sharding.param_shardings(state, mesh, rules)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nnx.to_pure_dict(state), shardings)
+    images = jax.ShapeDtypeStruct((config.data.batch_size, *size, 3), np.float32,
+                                  sharding=sharding.batch_sharding(mesh, rules))
+
+    def forward(params, images):
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state)(images)
+
+    with jax.sharding.use_abstract_mesh(mesh), sharding.activation_rules(rules):
+        grid = jax.eval_shape(forward, params, images).grid
+    trainable = config.vision.trainable
+    weights = sharding.bytes_per_device(params, shardings)
+    parts = {"vision weights": weights}
+    if trainable:
+        parts["vision optimizer"] = 2 * weights * 4 // np.dtype(cfg.param_dtype).itemsize  # float32 Adam moments
+        parts["vision gradients"] = weights
+    parts["vision activations"] = vision_activation_bytes(cfg, images_per_device, size, trainable)
+    layout = {}
+    for variable in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        for name, axes in zip(variable.logical_axes, sharding.logical_to_spec(variable.logical_axes, rules)):
+            layout.setdefault(name, axes)
+    split = ", ".join(f"{name} over {axes}" for name, axes in layout.items() if axes)
+    whole = ", ".join(name for name, axes in layout.items() if not axes)
+    what = (f"{cfg.layout} ViT ({cfg.num_layers} layers, patch {cfg.patch_size})" if isinstance(cfg, ViTConfig)
+            else "MobileNetV2")
+    lines = [
+        f"vision encoder: {encoders.num_params(cfg) / 1e6:.1f}M-parameter {what} at {size[0]}x{size[1]}, "
+        f"{cfg.param_dtype} weights, {cfg.dtype} compute, {'trained' if trainable else 'frozen'}"
+        + ("" if init else f" (architecture of preset {config.vision.preset!r})"),
+        f"  one image per row, {images_per_device} per device; grid {'x'.join(map(str, grid.shape[1:]))}; "
+        "forward traced on the planned mesh",
+        f"  sharding: {split or 'nothing split'}; whole on every device: {whole}",
+    ]
+    return lines, parts
 
 
 def kernel(config: ConfigDict, cfg: LlamaConfig) -> tuple[str, str]:
@@ -118,6 +191,8 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
              "gradients": params * (2 if train.micro_batches > 1 else 1)}
     activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"], train.loss_chunk)
     parts["activations"] = sum(activations.values())
+    vision_lines, vision_parts = vision_plan(config, mesh, rules, local_rows)
+    parts.update(vision_parts)
     parts["total"] = sum(parts.values())
     logits = (f"logits of {train.loss_chunk} positions at a time" if train.loss_chunk
               else "logits of whole rows")
@@ -132,19 +207,23 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
         f"batch: {config.data.batch_size} x {config.data.seq_len} tokens, {train.micro_batches} micro-batch(es), "
         f"{local_rows} row(s) per device per micro-batch; loss over {logits}",
         "train step traced on the planned mesh: shapes and shardings are consistent",
+        *vision_lines,
         "memory per device:",
-        *(f"  {name:<16} {size / GIB:8.2f} GiB" for name, size in parts.items() if name != "total"),
+        *(f"  {name:<18} {size / GIB:8.2f} GiB" for name, size in parts.items() if name not in vision_parts
+          and name != "total"),
         "    " + ", ".join(f"{name} {size / GIB:.2f}" for name, size in
                            zip(("layers kept", "one layer", "logits"), activations.values())) + " (estimate)",
-        f"  {'total':<16} {parts['total'] / GIB:8.2f} GiB",
+        *(f"  {name:<18} {size / GIB:8.2f} GiB" for name, size in vision_parts.items()),
+        f"  {'total':<18} {parts['total'] / GIB:8.2f} GiB",
     ]
     if compile_here and devices == jax.device_count() and traced == chosen and (
             not config.mesh.platform or config.mesh.platform == jax.devices()[0].platform):
         analysis = xla_memory(config)
         lines.append(f"  XLA, compiled for the {devices} local devices: arguments {analysis['arguments'] / GIB:.2f} "
-                     f"GiB + temporaries {analysis['temporaries'] / GIB:.2f} GiB = {analysis['total'] / GIB:.2f} GiB")
+                     f"GiB + temporaries {analysis['temporaries'] / GIB:.2f} GiB = {analysis['total'] / GIB:.2f} GiB"
+                     + (" (the LLaMA's train step alone)" if vision_parts else ""))
     if config.mesh.device_memory_gb:
         room = config.mesh.device_memory_gb * 1e9
-        lines.append(f"  device memory    {room / GIB:8.2f} GiB: "
+        lines.append(f"  {'device memory':<18} {room / GIB:8.2f} GiB: "
                      + ("fits" if parts["total"] < 0.9 * room else "DOES NOT FIT (more devices, remat, micro-batches)"))
     return "\n".join(warnings + lines), parts

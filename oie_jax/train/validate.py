@@ -10,6 +10,7 @@ from oie_jax.data import holdout
 from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
 from oie_jax.models.config import ATTENTION, DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
+from oie_jax.models.encoders import PRESETS as VISION_PRESETS
 from oie_jax.sharding import MESH_AXES
 
 LR_FLOOR_FOR_BF16_WEIGHTS = 1e-4
@@ -45,6 +46,10 @@ RULES = (
     ("train.loss_scale", lambda v: v >= 0, ">= 0 (0 = none)"),
     ("train.loss_chunk", lambda v: v >= 0, ">= 0 (0 = the whole sequence)"),
     ("model.attention", lambda v: v in ("", *ATTENTION), f"one of {ATTENTION} or ''"),
+    ("vision.preset", lambda v: v in ("", *VISION_PRESETS), f"one of {sorted(VISION_PRESETS)} or ''"),
+    ("vision.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
+    ("vision.dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
+    ("vision.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
     ("mesh.platform", lambda v: v in ("", "tpu", "gpu", "cpu"), "tpu, gpu, cpu or ''"),
     ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
     ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
