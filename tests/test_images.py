@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from oie_jax import cli
 from oie_jax.data.images import ImageSource, decode, prepare, to_original, to_prepared
 from oie_jax.errors import UserError
 from oie_jax.models.encoders import Preprocess
@@ -98,3 +99,21 @@ def test_the_source_reads_in_parallel_in_order_and_reports_every_unusable_file(t
         list(strict.batches(ids, batch_size=2))
     with pytest.raises(UserError, match="no such image directory"):
         ImageSource(tmp_path / "nowhere", preprocess)
+
+
+def test_data_inspect_decodes_every_records_image_and_reports_the_unusable_ones(tmp_path, capsys):
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "images").mkdir()
+    tweets = [f"IMGID:{i}\nvisit\tO\nParis\tB-LOC\n" for i in (11, 12, 13)]
+    (tmp_path / "txt" / "train.txt").write_text("\n".join(tweets))
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "images" / "11.jpg")
+    (tmp_path / "images" / "12.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    code = cli.main(["data", "inspect", str(tmp_path / "txt" / "train.txt"), "--from", "gmner",
+                     "--images", str(tmp_path / "images")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "3 images read, 2 could not be used (left blank)" in out
+    assert f"{tmp_path / 'images' / '12.jpg'}: " in out and f"{tmp_path / 'images' / '13.jpg'}: image not found" in out
+    code = cli.main(["data", "inspect", str(tmp_path / "txt" / "train.txt"), "--from", "gmner",
+                     "--images", str(tmp_path / "images"), "--strict"])
+    assert code == 2 and "image problem (--strict): " in capsys.readouterr().err

@@ -14,6 +14,8 @@ def cmd_inspect(args):
 
     source, result = load_source(args.paths, args.source, strict=args.strict)
     print(report(source, result))
+    if args.images:
+        print(check_images(result.records, args.images, args.strict))
     if args.pack:
         from oie_jax.data.packing import EncodeStats, encode, pack, pad
         from oie_jax.data.tokenizer import load_tokenizer
@@ -29,6 +31,26 @@ def cmd_inspect(args):
               f"efficiency {packed.efficiency:.1%} (padded one per row: {padded.efficiency:.1%})")
         print(f"  prompts cut to fit: {stats.prompts_cut:,} ({stats.prompt_tokens_cut:,} tokens); skipped: "
               + (", ".join(f"{n:,} {why}" for why, n in stats.skipped.items()) or "none"))
+
+
+def check_images(records, directory, strict: bool) -> str:
+    """Decodes the image of every record that names one (Twitter-GMNER); one line: how many were read
+    and which could not be used."""
+    from tqdm import tqdm
+
+    from oie_jax.convert.vision import IMAGENET_MEAN, IMAGENET_STD
+    from oie_jax.data.images import ImageSource
+    from oie_jax.models.encoders import Preprocess
+
+    ids = list(dict.fromkeys(r.grounding.image for r in records if r.grounding is not None))
+    if not ids:
+        raise UserError("--images: no record names an image (Twitter-GMNER records do)")
+    source = ImageSource(directory, Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD), strict=strict)
+    batch = 32
+    for _ in tqdm(source.batches(ids, batch), total=-(-len(ids) // batch), desc="images", unit="batch",
+                  leave=False, disable=None):
+        pass
+    return f"images in {directory}: {source.summary()}"
 
 
 def cmd_convert(args):
@@ -62,6 +84,9 @@ def add_parsers(commands) -> None:
     inspect.add_argument("--pack", type=positive_int, metavar="LENGTH",
                          help="also report packing into rows of LENGTH tokens")
     inspect.add_argument("--tokenizer", help="tokenizer for --pack: model directory, tokenizer.json or .model")
+    inspect.add_argument("--images", metavar="DIR",
+                         help="also decode every record's image, DIR/IMGID.jpg (or .jpeg, .png, .webp), and report "
+                              "the missing, truncated and unreadable ones (--strict: fail on the first)")
     inspect.set_defaults(run=cmd_inspect)
 
     convert = actions.add_parser(
