@@ -10,11 +10,12 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from oie_jax.convert import vision_layout
-from oie_jax.convert.hf_to_jax import NUMPY_DTYPES, iter_safetensors, safetensors_files
+from oie_jax.convert.hf_to_jax import NUMPY_DTYPES, _get_or_alloc, _set, iter_safetensors, safetensors_files
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir, read_json, staged
 from oie_jax.models import encoders
@@ -35,15 +36,15 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False):
     src = Path(src)
     if dtype is not None and dtype not in NUMPY_DTYPES:
         raise UserError(f"unsupported dtype {dtype!r}; choose one of {sorted(NUMPY_DTYPES)}")
+    dtypes = {"param_dtype": dtype, "dtype": dtype} if dtype else {}
     if src.is_file() and src.suffix in (".pth", ".pt", ".safetensors"):
         cfg, preprocess, params = read_mobilenet_v2(src)
+        cfg = cfg.replace(**dtypes)
+        params = jax.tree.map(lambda a: a.astype(NUMPY_DTYPES[cfg.param_dtype]), params)  # 3.5M parameters
     elif src.is_dir():
-        cfg, preprocess, params = read_vit(src)
+        cfg, preprocess, params = read_vit(src, **dtypes)  # filled in the final dtype: no second copy
     else:
         raise UserError("not a Hugging Face CLIP/SigLIP directory nor a MobileNetV2 .pth/.safetensors file", src)
-    if dtype:
-        cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
-        params = _tree_map(lambda a: a.astype(NUMPY_DTYPES[dtype]), params)
     out = prepare_output_dir(out, overwrite)
     encoders.save_vision_model(out, cfg, preprocess, params)
     return cfg
@@ -51,8 +52,8 @@ def convert(src, out, dtype: str | None = None, overwrite: bool = False):
 
 # ---- ViT (CLIP, SigLIP) ---------------------------------------------------------------------------
 
-def read_vit(src: Path) -> tuple[ViTConfig, Preprocess, dict]:
-    cfg = ViTConfig.from_hf_config(read_json(src / "config.json"))
+def read_vit(src: Path, **overrides) -> tuple[ViTConfig, Preprocess, dict]:
+    cfg = ViTConfig.from_hf_config(read_json(src / "config.json"), **overrides)
     preprocess = hf_preprocess(src, cfg)
     return cfg, preprocess, fill_vit(cfg, iter_safetensors(safetensors_files(src)))
 
@@ -85,7 +86,7 @@ def fill_vit(cfg: ViTConfig, tensors) -> dict:
         if name in seen:
             raise UserError(f"tensor {file_name!r} appears twice", path)
         stacked = 0 if layer is None else 1  # per-layer arrays are stacked on a leading axis
-        wants = [_at(expected, p).shape[stacked:] for p in entry.paths]
+        wants = [_get(expected, p).shape[stacked:] for p in entry.paths]
         try:
             parts = entry.to_ours(tensor, cfg)
         except ValueError:
@@ -95,11 +96,9 @@ def fill_vit(cfg: ViTConfig, tensors) -> dict:
                             path)
         for p, value in zip(entry.paths, parts):
             if layer is None:
-                _at(out, p, value=np.ascontiguousarray(value, dtype=dtype))
+                _set(out, p, np.ascontiguousarray(value, dtype=dtype))
             else:
-                if _at(out, p) is None:
-                    _at(out, p, value=np.empty((cfg.num_layers, *value.shape), dtype))
-                _at(out, p)[layer] = value
+                _get_or_alloc(out, p, (cfg.num_layers, *value.shape), dtype)[layer] = value
         seen.add(name)
     missing = [name for name, _, _ in vision_layout.hf_names(cfg) if name not in seen]
     if missing:
@@ -118,7 +117,7 @@ def to_hf(src, out, overwrite: bool = False) -> Path:
     out = prepare_output_dir(out, overwrite)
     tensors = {}
     for name, entry, layer in vision_layout.hf_names(cfg):
-        parts = tuple(np.asarray(_at(params, p) if layer is None else _at(params, p)[layer]) for p in entry.paths)
+        parts = tuple(np.asarray(_get(params, p) if layer is None else _get(params, p)[layer]) for p in entry.paths)
         tensors[name] = np.ascontiguousarray(entry.to_hf(parts, cfg))
     with staged(out) as local:
         save_file(tensors, str(local / "model.safetensors"), metadata={"format": "pt"})
@@ -208,14 +207,7 @@ def read_mobilenet_v2(src: Path) -> tuple[MobileNetV2Config, Preprocess, dict]:
 
 # ---- trees ----------------------------------------------------------------------------------------
 
-def _at(tree: dict, path: tuple[str, ...], value=None):
-    """The node at `path` (None when absent); with `value`, sets it (creating the dicts on the way)."""
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {}) if value is not None else tree.get(key, {})
-    if value is not None:
-        tree[path[-1]] = value
-    return tree.get(path[-1])
-
-
-def _tree_map(fn, tree):
-    return {k: _tree_map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree

@@ -4,6 +4,7 @@ head), so values are exact. Names are those `transformers` 5 writes for a vision
 CLIP/SigLIP models (and vision-only files of older versions) put the tower under `vision_model.`, and
 a whole model's other tensors (text tower, projections, logit scale) are not taken."""
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ PER_LAYER = {
 }
 
 
+@functools.cache  # read for every tensor of a checkpoint
 def top_level(cfg: ViTConfig) -> dict[str, Entry]:
     """The tensors outside the layers, for this layout (prefix `vision_model.` left out)."""
     patch = _one(("patch",), lambda w, cfg: w.transpose(2, 3, 1, 0), lambda w, cfg: w.transpose(3, 2, 0, 1))

@@ -34,25 +34,21 @@ class Placement:
     def as_array(self) -> np.ndarray:
         return np.array([self.scale_x, self.scale_y, self.offset_x, self.offset_y], np.float32)
 
-    @classmethod
-    def from_array(cls, values) -> "Placement":
-        return cls(*(float(v) for v in values))
+    def per_coordinate(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) for the four coordinates (x1, y1, x2, y2) of a box."""
+        return (np.array([self.scale_x, self.scale_y] * 2), np.array([self.offset_x, self.offset_y] * 2))
 
 
 def to_prepared(boxes, placement: Placement) -> np.ndarray:
     """Boxes (..., 4) of the original image in the prepared image's pixels."""
-    boxes = np.asarray(boxes, np.float64)
-    scale = np.array([placement.scale_x, placement.scale_y] * 2)
-    offset = np.array([placement.offset_x, placement.offset_y] * 2)
-    return boxes * scale + offset
+    scale, offset = placement.per_coordinate()
+    return np.asarray(boxes, np.float64) * scale + offset
 
 
 def to_original(boxes, placement: Placement) -> np.ndarray:
     """Boxes (..., 4) of the prepared image (predictions) back in the original image's pixels."""
-    boxes = np.asarray(boxes, np.float64)
-    scale = np.array([placement.scale_x, placement.scale_y] * 2)
-    offset = np.array([placement.offset_x, placement.offset_y] * 2)
-    return (boxes - offset) / scale
+    scale, offset = placement.per_coordinate()
+    return (np.asarray(boxes, np.float64) - offset) / scale
 
 
 class ImageError(Exception):

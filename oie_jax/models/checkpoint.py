@@ -59,14 +59,19 @@ def save_params(path: epath.Path, params: dict) -> None:
             checkpointer.save(path, params, force=True)
 
 
-def load_config(directory) -> LlamaConfig:
+def config_file(directory, name: str, kind: str, hint: str) -> epath.Path:
+    """The config file `name` of a `kind` ("model", "vision model") directory, or a one-line error
+    naming the directory, with `hint` on how to make one."""
     directory = location(directory)
-    path = directory / CONFIG_FILE
     if not directory.is_dir():
-        raise UserError("no such model directory", directory)
-    if not path.is_file():
-        raise UserError(f"not an oie-jax model directory (no {CONFIG_FILE}; convert a Hugging Face model with "
-                        "`oie-jax convert hf-to-jax`)", directory)
+        raise UserError(f"no such {kind} directory", directory)
+    if not (directory / name).is_file():
+        raise UserError(f"not an oie-jax {kind} directory (no {name}; {hint})", directory)
+    return directory / name
+
+
+def load_config(directory) -> LlamaConfig:
+    path = config_file(directory, CONFIG_FILE, "model", "convert a Hugging Face model with `oie-jax convert hf-to-jax`")
     try:
         return LlamaConfig.from_dict(json.loads(path.read_text()))
     except (TypeError, json.JSONDecodeError) as exc:

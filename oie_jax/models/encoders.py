@@ -17,7 +17,7 @@ from flax import nnx
 from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.files import location
-from oie_jax.models.checkpoint import PARAMS_DIR, restore_params, save_params
+from oie_jax.models.checkpoint import PARAMS_DIR, config_file, restore_params, save_params
 from oie_jax.models.mobilenet import MobileNetV2, MobileNetV2Config
 from oie_jax.models.vision import ViT, ViTConfig
 
@@ -97,13 +97,7 @@ def save_vision_model(directory, cfg, preprocess: Preprocess, params: dict) -> e
 
 def load_vision_config(directory):
     """(encoder config, Preprocess) of a vision model directory."""
-    directory = location(directory)
-    path = directory / CONFIG_FILE
-    if not directory.is_dir():
-        raise UserError("no such vision model directory", directory)
-    if not path.is_file():
-        raise UserError(f"not an oie-jax vision model directory (no {CONFIG_FILE}; convert weights with "
-                        "`oie-jax convert vision-to-jax`)", directory)
+    path = config_file(directory, CONFIG_FILE, "vision model", "convert weights with `oie-jax convert vision-to-jax`")
     try:
         spec = json.loads(path.read_text())
         config_class = ARCHITECTURES[spec["architecture"]][0]
