@@ -112,6 +112,8 @@ def test_parse_inverts_render(record):
     parsed = parse(target, record.task)
     assert parsed.well_formed, parsed.reason
     assert (parsed.label, parsed.items) == (record.label, record.items)
+    # Each item's span is exactly its rendered text, ':' included.
+    assert [target[a:b] for a, b in parsed.spans] == [":" + ";".join(item) for item in record.items]
     assert fmt.parse_input(source) == (record.text, record.task)
 
 
@@ -120,3 +122,8 @@ def test_parse_inverts_render(record):
 def test_parse_never_raises(output, task):
     parsed = parse(output, task)
     assert isinstance(parsed.well_formed, bool) and (parsed.well_formed or parsed.reason)
+    assert len(parsed.spans) == len(parsed.items)
+    ends = [0] + [edge for span in parsed.spans for edge in span]
+    assert ends == sorted(ends) and ends[-1] <= len(output)
+    for (a, b), item in zip(parsed.spans, parsed.items):
+        assert output[a] == ":" and item[-1] in output[a:b]

@@ -109,6 +109,7 @@ class Parsed:
     items: tuple[tuple[str, ...], ...]
     well_formed: bool
     reason: str = ""  # why it is not well formed
+    spans: tuple[tuple[int, int], ...] = ()  # per item: where it lies in the output, from its ':' to its end
 
 
 def text_values(task: str, item: tuple[str, ...]) -> tuple[str, ...]:
@@ -194,19 +195,26 @@ def parse(output: str, task: str) -> Parsed:
         else:
             reasons.append("item list does not end with ':'")
     items: list[list[str]] = []
+    spans: list[list[int]] = []
+    start = cut + len(marker)  # of the ':' before each piece
     for piece in body[1:].split(":"):
+        end = start + 1 + len(piece)
         if ";" not in piece:
             if items:
                 items[-1][-1] += ":" + piece  # a ':' inside the last value
+                spans[-1][1] = end
             else:
                 reasons.append(f"item {piece!r} has no ';'")
-            continue
-        fields = piece.split(";", -1 if kind == "events" else FIELDS[kind] - 1)
-        if len(fields) < FIELDS[kind]:
-            reasons.append(f"item {piece!r} does not have the fields of {kind}")
-            continue
-        items.append(fields)
-    return Parsed(label, tuple(tuple(f) for f in items), not reasons, "; ".join(reasons))
+        else:
+            fields = piece.split(";", -1 if kind == "events" else FIELDS[kind] - 1)
+            if len(fields) < FIELDS[kind]:
+                reasons.append(f"item {piece!r} does not have the fields of {kind}")
+            else:
+                items.append(fields)
+                spans.append([start, end])
+        start = end
+    return Parsed(label, tuple(tuple(f) for f in items), not reasons, "; ".join(reasons),
+                  tuple(tuple(span) for span in spans))
 
 
 def normalize(value: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from oie_jax.data.format import Record, normalize
 from oie_jax.eval.encode import power_of_two
 from oie_jax.eval.metrics import COUNTS, STATS, matched_items, precision_recall_f1
+from oie_jax.models.boxes import iou
 
 GMNER_METRICS = ("gmner", "mner", "eeg")
 IOU_THRESHOLD = 0.5
@@ -97,16 +98,6 @@ def encode(golds: Sequence[Sequence[Entity]], preds: Sequence[Sequence[Entity]])
                 arrays.gold_boxes[row, column, k] = box
                 arrays.gold_box_mask[row, column, k] = True
     return arrays
-
-
-def iou(a: jax.Array, b: jax.Array) -> jax.Array:
-    """IoU of boxes (..., 4), broadcast; 0 where the union has no area."""
-    width = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
-    height = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
-    overlap = width * height
-    area = lambda box: jnp.maximum(box[..., 2] - box[..., 0], 0) * jnp.maximum(box[..., 3] - box[..., 1], 0)  # noqa: E731
-    union = area(a) + area(b) - overlap
-    return jnp.where(union > 0, overlap / jnp.where(union > 0, union, 1), 0.0)
 
 
 def matched_with_region(pred_key, gold_key, region_right) -> jax.Array:
