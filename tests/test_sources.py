@@ -222,3 +222,22 @@ def test_readers_report_what_json_and_types_allow(tmp_path, capsys):
     # --from auto guesses from a glob's first match.
     assert cli.main(["data", "inspect", str(tmp_path / "ou*.jsonl")]) == 0
     assert "source: records" in capsys.readouterr().out
+
+
+def test_gmner_boxes_without_area_outside_the_image_or_of_no_entity_are_warned(tmp_path):
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "txt" / "train.txt").write_text("IMGID:7\nRed\tB-PER\nCircle\tI-PER\nand\tO\nBlue\tB-ORG\n")
+    objects = [("Red Circle", (10, 10, 50, 40)), ("Red Circle", (90, 5, 140, 30)), ("Blue", (20, 20, 20, 60)),
+               ("Blue", (120, 90, 130, 99)), ("Green Star", (1, 1, 5, 5))]
+    (tmp_path / "xml" / "7.xml").write_text(
+        "<annotation><size><width>100</width><height>80</height></size>" + "".join(
+            f"<object><name>{name}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
+            "</bndbox></object>" for name, (a, b, c, d) in objects) + "</annotation>")
+    files, result = load_source([str(tmp_path / "txt" / "train.txt")], "gmner")
+    (record,) = result.records
+    assert record.grounding.boxes == (((10, 10, 50, 40), (90, 5, 100, 30)), ())
+    reasons = collections.Counter(p.reason for p in result.warnings)
+    assert reasons == {"box outside the image, cut to it": 1, "box without area in the image": 2,
+                       "box named by no entity": 1}
+    assert all(p.path.endswith("7.xml") and "7" in p.path for p in result.warnings)

@@ -3,6 +3,7 @@ Twitter-GMNER variant: each tweet opens with `IMGID:<id>`, and `<xml dir>/<id>.x
 holds boxes whose `<name>` is an entity's surface string. Text is the tokens joined by spaces."""
 
 import dataclasses
+import functools
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,12 +59,36 @@ def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) 
                     id=image or f"{path.stem}:{first_line}", subset="GMNER" if xml_dir is not None else "")
     if xml_dir is None:
         return checked(record, path, first_line)
-    boxes = read_boxes(Path(xml_dir) / f"{image}.xml")
+    xml = Path(xml_dir) / f"{image}.xml"
+    boxes = read_boxes(xml)
     if isinstance(boxes, Problem):
         return boxes
     named, width, height = boxes
+    named, box_problems = check_boxes(named, width, height, {entity for _, entity in items}, xml)
     grounding = Grounding(image, width, height, tuple(tuple(named.get(entity, ())) for _, entity in items))
-    return checked(dataclasses.replace(record, grounding=grounding), path, first_line)
+    result = checked(dataclasses.replace(record, grounding=grounding), path, first_line)
+    return dataclasses.replace(result, problems=result.problems + box_problems) if box_problems else result
+
+
+def check_boxes(named: dict[str, list], width: int, height: int, entities: set[str], xml: Path):
+    """The boxes that can be used, each kept as far as it lies inside the image, and a warning for every
+    box changed or left out: no area, partly or wholly outside the image, named by no entity of the tweet."""
+    problems, kept = [], {}
+    for name, boxes in named.items():
+        for box in boxes:
+            warn = functools.partial(Problem, str(xml), 1, "bndbox", rejects=False)
+            x1, y1, x2, y2 = box
+            if name not in entities:
+                problems.append(warn("box named by no entity", f"{name!r} {box}"))
+                continue
+            inside = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)) if width and height else box
+            if inside[2] <= inside[0] or inside[3] <= inside[1]:
+                problems.append(warn("box without area in the image", f"{name!r} {box} in {width}x{height}"))
+                continue
+            if inside != box:
+                problems.append(warn("box outside the image, cut to it", f"{name!r} {box} in {width}x{height}"))
+            kept.setdefault(name, []).append(inside)
+    return kept, tuple(problems)
 
 
 def bio_spans(tags: list[str]) -> list[tuple[str, int, int]]:
