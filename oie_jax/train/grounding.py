@@ -1,0 +1,160 @@
+"""Training grounded NER: the LLaMA, the vision encoder and the grounding head as one parameter tree
+{"llama", "vision", "head"}. The parts named in `trainable` are the train state (gradients and optimizer
+state for them only); the others come into the step as frozen arrays, so that a frozen 8B LLaMA costs
+its forward pass and nothing more.
+
+The objective per batch: KL to H-Index's target per entity, plus L1 and 1 - GIoU per gold box (weighted
+as DETR does, 5 and 2), plus the LLaMA's next-token loss when the LLaMA is trained (it must keep
+extracting the entities it is asked to ground).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from oie_jax import sharding
+from oie_jax.errors import UserError
+from oie_jax.models import encoders
+from oie_jax.models.checkpoint import model_from_params
+from oie_jax.models.config import LlamaConfig
+from oie_jax.models.grounding import GroundingConfig, GroundingHead, entity_queries, grounding_losses
+from oie_jax.models.llama import Llama
+from oie_jax.models.mobilenet import HEAD_CHANNELS, MobileNetV2Config
+from oie_jax.train.loss import chunked_token_losses
+from oie_jax.train.step import TrainState, init_state
+
+PARTS = ("llama", "vision", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundingSetup:
+    llama: LlamaConfig
+    vision: Any  # ViTConfig or MobileNetV2Config
+    head: GroundingConfig
+    trainable: tuple[str, ...] = ("head",)
+    lm_weight: float = 1.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+
+    def __post_init__(self):
+        if "head" not in self.trainable or not set(self.trainable) <= set(PARTS):
+            raise UserError(f"trainable parts {self.trainable}: the head and any of {PARTS}")
+
+
+def vision_width(cfg) -> int:
+    """The width of an encoder's grid features."""
+    return HEAD_CHANNELS if isinstance(cfg, MobileNetV2Config) else cfg.hidden_size
+
+
+def _modules(setup: GroundingSetup) -> dict[str, Callable[[nnx.Rngs], nnx.Module]]:
+    return {"llama": lambda rngs: Llama(setup.llama, rngs=rngs),
+            "vision": lambda rngs: encoders.build(setup.vision, rngs),
+            "head": lambda rngs: GroundingHead(setup.head, rngs=rngs)}
+
+
+def abstract_state(setup: GroundingSetup, part: str) -> nnx.State:
+    """A part's parameters as shapes, with their logical axes."""
+    return nnx.state(nnx.eval_shape(lambda: _modules(setup)[part](nnx.Rngs(0))))
+
+
+def init_part(setup: GroundingSetup, part: str, seed: int) -> dict:
+    return nnx.to_pure_dict(nnx.state(_modules(setup)[part](nnx.Rngs(seed))))
+
+
+def merged(setup: GroundingSetup, part: str, params: dict) -> nnx.Module:
+    if part == "llama":
+        return model_from_params(setup.llama, params)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: _modules(setup)[part](nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def forward(setup: GroundingSetup, params: dict, batch: dict):
+    """(grounding output, the LLaMA's loss sums, grounding loss sums) of a batch (`data.grounding` fields)."""
+    llama = merged(setup, "llama", params["llama"])
+    hidden, _ = llama.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+    lm = chunked_token_losses(hidden, llama.logits, batch["tokens"], batch["loss_mask"])
+    grid = merged(setup, "vision", params["vision"])(batch["image"]).grid
+    out = merged(setup, "head", params["head"])(entity_queries(hidden, batch["spans"]), grid)
+    usable = batch["entity_mask"] & batch["image_ok"][:, None]  # an unreadable image grounds nothing
+    sums = grounding_losses(out, batch["gold_boxes"], batch["gold_mask"] & usable[..., None], usable,
+                            grid.shape[1:3], setup.head.cells)
+    return out, lm, sums
+
+
+def objective(setup: GroundingSetup, params: dict, batch: dict) -> tuple[jax.Array, dict]:
+    _, lm, sums = forward(setup, params, batch)
+    kl = sums.kl / jnp.maximum(sums.entities, 1)
+    l1, giou = (value / jnp.maximum(sums.boxes, 1) for value in (sums.l1, sums.giou))
+    cross_entropy = lm.cross_entropy / jnp.maximum(lm.tokens, 1)
+    loss = kl + setup.l1_weight * l1 + setup.giou_weight * giou
+    if "llama" in setup.trainable:
+        loss = loss + setup.lm_weight * cross_entropy
+    metrics = {"loss": loss, "kl": kl, "l1": l1, "giou": giou, "lm_loss": cross_entropy, "z_loss": jnp.float32(0),
+               "target_tokens": jnp.float32(1), "entities": sums.entities,
+               "tokens": (batch["segment_ids"] > 0).sum()}
+    return loss, metrics
+
+
+def split(setup: GroundingSetup, params: dict) -> tuple[dict, dict]:
+    """(trainable parts, frozen parts) of a full parameter tree."""
+    return ({p: params[p] for p in PARTS if p in setup.trainable},
+            {p: params[p] for p in PARTS if p not in setup.trainable})
+
+
+def make_train_step(setup: GroundingSetup, optimizer: optax.GradientTransformation) -> Callable:
+    """train_step(state, frozen, batch) -> (state, metrics); `state.params` holds the trainable parts."""
+
+    def train_step(state: TrainState, frozen: dict, batch: dict):
+        def loss_fn(trainable):
+            return objective(setup, {**frozen, **trainable}, batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+def make_eval_step(setup: GroundingSetup) -> Callable:
+    """eval_step(params, frozen, batch) -> (loss, 1): summed over batches and divided, the mean batch loss."""
+
+    def eval_step(params, frozen, batch):
+        return objective(setup, {**frozen, **params}, batch)[0], jnp.float32(1)
+
+    return eval_step
+
+
+def part_shardings(setup: GroundingSetup, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+    return {part: sharding.param_shardings(abstract_state(setup, part), mesh, rules) for part in PARTS}
+
+
+def state_shardings(setup: GroundingSetup, optimizer, mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
+    """The trainable parts by the logical rules, their optimizer moments alike, scalars replicated."""
+    params = {p: s for p, s in part_shardings(setup, mesh, rules).items() if p in setup.trainable}
+    abstract = {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in params}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = optax.tree_utils.tree_map_params(
+        optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract), params,
+        transform_non_params=lambda _: replicated)
+    return TrainState(params, opt_state, replicated)
+
+
+def create_state(optimizer, shardings: TrainState, params: dict) -> TrainState:
+    """The train state of the trainable parts `params` (already placed; donated)."""
+    return jax.jit(lambda p: init_state(p, optimizer), in_shardings=(shardings.params,), out_shardings=shardings,
+                   donate_argnums=0)(params)
+
+
+def abstract_train_state(setup: GroundingSetup, optimizer, shardings: TrainState) -> TrainState:
+    abstract = {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in setup.trainable}
+    state = jax.eval_shape(lambda params: init_state(params, optimizer), abstract)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+
