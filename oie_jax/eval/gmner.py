@@ -134,6 +134,10 @@ def count(arrays: Arrays) -> jax.Array:
     return jnp.stack([tp, jnp.full(3, predicted), jnp.full(3, gold)], -1).astype(jnp.int32)
 
 
+def metric_names() -> list[str]:
+    return [f"{metric}/{stat}" for metric in GMNER_METRICS for stat in STATS]
+
+
 @dataclasses.dataclass(frozen=True)
 class GroundingScores:
     counts: np.ndarray  # (3, 3): [gmner, mner, eeg][tp, pred, gold]
@@ -141,8 +145,7 @@ class GroundingScores:
 
     def metrics(self) -> dict[str, float]:
         """`gmner/f1`, `mner/p`, `eeg/r`, ..."""
-        return {f"{metric}/{stat}": float(self.prf[m, s]) for m, metric in enumerate(GMNER_METRICS)
-                for s, stat in enumerate(STATS)}
+        return dict(zip(metric_names(), map(float, self.prf.reshape(-1))))
 
     def counts_by_name(self) -> dict[str, int]:
         return {f"{metric}/{name}": int(self.counts[m, c]) for m, metric in enumerate(GMNER_METRICS)

@@ -85,6 +85,14 @@ def abstract_params(cfg) -> dict:
     return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0)))))
 
 
+def preprocess_for(cfg, init=None) -> "Preprocess":
+    """How images are prepared: a model directory's own preprocessing, or for a random init of `cfg` its
+    pretraining size, aspect kept (pad), values scaled to [-1, 1]."""
+    if init is not None:
+        return load_vision_config(init)[1]
+    return Preprocess(image_size(cfg), (0.5,) * 3, (0.5,) * 3, "pad")
+
+
 def save_vision_model(directory, cfg, preprocess: Preprocess, params: dict) -> epath.Path:
     directory = location(directory)
     save_params(directory / PARAMS_DIR, params)

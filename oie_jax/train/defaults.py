@@ -25,6 +25,17 @@ def base_config() -> ConfigDict:
         remat="",  # ViT blocks: none, full, dots, dots_no_batch; "" keeps the default (none)
         trainable=False,  # fine-tune the encoder; False: frozen (no gradients, no optimizer state)
     ))
+    c.grounding = ConfigDict(dict(
+        enabled=False,  # train a grounding head (grounded NER: GMNER data and a `vision` encoder)
+        images="",  # directory of the data's images (IMGID.jpg, .png, ...)
+        llama="frozen",  # frozen: the head learns on the LLaMA's hidden states; full: the LLaMA trains too
+        # (with its next-token loss, so that it keeps extracting the entities it grounds)
+        size=256,  # width of the space where entity queries meet image regions
+        cells=True,  # the encoder's grid cells, each predicting a box, are candidates
+        l1_weight=5.0,  # box regression weights (DETR's)
+        giou_weight=2.0,
+        lm_weight=1.0,  # the LLaMA's next-token loss, when it trains
+    ))
     c.data = ConfigDict(dict(
         train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
         dev="sample:dev",  # same forms, or "holdout:N" = N records per (subset, language) held out of train; "" = none

@@ -51,8 +51,11 @@ class Interval:
     nothing on the device). Not timed: a process's first step (it compiles), and the first step after
     evaluation or saving (the clock restarted while it ran, or before it started)."""
 
+    KNOWN = ("loss", "z_loss", "grad_norm", "target_tokens", "tokens")
+
     def __init__(self, mark: float | None = None):
         self.steps = self.target_tokens = self.cross_entropy = self.z_loss = self.grad_norm = 0.0
+        self.others: dict[str, float] = {}  # any other metric of the step (grounding's parts of the loss): step means
         self.timed_steps = self.timed_tokens = self.timed_seconds = 0
         self.mark, self.restarted = time.perf_counter() if mark is None else mark, False
 
@@ -62,6 +65,8 @@ class Interval:
         self.cross_entropy += metrics["loss"] * metrics["target_tokens"]
         self.z_loss += metrics["z_loss"] * metrics["target_tokens"]
         self.grad_norm += metrics["grad_norm"]
+        for name in metrics.keys() - set(self.KNOWN):
+            self.others[name] = self.others.get(name, 0.0) + metrics[name]
         now = time.perf_counter()
         if timed and not self.restarted:
             self.timed_steps += 1
@@ -76,6 +81,7 @@ class Interval:
         tokens = max(self.target_tokens, 1.0)
         values = {"loss": self.cross_entropy / tokens, "z_loss": self.z_loss / tokens,
                   "grad_norm": self.grad_norm / max(self.steps, 1)}
+        values.update({name: total / max(self.steps, 1) for name, total in sorted(self.others.items())})
         if self.timed_steps:
             rate = self.timed_tokens / self.timed_seconds
             values.update(tokens_per_s=rate, step_time_s=self.timed_seconds / self.timed_steps,
@@ -124,18 +130,14 @@ class Run:
         self.rows = sharding.batch_sharding(self.mesh, self.rules)
         build.rows_per_shard(config, self.mesh)
         mine = sharding.process_row_blocks(self.rows, config.data.batch_size)[jax.process_index()]
+        self.pipeline, self.dev = self.make_pipelines(records, mine)
         data = config.data
-        self.pipeline = Pipeline(records.train, self.tokenizer, build.pipeline_config(data), rows=mine)
-        self.dev = None
-        if records.dev:  # evaluation reads every dev example once, in order, whatever the training mixture
-            self.dev = Pipeline(records.dev, self.tokenizer,
-                                PipelineConfig.for_evaluation(data.seq_len, data.batch_size, data.pack), rows=mine)
         self.epoch_steps = [self.pipeline.steps_in_epoch(e) for e in range(max(config.train.epochs, 1))]
         self.total_steps = config.train.steps or sum(self.epoch_steps)
         self.optimizer, schedule = build.make_optimizer(config.train, self.total_steps)
         # On the host, once: evaluating the schedule in the loop would queue behind the running step.
         self.learning_rates = np.asarray(jax.vmap(schedule)(np.arange(self.total_steps)))
-        self.shardings = state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
+        self.shardings = self.make_shardings()
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         if config.checkpoint.compilation_cache:
@@ -144,14 +146,7 @@ class Run:
         self.run_config = {"config": config.to_dict(), "model": self.cfg.to_dict()}
         self.state, self.start = self.restore_or_init()
         self.checkpoints.resume_best(self.start, self.say)
-        train = config.train
-        self.train_step = jit_on_mesh(
-            make_train_step(self.cfg, self.optimizer, train.micro_batches, train.z_loss, train.loss_scale,
-                            train.loss_chunk),
-            self.mesh, self.rules, in_shardings=(self.shardings, self.rows), out_shardings=(self.shardings, None),
-            donate_argnums=0)
-        self.eval_step = jit_on_mesh(make_eval_step(self.cfg, train.loss_chunk), self.mesh, self.rules,
-                                     in_shardings=(self.shardings.params, self.rows))
+        self.train_step, self.eval_step = self.make_steps()
         self.peak, self.peak_source = throughput.peak_flops()
         self.tokens_to_flops = (throughput.train_flops_per_token(self.cfg, data.seq_len)
                                 / (self.peak * jax.device_count()))
@@ -160,11 +155,47 @@ class Run:
         self.interval = Interval()
         self.bar = None
 
+    # ---- what a kind of run builds (text here; grounding in `grounding_run.py`) -------------------
+
+    def make_pipelines(self, records, mine: slice):
+        """(training pipeline, dev pipeline or None); evaluation reads every dev example once, in order,
+        whatever the training mixture."""
+        data = self.config.data
+        pipeline = Pipeline(records.train, self.tokenizer, build.pipeline_config(data), rows=mine)
+        dev = None
+        if records.dev:
+            dev = Pipeline(records.dev, self.tokenizer,
+                           PipelineConfig.for_evaluation(data.seq_len, data.batch_size, data.pack), rows=mine)
+        return pipeline, dev
+
+    def make_shardings(self):
+        return state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
+
+    def make_steps(self):
+        """(train_step(state, batch), eval_step(params, batch)), jitted on the mesh."""
+        train = self.config.train
+        train_step = jit_on_mesh(
+            make_train_step(self.cfg, self.optimizer, train.micro_batches, train.z_loss, train.loss_scale,
+                            train.loss_chunk),
+            self.mesh, self.rules, in_shardings=(self.shardings, self.rows), out_shardings=(self.shardings, None),
+            donate_argnums=0)
+        eval_step = jit_on_mesh(make_eval_step(self.cfg, train.loss_chunk), self.mesh, self.rules,
+                                in_shardings=(self.shardings.params, self.rows))
+        return train_step, eval_step
+
+    def abstract_state(self):
+        return build.abstract_state(self.cfg, self.optimizer, self.shardings)
+
+    def initial_state(self):
+        """The state of step 0: the init directory's parameters, else a random init."""
+        params = load_params(self.init, self.cfg, self.shardings.params) if self.init is not None else None
+        return create_state(self.cfg, self.optimizer, self.shardings, params, seed=self.config.train.seed)
+
     # ---- the steps of a run ----------------------------------------------------------------------
 
     def restore_or_init(self):
-        """(state, first step): the newest intact checkpoint, else the init directory or a random init."""
-        self.abstract = build.abstract_state(self.cfg, self.optimizer, self.shardings)
+        """(state, first step): the newest intact checkpoint, else the initial state."""
+        self.abstract = self.abstract_state()
         restored = self.checkpoints.restore_latest(self.abstract, self.say)
         if restored is not None:
             state, data_state, saved = restored
@@ -172,8 +203,7 @@ class Run:
             for line in config_changes(saved.get("config", {}), self.run_config["config"]):
                 self.say(f"  config changed since the checkpoint: {line}")
             return state, int(state.step)
-        params = load_params(self.init, self.cfg, self.shardings.params) if self.init is not None else None
-        return create_state(self.cfg, self.optimizer, self.shardings, params, seed=self.config.train.seed), 0
+        return self.initial_state(), 0
 
     def run(self) -> Outcome:
         for line in self.summary_lines():
@@ -347,6 +377,10 @@ class Run:
 def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
     """Trains as `config` says, in `workdir`. `on_step(step, metrics)` is called with each step's host
     metrics (for notebooks and tests)."""
+    if config.grounding.enabled:
+        from oie_jax.train.grounding_run import GroundingRun
+
+        return GroundingRun(config, workdir, on_step).run()
     return Run(config, workdir, on_step).run()
 
 

@@ -75,7 +75,7 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int) -> tupl
     cfg, init = vision_config(config.vision, planning=True)
     if cfg is None:
         return [], {}
-    size = encoders.load_vision_config(init)[1].size if init is not None else encoders.image_size(cfg)
+    size = encoders.preprocess_for(cfg, init).size
     graphdef, state = nnx.split(nnx.eval_shape(lambda: encoders.build(cfg, nnx.Rngs(0))))
     shardings = sharding.param_shardings(state, mesh, rules)
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

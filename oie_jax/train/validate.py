@@ -50,6 +50,11 @@ RULES = (
     ("vision.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("vision.dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("vision.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
+    ("grounding.llama", lambda v: v in ("frozen", "full"), "frozen or full"),
+    ("grounding.size", lambda v: v >= 1, ">= 1"),
+    ("grounding.l1_weight", lambda v: v >= 0, ">= 0"),
+    ("grounding.giou_weight", lambda v: v >= 0, ">= 0"),
+    ("grounding.lm_weight", lambda v: v >= 0, ">= 0"),
     ("mesh.platform", lambda v: v in ("", "tpu", "gpu", "cpu"), "tpu, gpu, cpu or ''"),
     ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
     ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
@@ -128,6 +133,14 @@ def check_config(config: ConfigDict) -> None:
     if chunk and chunk < config.data.seq_len and config.data.seq_len % chunk:
         raise UserError(f"config field train.loss_chunk = {chunk} does not divide data.seq_len = "
                         f"{config.data.seq_len}")
+    if config.grounding.enabled:
+        if not (config.vision.init or config.vision.preset):
+            raise UserError("config field grounding.enabled: a grounding run needs an image encoder (vision.init or "
+                            "vision.preset)")
+        if not config.grounding.images:
+            raise UserError("config field grounding.images: a grounding run needs the directory of its images")
+        if config.train.micro_batches != 1:
+            raise UserError("config field train.micro_batches: a grounding run takes whole batches (1)")
     try:
         holdout.parse_spec(config.data.dev)
     except ValueError as exc:
@@ -165,9 +178,13 @@ def check_best_metric(config: ConfigDict, dev_records: list) -> None:
                         "checkpoint.best_metric='' to keep no best checkpoint")
     if name == "dev_loss":
         return
+    from oie_jax.eval.gmner import metric_names as grounding_metric_names
     from oie_jax.eval.metrics import metric_names
 
-    names = metric_names(dev_records[: config.eval.f1_examples or None])
+    if config.grounding.enabled:
+        names = grounding_metric_names()
+    else:
+        names = metric_names(dev_records[: config.eval.f1_examples or None])
     if name not in names:
         raise UserError(f"checkpoint.best_metric {name!r} is neither dev_loss nor an F1 metric of this dev set "
                         f"(names look like {', '.join(names[:3])}, ...; docs/metrics.md)")

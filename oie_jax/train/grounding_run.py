@@ -1,0 +1,106 @@
+"""A grounding run: the training loop of `loop.Run` (steps, checkpoints, resume, dev evaluation, best/,
+signals, logs) over the grounding parts (`train/grounding.py`): the LLaMA of `model`, the encoder of
+`vision`, a new head, and batches of tweets with their images. Chosen by `grounding.enabled`."""
+
+import jax
+
+from oie_jax.data.grounding import GroundingPipeline
+from oie_jax.data.images import ImageSource
+from oie_jax.data.pipeline import PipelineConfig
+from oie_jax.errors import UserError
+from oie_jax.files import location
+from oie_jax.models import encoders
+from oie_jax.models.checkpoint import load_params
+from oie_jax.models.grounder import save_grounder
+from oie_jax.models.grounding import GroundingConfig
+from oie_jax.sharding import bytes_per_device
+from oie_jax.train import build
+from oie_jax.train import grounding as parts
+from oie_jax.train.loop import Run
+from oie_jax.train.step import jit_on_mesh
+
+
+class GroundingRun(Run):
+    def make_pipelines(self, records, mine: slice):
+        config = self.config
+        self.vision_cfg, self.vision_init = build.vision_config(config.vision)
+        self.preprocess = encoders.preprocess_for(self.vision_cfg, self.vision_init)
+        g = config.grounding
+        trainable = ("head",) + (("vision",) if config.vision.trainable else ()) + (
+            ("llama",) if g.llama == "full" else ())
+        head = GroundingConfig(query_size=self.cfg.hidden_size, vision_size=parts.vision_width(self.vision_cfg),
+                               size=g.size, cells=g.cells, param_dtype=self.cfg.param_dtype, dtype=self.cfg.dtype)
+        self.setup = parts.GroundingSetup(self.cfg, self.vision_cfg, head, trainable, g.lm_weight, g.l1_weight,
+                                          g.giou_weight)
+        self.images = ImageSource(location(g.images), self.preprocess, strict=config.data.strict)
+        data = config.data
+        pipeline = GroundingPipeline(records.train, self.tokenizer, self.images, build.pipeline_config(data), mine)
+        dev = None
+        if records.dev:
+            dev = GroundingPipeline(records.dev, self.tokenizer, self.images,
+                                    PipelineConfig.for_evaluation(data.seq_len, data.batch_size), mine)
+        return pipeline, dev
+
+    def make_shardings(self):
+        self.part_shardings = parts.part_shardings(self.setup, self.mesh, self.rules)
+        return parts.state_shardings(self.setup, self.optimizer, self.mesh, self.rules)
+
+    def abstract_state(self):
+        return parts.abstract_train_state(self.setup, self.optimizer, self.shardings)
+
+    def load_part(self, part: str) -> dict:
+        """A part's parameters from its init directory, else a random init (seeded per part), placed."""
+        placed = self.part_shardings[part]
+        if part == "llama" and self.init is not None:
+            return load_params(self.init, self.cfg, placed)
+        if part == "vision" and self.vision_init is not None:
+            return encoders.load_vision_params(self.vision_init, self.vision_cfg, placed)
+        seed = self.config.train.seed + parts.PARTS.index(part)
+        return jax.jit(lambda: parts.init_part(self.setup, part, seed), out_shardings=placed)()
+
+    def restore_or_init(self):
+        self.frozen = {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
+        return super().restore_or_init()
+
+    def initial_state(self):
+        trainable = {part: self.load_part(part) for part in self.setup.trainable}
+        return parts.create_state(self.optimizer, self.shardings, trainable)
+
+    def make_steps(self):
+        frozen = {part: self.part_shardings[part] for part in self.frozen}
+        train = jit_on_mesh(parts.make_train_step(self.setup, self.optimizer), self.mesh, self.rules,
+                            in_shardings=(self.shardings, frozen, self.rows), out_shardings=(self.shardings, None),
+                            donate_argnums=0)
+        evaluate = jit_on_mesh(parts.make_eval_step(self.setup), self.mesh, self.rules,
+                               in_shardings=(self.shardings.params, frozen, self.rows))
+        return (lambda state, batch: train(state, self.frozen, batch),
+                lambda params, batch: evaluate(params, self.frozen, batch))
+
+    def dev_f1(self, step: int) -> dict:
+        raise UserError("eval.f1_every: GMNER F1 during a grounding run comes with `oie-jax eval-gmner`; set it to 0")
+
+    def export(self) -> None:
+        """WORKDIR/model: a grounding model directory (`models/grounder.py`) of best/, else the final step."""
+        params, step, origin = self.state.params, self.outcome.step, "the final step"
+        best = self.checkpoints.best_so_far
+        if best is not None:
+            step, origin = best[0], f"best by {self.config.checkpoint.best_metric} = {best[1]:.4f}"
+            params = self.checkpoints.restore_best(self.abstract.params)
+        out = self.workdir / "model"
+        save_grounder(out, {**self.frozen, **params}, self.cfg, self.vision_cfg, self.preprocess, self.setup.head,
+                      build.tokenizer_source(self.config.model, self.init))
+        self.outcome.exported_step = step
+        self.say(f"wrote the grounding model of step {step} ({origin}) to {out}")
+
+    def summary_lines(self) -> list[str]:
+        lines = super().summary_lines()
+        head_bytes = bytes_per_device(self.state.params["head"], self.shardings.params["head"])
+        size = encoders.num_params(self.vision_cfg) / 1e6
+        vision = f"{size:,.1f}M-parameter {encoders.architecture_of(self.vision_cfg)}"
+        lines[-1:-1] = [
+            f"grounding {vision} encoder at {self.preprocess.size[0]}x{self.preprocess.size[1]} "
+            + (f"from {self.vision_init}" if self.vision_init else f"(random init of {self.config.vision.preset!r})")
+            + f"; head of {head_bytes / 2**20:.1f} MiB; trained: {', '.join(self.setup.trainable)}",
+            f"images   {self.images.directory}",
+        ]
+        return lines
