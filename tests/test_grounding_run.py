@@ -2,6 +2,7 @@
 the loss logged, dev loss, a loadable grounding model exported, and a SIGTERM-interrupted run resumed to
 the same losses as an uninterrupted one."""
 
+import json
 import os
 import signal
 
@@ -96,3 +97,79 @@ def test_grounding_config_errors(inputs, tmp_path):
         train(config_for(inputs, **{"grounding.images": ""}), tmp_path)
     with pytest.raises(UserError, match="image encoder"):
         train(config_for(inputs, **{"vision.init": ""}), tmp_path)
+
+
+def test_inference_grounds_an_output_where_the_training_forward_does(uninterrupted, inputs):
+    """Two paths to the same numbers: `infer.ground` (prompt + output tokens, spans found in the output,
+    images prepared by it) and the training batch's forward pass; the chosen regions must agree."""
+    from oie_jax.data.grounding import GroundingPipeline, example
+    from oie_jax.data.images import ImageSource, decode, to_original
+    from oie_jax.data.packing import EncodeStats
+    from oie_jax.data.pipeline import PipelineConfig
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.infer.ground import ground
+    from oie_jax.models.grounding import choose
+    from oie_jax.train import grounding as parts
+
+    workdir, _ = uninterrupted
+    grounder = load_grounder(workdir / "model")
+    records = load_source([str(inputs / "synth" / "txt" / "test.txt")])[1].records[:4]
+    outputs = []
+    for record in records:
+        ex = example(record, grounder.tokenizer, 128, EncodeStats())
+        start = int(np.argmax(ex.loss_mask))
+        outputs.append(ex.tokens[start:].tolist())
+    originals = [decode(inputs / "synth" / "images" / f"{r.grounding.image}.jpg") for r in records]
+    results = ground(grounder, records, originals, outputs=outputs, batch_size=4)
+    assert [tuple((e.type, e.text) for e in r.entities) for r in results] == [r.items for r in records]
+
+    images = ImageSource(inputs / "synth" / "images", grounder.preprocess)
+    pipeline = GroundingPipeline(records, grounder.tokenizer, images,
+                                 PipelineConfig.for_evaluation(128, 4))
+    batch = next(iter(pipeline.one_epoch()))
+    setup = parts.GroundingSetup(grounder.llama.cfg, grounder.vision.cfg, grounder.head.cfg)
+    params = {part: nnx.to_pure_dict(nnx.state(getattr(grounder, part))) for part in parts.PARTS}
+    choice = jax.device_get(choose(parts.forward(setup, params, batch)[0]))
+    compared = 0
+    for row, (record, result) in enumerate(zip(records, results)):
+        _, placement, _ = images.load(record.grounding.image)
+        for e, entity in enumerate(result.entities):
+            assert (entity.box is not None) == bool(choice.in_image[row, e])
+            np.testing.assert_allclose(entity.probability, choice.probability[row, e], rtol=1e-4)
+            compared += 1
+            if entity.box is not None:
+                expected = to_original(choice.box[row, e] * 64, placement)
+                expected = np.clip(expected, 0, [placement.width, placement.height] * 2)
+                np.testing.assert_allclose(entity.box, expected, atol=1e-3)
+    assert compared > 4
+
+
+def test_cli_ground_eval_gmner_and_score_gmner(uninterrupted, inputs, tmp_path, capsys):
+    from PIL import Image
+
+    from oie_jax import cli
+
+    workdir, _ = uninterrupted
+    image = inputs / "synth" / "images" / "100000.jpg"
+    drawn = tmp_path / "drawn.png"
+    assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(image), "--text",
+                     "Red Circle meets Blue Star", "--json", "--draw", str(drawn), "--max-new-tokens", "8"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert set(json.loads(line)) >= {"id", "entities", "output"}
+    assert Image.open(drawn).size == Image.open(image).size
+
+    out = tmp_path / "eval"
+    dev = str(inputs / "synth" / "txt" / "dev.txt")
+    assert cli.main(["eval-gmner", "--model", str(workdir / "model"), "--data", dev,
+                     "--images", str(inputs / "synth" / "images"), "--out", str(out), "--max-new-tokens", "8",
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "report.md", "scores.json", "scores.png"}
+    assert cli.main(["score-gmner", "--gold", dev,
+                     "--pred", str(out / "predictions.jsonl")]) == 0
+    rescored = capsys.readouterr().out
+    pick = lambda text: [line for line in text.splitlines() if line.startswith("| ") or "gmner/f1" in line]  # noqa: E731
+    assert pick(rescored) == pick(printed)
+    assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(tmp_path / "none.jpg"), "--text",
+                     "x"]) == 2
+    assert "none.jpg: image not found" in capsys.readouterr().err

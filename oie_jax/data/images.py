@@ -24,14 +24,18 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # tried in this order for an im
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """Where the original image lies in the prepared one: prepared = original * scale + offset, per axis."""
+    """Where the original image lies in the prepared one: prepared = original * scale + offset, per axis;
+    and the original's size (which boxes are cut to)."""
 
     scale_x: float
     scale_y: float
     offset_x: float
     offset_y: float
+    width: int = 0
+    height: int = 0
 
     def as_array(self) -> np.ndarray:
+        """(scale_x, scale_y, offset_x, offset_y)."""
         return np.array([self.scale_x, self.scale_y, self.offset_x, self.offset_y], np.float32)
 
     def per_coordinate(self) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +92,7 @@ def prepare(image: np.ndarray, preprocess: Preprocess) -> tuple[np.ndarray, Plac
     out = np.zeros((out_h, out_w, 3), np.float32)
     src = normalized[top:top + out_h, left:left + out_w]
     out[:src.shape[0], :src.shape[1]] = src
-    return out, Placement(new_w / width, new_h / height, -float(left), -float(top))
+    return out, Placement(new_w / width, new_h / height, -float(left), -float(top), width, height)
 
 
 def image_path(directory: Path, image_id: str) -> Path:

@@ -4,16 +4,15 @@ signals, logs) over the grounding parts (`train/grounding.py`): the LLaMA of `mo
 
 import jax
 
+from oie_jax import sharding
 from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource
 from oie_jax.data.pipeline import PipelineConfig
-from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models import encoders
 from oie_jax.models.checkpoint import load_params
-from oie_jax.models.grounder import save_grounder
+from oie_jax.models.grounder import Grounder, save_grounder
 from oie_jax.models.grounding import GroundingConfig
-from oie_jax.sharding import bytes_per_device
 from oie_jax.train import build
 from oie_jax.train import grounding as parts
 from oie_jax.train.loop import Run
@@ -77,7 +76,17 @@ class GroundingRun(Run):
                 lambda params, batch: evaluate(params, self.frozen, batch))
 
     def dev_f1(self, step: int) -> dict:
-        raise UserError("eval.f1_every: GMNER F1 during a grounding run comes with `oie-jax eval-gmner`; set it to 0")
+        """GMNER / MNER / EEG on the dev tweets: generation, then grounding, as `oie-jax eval-gmner` does."""
+        from oie_jax.eval.grounded import evaluate
+
+        params = {**self.frozen, **self.state.params}
+        grounder = Grounder(*(parts.merged(self.setup, part, params[part]) for part in parts.PARTS), self.preprocess,
+                            self.tokenizer)
+        records = self.dev_records[: self.config.eval.f1_examples or None]
+        with sharding.activation_rules(self.rules):
+            _, scores, _ = evaluate(grounder, records, self.images, self.config.eval.batch_size,
+                                    self.config.eval.max_new_tokens, progress=False)
+        return scores.metrics()
 
     def export(self) -> None:
         """WORKDIR/model: a grounding model directory (`models/grounder.py`) of best/, else the final step."""
@@ -94,7 +103,7 @@ class GroundingRun(Run):
 
     def summary_lines(self) -> list[str]:
         lines = super().summary_lines()
-        head_bytes = bytes_per_device(self.state.params["head"], self.shardings.params["head"])
+        head_bytes = sharding.bytes_per_device(self.state.params["head"], self.shardings.params["head"])
         size = encoders.num_params(self.vision_cfg) / 1e6
         vision = f"{size:,.1f}M-parameter {encoders.architecture_of(self.vision_cfg)}"
         lines[-1:-1] = [

@@ -1,0 +1,134 @@
+"""`oie-jax ground | eval-gmner | score-gmner`: grounded NER with a grounding model directory."""
+
+import json
+import sys
+
+from oie_jax.cli.arguments import positive_int
+from oie_jax.errors import UserError
+
+METRIC = "gmner/f1"
+
+
+def cmd_ground(args):
+    from oie_jax.data.format import Record
+    from oie_jax.data.images import ImageError, decode
+    from oie_jax.infer.ground import draw, ground
+    from oie_jax.models.grounder import load_grounder
+
+    try:
+        image = decode(args.image)
+    except ImageError as exc:
+        raise UserError(str(exc), args.image) from None
+    if not args.text.strip():
+        raise UserError("--text is empty")
+    grounder = load_grounder(args.model)
+    (result,) = ground(grounder, [Record(text=args.text, task="NER", id=str(args.image))], [image],
+                       max_new_tokens=args.max_new_tokens, batch_size=1)
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        if not result.well_formed:
+            print(f"(output not well formed: {result.reason})")
+        for entity in result.entities:
+            where = "not in the image" if entity.box is None else "box " + ", ".join(f"{v:.0f}" for v in entity.box)
+            print(f"{entity.text}\t{entity.type}\t{where}\t(p = {entity.probability:.2f})")
+        if not result.entities:
+            print("no entity found")
+    if args.draw:
+        draw(image, result.entities, args.draw)
+        print(f"wrote {args.draw}", file=sys.stderr)
+
+
+def load_gmner_gold(path: str, strict: bool) -> list:
+    from oie_jax.cli.evaluate import load_gold
+
+    return load_gold(path, "gmner", strict)
+
+
+def report_and_print(scores, notes, title: str, out=None) -> None:
+    from oie_jax.eval.grounded import markdown, write_reports
+
+    print(markdown(scores, title, notes), end="")
+    print(f"{METRIC} = {scores.metrics()[METRIC]:.4f}")
+    if out is not None:
+        write_reports(scores, title, notes, out / "report.md", out / "scores.json", out / "scores.png")
+
+
+def cmd_eval_gmner(args):
+    from oie_jax.data.images import ImageSource
+    from oie_jax.eval.grounded import evaluate
+    from oie_jax.files import location, prepare_output_dir
+    from oie_jax.models.grounder import load_grounder
+
+    golds = load_gmner_gold(args.data, args.strict)[: args.limit]
+    grounder = load_grounder(args.model)
+    images = ImageSource(args.images, grounder.preprocess, strict=args.strict)
+    out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
+    results, scores, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
+                                      progress=not args.no_progress)
+    if args.strict and images.problems:
+        raise UserError(f"image problem (--strict): {images.problems[0]}")
+    with (out / "predictions.jsonl").open("w") as f:
+        for result in results:
+            f.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+    report_and_print(scores, notes, f"Grounded NER of {args.model} on {args.data}", out)
+    print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score-gmner`), report.md, scores.json, "
+          "scores.png", file=sys.stderr)
+
+
+def cmd_score_gmner(args):
+    from oie_jax.eval.gmner import gold_entities, score
+    from oie_jax.eval.grounded import pair, read_grounded_predictions
+    from oie_jax.files import location
+
+    golds = load_gmner_gold(args.gold, args.strict)
+    predicted, notes = pair(golds, read_grounded_predictions(args.pred))
+    scores = score([gold_entities(r) for r in golds], predicted)
+    out = location(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    report_and_print(scores, notes, f"Grounded NER scores of {args.pred}", out)
+
+
+def add_parsers(commands) -> None:
+    """Adds `ground`, `eval-gmner` and `score-gmner`."""
+    grounding = commands.add_parser(
+        "ground", help="extract the entities of a text and find each in an image (grounded NER)",
+        description="Runs a grounding model (the WORKDIR/model of a grounding run): the LLaMA extracts the "
+                    "entities and their types, the grounding head puts each on a box of the image or says it is not "
+                    "in the image. Prints one line per entity (text, type, box in image pixels, probability).")
+    grounding.add_argument("--model", required=True, help="grounding model directory")
+    grounding.add_argument("--image", required=True, help="the image (JPEG, PNG, WebP, ...)")
+    grounding.add_argument("--text", required=True, help="the text (a tweet)")
+    grounding.add_argument("--draw", help="write the image with the boxes and their labels here (PNG)")
+    grounding.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    grounding.add_argument("--max-new-tokens", type=positive_int, default=64)
+    grounding.set_defaults(run=cmd_ground)
+
+    evaluation = commands.add_parser(
+        "eval-gmner", help="ground a Twitter-GMNER-layout corpus with a model and score GMNER, MNER and EEG",
+        description="Writes predictions.jsonl ({id, entities: [{text, type, box}]}, boxes in image pixels), "
+                    "report.md, scores.json and scores.png into --out. Definitions: docs/metrics.md.")
+    evaluation.add_argument("--model", required=True, help="grounding model directory")
+    evaluation.add_argument("--data", required=True, help="GMNER text file or folder (txt/ with xml/ beside it)")
+    evaluation.add_argument("--images", required=True, help="directory of the images (IMGID.jpg, ...)")
+    evaluation.add_argument("--strict", action="store_true",
+                            help="fail on the first inconsistent gold record or unreadable image")
+    evaluation.add_argument("--batch-size", type=positive_int, default=8)
+    evaluation.add_argument("--max-new-tokens", type=positive_int, default=64)
+    evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N tweets only")
+    evaluation.add_argument("--out", help="output directory (default: eval-gmner-<model directory name>)")
+    evaluation.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluation.set_defaults(run=cmd_eval_gmner)
+
+    scoring = commands.add_parser(
+        "score-gmner", help="score grounded predictions against Twitter-GMNER gold (GMNER / MNER / EEG)",
+        description="Pairs predictions (JSON Lines: {\"id\": IMGID, \"entities\": [{\"text\", \"type\", \"box\": "
+                    "[x1, y1, x2, y2] or null}]}, boxes in image pixels) with gold tweets by image id. A tweet "
+                    "without prediction counts as predicting nothing; both that and unknown ids are reported.")
+    scoring.add_argument("--gold", required=True, help="GMNER text file or folder (txt/ with xml/ beside it)")
+    scoring.add_argument("--pred", required=True, help="predictions JSONL")
+    scoring.add_argument("--strict", action="store_true", help="fail on the first inconsistent gold record")
+    scoring.add_argument("--out", help="also write report.md, scores.json and scores.png here")
+    scoring.set_defaults(run=cmd_score_gmner)

@@ -1,0 +1,168 @@
+"""Grounded NER evaluation: a grounding model run over GMNER data, grounded prediction files read and paired
+with gold tweets by image id, and the GMNER / MNER / EEG report (Markdown, JSON, chart).
+
+Prediction files are JSON Lines, one tweet per line:
+
+    {"id": "IMGID", "entities": [{"text": "Red Circle", "type": "PER", "box": [x1, y1, x2, y2] | null}, ...]}
+
+with boxes in the original image's pixels (other keys are ignored).
+"""
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from oie_jax.data.format import Record
+from oie_jax.data.images import ImageSource
+from oie_jax.errors import UserError
+from oie_jax.eval.gmner import GMNER_METRICS, Entity, GroundingScores, gold_entities, score
+from oie_jax.eval.metrics import STATS
+from oie_jax.eval.report import output_path
+
+SHOWN = 5  # ids named in a note; the rest are counted
+
+
+def image_id(record: Record) -> str:
+    return record.grounding.image if record.grounding is not None else record.id
+
+
+def read_grounded_predictions(path) -> dict[str, list[Entity]]:
+    """{image id: predicted entities}; anything else than the layout above is a UserError naming the file,
+    line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("predictions file not found", path)
+    predictions: dict[str, list[Entity]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str | int) or isinstance(value["id"], bool):
+            raise UserError(f"{where}: id: expected an object with a string id")
+        if not isinstance(value.get("entities"), list):
+            raise UserError(f"{where}: entities: expected a list")
+        key = str(value["id"])
+        if key in predictions:
+            raise UserError(f"{where}: id: {key!r} is predicted twice")
+        entities = []
+        for k, entity in enumerate(value["entities"]):
+            field = f"{where}: entities[{k}]"
+            if not isinstance(entity, dict) or not all(isinstance(entity.get(f), str) for f in ("text", "type")):
+                raise UserError(f"{field}: expected {{\"text\": str, \"type\": str, \"box\": [4 numbers] or null}}")
+            box = entity.get("box")
+            if box is not None and not (isinstance(box, list) and len(box) == 4 and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+                raise UserError(f"{field}.box: expected [x1, y1, x2, y2] (numbers) or null, got {json.dumps(box)[:60]}")
+            entities.append(Entity(entity["text"], entity["type"], () if box is None else (tuple(map(float, box)),)))
+        predictions[key] = entities
+    return predictions
+
+
+def pair(golds: Sequence[Record], predictions: dict[str, list[Entity]]) -> tuple[list[list[Entity]], list[str]]:
+    """Predicted entities per gold tweet (none for a tweet without a prediction) and notes on what did not
+    pair: tweets without a prediction, predictions of ids the gold does not hold."""
+    ids = [image_id(r) for r in golds]
+    missing = [i for i in ids if i not in predictions]
+    unknown = sorted(set(predictions) - set(ids))
+    notes = []
+    for what, found in (("gold tweets have no prediction (scored as predicting nothing)", missing),
+                        ("predictions are for ids the gold does not hold (ignored)", unknown)):
+        if found:
+            more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
+            notes.append(f"{len(found)} {what}: {', '.join(found[:SHOWN])}{more}")
+    return [predictions.get(i, []) for i in ids], notes
+
+
+def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_size: int = 8,
+             max_new_tokens: int = 64, progress: bool = True):
+    """(grounded results, scores, notes) of a grounding model on GMNER records. A tweet whose image
+    cannot be read is reported by `images` and its entities predicted "not in the image"."""
+    from oie_jax.infer.ground import ground
+
+    results = []
+    chunk = batch_size * 4
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), unit="tweet", desc="grounding", dynamic_ncols=True)
+    for first in range(0, len(records), chunk):
+        part = records[first:first + chunk]
+        loaded = [images.load(image_id(r)) for r in part]
+        found = ground(grounder, part, [image for image, _, _ in loaded], placements=[p for _, p, _ in loaded],
+                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for result, (_, _, ok) in zip(found, loaded):
+            if not ok:
+                result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
+                                                                    for e in result.entities))
+            results.append(result)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    scores = score([gold_entities(r) for r in records], [[e.as_entity() for e in r.entities] for r in results])
+    notes = [f"{len(images.problems)} images could not be read: {images.summary()}"] if images.problems else []
+    return results, scores, notes
+
+
+def markdown(scores: GroundingScores, title: str, notes: Sequence[str] = ()) -> str:
+    lines = [f"# {title}", "", "| metric | P | R | F1 | TP | predicted | gold |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for m, name in enumerate(GMNER_METRICS):
+        p, r, f1 = (100 * scores.prf[m, s] for s in range(len(STATS)))
+        tp, predicted, gold = scores.counts[m]
+        lines.append(f"| {name.upper()} | {p:.2f} | {r:.2f} | {f1:.2f} | {tp} | {predicted} | {gold} |")
+    lines += ["", "GMNER: span, type and region right; MNER: span and type; EEG: span and region. A region is "
+              "right when IoU > 0.5 with a gold box of the entity, or both say not in the image (docs/metrics.md)."]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(scores: GroundingScores, notes: Sequence[str] = ()) -> dict:
+    return {"metrics": {name: round(value, 6) for name, value in scores.metrics().items()},
+            "counts": scores.counts_by_name(), "notes": list(notes)}
+
+
+def plot(scores: GroundingScores, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.26
+    for s, stat in enumerate(STATS):
+        ax.bar(np.arange(len(GMNER_METRICS)) + (s - 1) * width, 100 * scores.prf[:, s], width, label=stat.upper())
+    ax.set_xticks(np.arange(len(GMNER_METRICS)), [m.upper() for m in GMNER_METRICS])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title)
+    figure.tight_layout()
+    with output_path(path).open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+    plt.close(figure)
+
+
+def write_reports(scores: GroundingScores, title: str, notes: Sequence[str] = (), markdown_path=None, json_path=None,
+                  plot_path=None) -> list:
+    written = []
+    if markdown_path:
+        output_path(markdown_path).write_text(markdown(scores, title, notes), encoding="utf-8")
+        written.append(markdown_path)
+    if json_path:
+        output_path(json_path).write_text(json.dumps(to_json(scores, notes), indent=2) + "\n", encoding="utf-8")
+        written.append(json_path)
+    if plot_path:
+        plot(scores, plot_path, title)
+        written.append(plot_path)
+    return written
