@@ -66,7 +66,7 @@ def test_a_grounding_run_logs_its_losses_and_exports_a_grounding_model(uninterru
     workdir, outcome = uninterrupted
     assert outcome.step == 6 and outcome.exported_step == 6
     logged = {m["step"]: m for m in read_metrics(workdir)}
-    assert {"kl", "l1", "giou", "lm_loss", "entities"} <= set(logged[1]) and logged[1]["entities"] > 0
+    assert {"kl", "l1", "giou", "entities"} <= set(logged[1]) and logged[1]["entities"] > 0
     assert set(outcome.dev_losses) == {0, 3, 6}
     grounder = load_grounder(workdir / "model")
     assert grounder.preprocess.size == (64, 64) and grounder.tokenizer.encode("a", False) == [ord("a") + 3]
@@ -173,3 +173,14 @@ def test_cli_ground_eval_gmner_and_score_gmner(uninterrupted, inputs, tmp_path, 
     assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(tmp_path / "none.jpg"), "--text",
                      "x"]) == 2
     assert "none.jpg: image not found" in capsys.readouterr().err
+
+
+def test_features_computed_once_give_the_losses_of_features_computed_at_every_step(uninterrupted, inputs,
+                                                                                      tmp_path, capsys):
+    reference, cached = uninterrupted
+    outcome = train(config_for(inputs, **{"grounding.cache_features": False}), tmp_path)
+    assert "frozen features computed once" not in capsys.readouterr().out
+    expected, got = losses(reference), losses(tmp_path)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
+    np.testing.assert_allclose([outcome.dev_losses[s] for s in (0, 3, 6)], [cached.dev_losses[s] for s in (0, 3, 6)],
+                               rtol=1e-5)

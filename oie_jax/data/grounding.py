@@ -22,6 +22,9 @@ from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
 GROUNDING_FIELDS = ("spans", "entity_mask", "gold_boxes", "gold_mask", "image", "image_ok")
+# What a batch of computed features keeps (`GroundingPipeline.cache_features`): the gold, and the segment
+# ids that count its tokens.
+CACHED_FIELDS = ("segment_ids", "entity_mask", "gold_boxes", "gold_mask", "image_ok")
 
 
 def character_ends(tokenizer: Tokenizer, ids: Sequence[int]) -> list[int]:
@@ -138,6 +141,29 @@ class GroundingPipeline:
         self.boxes_per_entity = max(1, max((len(b) for ex in self.examples for b in ex.boxes), default=1))
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         self.epoch, self.step = 0, 0
+        self.cached: dict[str, np.ndarray] | None = None  # per example, once `cache_features` ran
+
+    def cache_features(self, feature_fn, progress: bool = True) -> None:
+        """Computes the features of every example once, `feature_fn(batch) -> {name: array}` over this
+        process's rows, and from then on yields them with the gold fields in place of tokens and images:
+        a frozen LLaMA and encoder give the same features at every epoch."""
+        rows = self.rows.stop - self.rows.start
+        parts: dict[str, list] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.examples), unit="tweet", desc="features of the frozen parts", dynamic_ncols=True)
+        for batch in batches(self.examples, range(len(self.examples)), rows, self.images, self.cfg.seq_len,
+                             self.entities, self.boxes_per_entity, self.pad_id):
+            kept = {name: batch[name] for name in CACHED_FIELDS} | dict(feature_fn(batch))
+            for name, value in kept.items():
+                parts.setdefault(name, []).append(np.asarray(value))
+            if bar is not None:
+                bar.update(min(rows, bar.total - bar.n))
+        if bar is not None:
+            bar.close()
+        self.cached = {name: np.concatenate(values)[: len(self.examples)] for name, values in parts.items()}
 
     def describe(self) -> str:
         skipped = sum(self.stats.skipped.values())
@@ -151,9 +177,15 @@ class GroundingPipeline:
     def _batches(self, epoch: int, start: int) -> Iterator[dict]:
         order = epoch_order(self.groups, self.cfg, epoch)
         size = self.cfg.batch_size
+        rows = self.rows.stop - self.rows.start
         for step in range(start, self.steps_in_epoch(epoch)):
             mine = order[step * size:(step + 1) * size][self.rows]
-            (batch,) = batches(self.examples, mine, self.rows.stop - self.rows.start, self.images, self.cfg.seq_len,
+            if self.cached is not None:
+                filler = rows - len(mine)  # the last batch: empty rows, like `batches` adds
+                yield {name: np.concatenate([values[mine], np.zeros((filler, *values.shape[1:]), values.dtype)])
+                       for name, values in self.cached.items()}
+                continue
+            (batch,) = batches(self.examples, mine, rows, self.images, self.cfg.seq_len,
                                self.entities, self.boxes_per_entity, self.pad_id)
             if self.images.strict and self.images.problems:
                 raise UserError(f"image problem (--strict): {self.images.problems[0]}")

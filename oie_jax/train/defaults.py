@@ -23,6 +23,8 @@ def base_config() -> ConfigDict:
         param_dtype="",  # "" keeps the checkpoint's or preset's
         dtype="",  # compute dtype of the encoder's matmuls
         remat="",  # ViT blocks: none, full, dots, dots_no_batch; "" keeps the default (none)
+        resize="",  # how images meet the encoder's size: squash, pad, crop; "" keeps the model's. Grounding
+        # wants the whole image (pad or squash): a crop cuts off what may hold the entity.
         trainable=False,  # fine-tune the encoder; False: frozen (no gradients, no optimizer state)
     ))
     c.grounding = ConfigDict(dict(
@@ -30,6 +32,8 @@ def base_config() -> ConfigDict:
         images="",  # directory of the data's images (IMGID.jpg, .png, ...)
         llama="frozen",  # frozen: the head learns on the LLaMA's hidden states; full: the LLaMA trains too
         # (with its next-token loss, so that it keeps extracting the entities it grounds)
+        cache_features=True,  # with the LLaMA and the encoder frozen, compute their features once, before the first
+        # step (one pass; memory: the grid of every image), instead of at every step
         size=256,  # width of the space where entity queries meet image regions
         cells=True,  # the encoder's grid cells, each predicting a box, are candidates
         l1_weight=5.0,  # box regression weights (DETR's)

@@ -26,10 +26,11 @@ from oie_jax.models.config import LlamaConfig
 from oie_jax.models.grounding import GroundingConfig, GroundingHead, entity_queries, grounding_losses
 from oie_jax.models.llama import Llama
 from oie_jax.models.mobilenet import HEAD_CHANNELS, MobileNetV2Config
-from oie_jax.train.loss import chunked_token_losses
+from oie_jax.train.loss import LossSums, chunked_token_losses
 from oie_jax.train.step import TrainState, init_state
 
 PARTS = ("llama", "vision", "head")
+FEATURE_FIELDS = ("queries", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +76,34 @@ def merged(setup: GroundingSetup, part: str, params: dict) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-def forward(setup: GroundingSetup, params: dict, batch: dict):
-    """(grounding output, the LLaMA's loss sums, grounding loss sums) of a batch (`data.grounding` fields)."""
+def features(setup: GroundingSetup, params: dict, batch: dict) -> dict:
+    """What the head reads: the entity queries and the image grid (FEATURE_FIELDS) of a batch."""
     llama = merged(setup, "llama", params["llama"])
     hidden, _ = llama.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
-    lm = chunked_token_losses(hidden, llama.logits, batch["tokens"], batch["loss_mask"])
     grid = merged(setup, "vision", params["vision"])(batch["image"]).grid
-    out = merged(setup, "head", params["head"])(entity_queries(hidden, batch["spans"]), grid)
+    return {"queries": entity_queries(hidden, batch["spans"]), "grid": grid}
+
+
+def make_feature_step(setup: GroundingSetup) -> Callable:
+    """feature_step(frozen, batch) -> FEATURE_FIELDS: with the LLaMA and the encoder frozen, the same for
+    every epoch, so a run may compute them once (`GroundingPipeline.cache_features`)."""
+    return lambda frozen, batch: features(setup, frozen, batch)
+
+
+def forward(setup: GroundingSetup, params: dict, batch: dict):
+    """(grounding output, the LLaMA's loss sums, grounding loss sums) of a batch: `data.grounding` fields,
+    or with the features computed already, FEATURE_FIELDS instead of tokens and images."""
+    lm = LossSums(*(jnp.float32(0),) * 3)  # a frozen LLaMA's next-token loss changes nothing
+    if "queries" in batch:
+        queries, grid = batch["queries"], batch["grid"]
+    else:
+        llama = merged(setup, "llama", params["llama"])
+        hidden, _ = llama.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+        if "llama" in setup.trainable:
+            lm = chunked_token_losses(hidden, llama.logits, batch["tokens"], batch["loss_mask"])
+        queries = entity_queries(hidden, batch["spans"])
+        grid = merged(setup, "vision", params["vision"])(batch["image"]).grid
+    out = merged(setup, "head", params["head"])(queries, grid)
     usable = batch["entity_mask"] & batch["image_ok"][:, None]  # an unreadable image grounds nothing
     sums = grounding_losses(out, batch["gold_boxes"], batch["gold_mask"] & usable[..., None], usable,
                             grid.shape[1:3], setup.head.cells)
@@ -94,11 +116,12 @@ def objective(setup: GroundingSetup, params: dict, batch: dict) -> tuple[jax.Arr
     l1, giou = (value / jnp.maximum(sums.boxes, 1) for value in (sums.l1, sums.giou))
     cross_entropy = lm.cross_entropy / jnp.maximum(lm.tokens, 1)
     loss = kl + setup.l1_weight * l1 + setup.giou_weight * giou
+    metrics = {"kl": kl, "l1": l1, "giou": giou, "z_loss": jnp.float32(0), "target_tokens": jnp.float32(1),
+               "entities": sums.entities, "tokens": (batch["segment_ids"] > 0).sum()}
     if "llama" in setup.trainable:
         loss = loss + setup.lm_weight * cross_entropy
-    metrics = {"loss": loss, "kl": kl, "l1": l1, "giou": giou, "lm_loss": cross_entropy, "z_loss": jnp.float32(0),
-               "target_tokens": jnp.float32(1), "entities": sums.entities,
-               "tokens": (batch["segment_ids"] > 0).sum()}
+        metrics["lm_loss"] = cross_entropy
+    metrics["loss"] = loss
     return loss, metrics
 
 

@@ -2,12 +2,14 @@
 signals, logs) over the grounding parts (`train/grounding.py`): the LLaMA of `model`, the encoder of
 `vision`, a new head, and batches of tweets with their images. Chosen by `grounding.enabled`."""
 
+import dataclasses
+
 import jax
 
 from oie_jax import sharding
 from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource
-from oie_jax.data.pipeline import PipelineConfig
+from oie_jax.data.pipeline import PipelineConfig, to_global
 from oie_jax.files import location
 from oie_jax.models import encoders
 from oie_jax.models.checkpoint import load_params
@@ -24,6 +26,8 @@ class GroundingRun(Run):
         config = self.config
         self.vision_cfg, self.vision_init = build.vision_config(config.vision)
         self.preprocess = encoders.preprocess_for(self.vision_cfg, self.vision_init)
+        if config.vision.resize:
+            self.preprocess = dataclasses.replace(self.preprocess, resize=config.vision.resize)
         g = config.grounding
         trainable = ("head",) + (("vision",) if config.vision.trainable else ()) + (
             ("llama",) if g.llama == "full" else ())
@@ -72,8 +76,22 @@ class GroundingRun(Run):
                             donate_argnums=0)
         evaluate = jit_on_mesh(parts.make_eval_step(self.setup), self.mesh, self.rules,
                                in_shardings=(self.shardings.params, frozen, self.rows))
+        if self.caching():
+            featurize = jit_on_mesh(parts.make_feature_step(self.setup), self.mesh, self.rules,
+                                    in_shardings=(frozen, self.rows))
+            for pipeline in (self.pipeline, self.dev):
+                if pipeline is not None:
+                    pipeline.cache_features(lambda batch: jax.device_get(featurize(self.frozen,
+                                                                                   to_global(batch, self.rows))),
+                                            progress=self.primary)
         return (lambda state, batch: train(state, self.frozen, batch),
                 lambda params, batch: evaluate(params, self.frozen, batch))
+
+    def caching(self) -> bool:
+        """Whether the frozen parts' features are computed once: asked for, nothing before the head trains,
+        and one process (each would need the features of rows that other processes hold)."""
+        return (self.config.grounding.cache_features and self.setup.trainable == ("head",)
+                and jax.process_count() == 1)
 
     def dev_f1(self, step: int) -> dict:
         """GMNER / MNER / EEG on the dev tweets: generation, then grounding, as `oie-jax eval-gmner` does."""
@@ -109,7 +127,8 @@ class GroundingRun(Run):
         lines[-1:-1] = [
             f"grounding {vision} encoder at {self.preprocess.size[0]}x{self.preprocess.size[1]} "
             + (f"from {self.vision_init}" if self.vision_init else f"(random init of {self.config.vision.preset!r})")
-            + f"; head of {head_bytes / 2**20:.1f} MiB; trained: {', '.join(self.setup.trainable)}",
+            + f"; head of {head_bytes / 2**20:.1f} MiB; trained: {', '.join(self.setup.trainable)}"
+            + ("; frozen features computed once" if self.caching() else ""),
             f"images   {self.images.directory}",
         ]
         return lines
