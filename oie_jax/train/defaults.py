@@ -23,6 +23,8 @@ def base_config() -> ConfigDict:
         param_dtype="",  # "" keeps the checkpoint's or preset's
         dtype="",  # compute dtype of the encoder's matmuls
         remat="",  # ViT blocks: none, full, dots, dots_no_batch; "" keeps the default (none)
+        image_size=0,  # prepare images at this size (square) instead of the model's; 0 keeps it. Convolutional
+        # encoders take any size and ViTs resize their position table: a finer grid for small objects
         resize="",  # how images meet the encoder's size: squash, pad, crop; "" keeps the model's. Grounding
         # wants the whole image (pad or squash): a crop cuts off what may hold the entity.
         trainable=False,  # fine-tune the encoder; False: frozen (no gradients, no optimizer state)

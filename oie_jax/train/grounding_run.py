@@ -28,6 +28,8 @@ class GroundingRun(Run):
         self.preprocess = encoders.preprocess_for(self.vision_cfg, self.vision_init)
         if config.vision.resize:
             self.preprocess = dataclasses.replace(self.preprocess, resize=config.vision.resize)
+        if config.vision.image_size:
+            self.preprocess = dataclasses.replace(self.preprocess, size=(config.vision.image_size,) * 2)
         g = config.grounding
         trainable = ("head",) + (("vision",) if config.vision.trainable else ()) + (
             ("llama",) if g.llama == "full" else ())

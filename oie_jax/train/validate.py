@@ -50,6 +50,7 @@ RULES = (
     ("vision.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("vision.dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("vision.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
+    ("vision.image_size", lambda v: v >= 0, ">= 0 (0 = the model's)"),
     ("vision.resize", lambda v: v in ("", "squash", "pad", "crop"), "squash, pad, crop or ''"),
     ("grounding.llama", lambda v: v in ("frozen", "full"), "frozen or full"),
     ("grounding.size", lambda v: v >= 1, ">= 1"),
