@@ -13,8 +13,8 @@ from flax import nnx
 
 from oie_jax.data.synth_gmner import synthesize
 from oie_jax.errors import UserError
+from oie_jax.infer.ground import load_grounder
 from oie_jax.models import encoders
-from oie_jax.models.grounder import load_grounder
 from oie_jax.models.vision import ViTConfig
 from oie_jax.train.defaults import base_config
 from oie_jax.train.loop import train

@@ -12,8 +12,7 @@ METRIC = "gmner/f1"
 def cmd_ground(args):
     from oie_jax.data.format import Record
     from oie_jax.data.images import ImageError, decode
-    from oie_jax.infer.ground import draw, ground
-    from oie_jax.models.grounder import load_grounder
+    from oie_jax.infer.ground import draw, ground, load_grounder
 
     try:
         image = decode(args.image)
@@ -58,7 +57,7 @@ def cmd_eval_gmner(args):
     from oie_jax.data.images import ImageSource
     from oie_jax.eval.grounded import evaluate
     from oie_jax.files import location, prepare_output_dir
-    from oie_jax.models.grounder import load_grounder
+    from oie_jax.infer.ground import load_grounder
 
     golds = load_gmner_gold(args.data, args.strict)[: args.limit]
     grounder = load_grounder(args.model)

@@ -2,7 +2,7 @@
 puts each on a region of the image or says it is not there. Boxes come back in the original image's
 pixels, cut to the image.
 
-    from oie_jax.models.grounder import load_grounder
+    from oie_jax.infer.ground import load_grounder
     grounder = load_grounder("runs/gmner_synth/model")
     (result,) = ground(grounder, [Record(text="Red Circle meets Blue Star", task="NER")], [image_array])
 """
@@ -18,11 +18,30 @@ from flax import nnx
 from oie_jax.data.format import Record
 from oie_jax.data.grounding import item_tokens
 from oie_jax.data.images import Placement, prepare, to_original
+from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.eval.gmner import Entity
 from oie_jax.infer import generate as gen
 from oie_jax.infer.predict import prompt_tokens
-from oie_jax.models.grounder import Grounder
+from oie_jax.models import encoders
+from oie_jax.models.grounder import load_parts
 from oie_jax.models.grounding import choose, entity_queries
+
+
+@dataclasses.dataclass
+class Grounder:
+    """A grounding model ready for inference."""
+
+    llama: nnx.Module
+    vision: nnx.Module
+    head: nnx.Module
+    preprocess: encoders.Preprocess
+    tokenizer: Tokenizer
+
+
+def load_grounder(directory) -> Grounder:
+    """The parts of a grounding model directory (`models/grounder.py`) and its tokenizer."""
+    parts = load_parts(directory)
+    return Grounder(parts.llama, parts.vision, parts.head, parts.preprocess, load_tokenizer(parts.tokenizer))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,6 @@ from etils import epath
 from flax import nnx
 
 from oie_jax import sharding
-from oie_jax.data.tokenizer import copy_tokenizer_files, load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models import encoders
@@ -28,19 +27,20 @@ PARTS_DIRS = {"llama": "llama", "vision": "vision", "head": "head"}
 
 
 @dataclasses.dataclass
-class Grounder:
-    """A loaded grounding model, ready for inference."""
+class GroundingParts:
+    """The loaded parts of a grounding model (`infer.ground.load_grounder` adds the tokenizer)."""
 
     llama: nnx.Module
     vision: nnx.Module
     head: GroundingHead
     preprocess: encoders.Preprocess
-    tokenizer: object
+    tokenizer: str  # "bytes", or the directory that holds the tokenizer files
 
 
 def save_grounder(directory, params: dict, llama_cfg, vision_cfg, preprocess: encoders.Preprocess,
-                  head_cfg: GroundingConfig, tokenizer_source) -> epath.Path:
-    """Writes the three parts of `params` ({"llama", "vision", "head"}); every process calls it."""
+                  head_cfg: GroundingConfig, tokenizer: str) -> epath.Path:
+    """Writes the three parts of `params` ({"llama", "vision", "head"}); every process calls it. The caller
+    puts the tokenizer files into `llama/` (`tokenizer` "llama"), or names "bytes"."""
     directory = location(directory)
     for sub in PARTS_DIRS.values():
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -48,8 +48,6 @@ def save_grounder(directory, params: dict, llama_cfg, vision_cfg, preprocess: en
     encoders.save_vision_model(directory / PARTS_DIRS["vision"], vision_cfg, preprocess, params["vision"])
     save_params(directory / PARTS_DIRS["head"], params["head"])
     if jax.process_index() == 0:
-        copy_tokenizer_files(tokenizer_source, directory / PARTS_DIRS["llama"])
-        tokenizer = "bytes" if str(tokenizer_source) == "bytes" else PARTS_DIRS["llama"]
         spec = {"head": head_cfg.to_dict(), "tokenizer": tokenizer}
         (directory / CONFIG_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return directory
@@ -66,7 +64,7 @@ def load_spec(directory) -> tuple[GroundingConfig, str]:
         raise UserError(f"invalid grounding model config ({type(exc).__name__}: {exc})", path) from None
 
 
-def load_grounder(directory) -> Grounder:
+def load_parts(directory) -> GroundingParts:
     directory = location(directory)
     head_cfg, tokenizer = load_spec(directory)
     llama = load_model(directory / PARTS_DIRS["llama"])
@@ -75,5 +73,5 @@ def load_grounder(directory) -> Grounder:
     params = restore_params(directory / PARTS_DIRS["head"], nnx.to_pure_dict(state),
                             sharding.inference_shardings(state))
     nnx.replace_by_pure_dict(state, params)
-    tokenizer = load_tokenizer("bytes" if tokenizer == "bytes" else directory / tokenizer)
-    return Grounder(llama, vision, nnx.merge(graphdef, state), preprocess, tokenizer)
+    tokenizer = tokenizer if tokenizer == "bytes" else str(directory / tokenizer)
+    return GroundingParts(llama, vision, nnx.merge(graphdef, state), preprocess, tokenizer)

@@ -10,10 +10,11 @@ from oie_jax import sharding
 from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource
 from oie_jax.data.pipeline import PipelineConfig, to_global
+from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.files import location
 from oie_jax.models import encoders
 from oie_jax.models.checkpoint import load_params
-from oie_jax.models.grounder import Grounder, save_grounder
+from oie_jax.models.grounder import PARTS_DIRS, save_grounder
 from oie_jax.models.grounding import GroundingConfig
 from oie_jax.train import build
 from oie_jax.train import grounding as parts
@@ -98,6 +99,7 @@ class GroundingRun(Run):
     def dev_f1(self, step: int) -> dict:
         """GMNER / MNER / EEG on the dev tweets: generation, then grounding, as `oie-jax eval-gmner` does."""
         from oie_jax.eval.grounded import evaluate
+        from oie_jax.infer.ground import Grounder
 
         params = {**self.frozen, **self.state.params}
         grounder = Grounder(*(parts.merged(self.setup, part, params[part]) for part in parts.PARTS), self.preprocess,
@@ -116,8 +118,12 @@ class GroundingRun(Run):
             step, origin = best[0], f"best by {self.config.checkpoint.best_metric} = {best[1]:.4f}"
             params = self.checkpoints.restore_best(self.abstract.params)
         out = self.workdir / "model"
+        source = build.tokenizer_source(self.config.model, self.init)
+        tokenizer = "bytes" if source == "bytes" else PARTS_DIRS["llama"]
         save_grounder(out, {**self.frozen, **params}, self.cfg, self.vision_cfg, self.preprocess, self.setup.head,
-                      build.tokenizer_source(self.config.model, self.init))
+                      tokenizer)
+        if self.primary:
+            copy_tokenizer_files(source, out / PARTS_DIRS["llama"])
         self.outcome.exported_step = step
         self.say(f"wrote the grounding model of step {step} ({origin}) to {out}")
 
