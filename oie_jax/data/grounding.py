@@ -8,8 +8,6 @@ characters overlap it. Training and inference therefore read queries from the sa
 """
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -17,7 +15,7 @@ import numpy as np
 from oie_jax.data.format import Parsed, Record, parse
 from oie_jax.data.images import ImageSource, to_prepared
 from oie_jax.data.packing import EncodeStats, encode
-from oie_jax.data.pipeline import PipelineConfig, epoch_order, group_of
+from oie_jax.data.pipeline import EpochBatches, PipelineConfig, epoch_order, group_of
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
@@ -121,15 +119,15 @@ def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_si
         yield arrays
 
 
-class GroundingPipeline:
+class GroundingPipeline(EpochBatches):
     """Batches of grounding examples with their images, one example per row, in the order of the text
     pipeline's `epoch_order` (so mixing, shuffling and resuming follow the same rules); this process's
     rows of each global batch."""
 
     def __init__(self, records: Sequence[Record], tokenizer: Tokenizer, images: ImageSource, cfg: PipelineConfig,
                  rows: slice | None = None):
-        self.cfg, self.images = cfg, images
-        self.rows = rows if rows is not None else slice(0, cfg.batch_size)
+        self._start(cfg, rows)
+        self.images = images
         self.stats = EncodeStats()
         made = [(example(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
         kept = [(ex, group) for ex, group in made if isinstance(ex, GroundingExample)]
@@ -140,7 +138,6 @@ class GroundingPipeline:
         self.entities = max(1, max(len(ex.spans) for ex in self.examples))
         self.boxes_per_entity = max(1, max((len(b) for ex in self.examples for b in ex.boxes), default=1))
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        self.epoch, self.step = 0, 0
         self.cached: dict[str, np.ndarray] | None = None  # per example, once `cache_features` ran
 
     def cache_features(self, feature_fn, progress: bool = True) -> None:
@@ -191,28 +188,6 @@ class GroundingPipeline:
                 raise UserError(f"image problem (--strict): {self.images.problems[0]}")
             yield batch
 
-    def one_epoch(self, epoch: int = 0) -> Iterator[dict]:
-        return self._batches(epoch, 0)
-
-    def __iter__(self):
-        while True:
-            for batch in self._batches(self.epoch, self.step):
-                self.step += 1
-                yield batch
-            self.epoch, self.step = self.epoch + 1, 0
-
-    def fingerprint(self) -> str:
-        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "prefetch"}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    def _fingerprint_parts(self) -> Iterator[bytes]:
         for ex in self.examples:
-            digest.update(ex.tokens.tobytes() + repr((ex.spans, ex.image, ex.boxes)).encode())
-        return digest.hexdigest()[:16]
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "fingerprint": self.fingerprint()}
-
-    def restore(self, state: dict) -> None:
-        if state.get("fingerprint") != self.fingerprint():
-            raise UserError("the data state was saved for other records or another pipeline config; a resumed run "
-                            "would not see the batches it would have seen")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            yield ex.tokens.tobytes() + repr((ex.spans, ex.image, ex.boxes)).encode()

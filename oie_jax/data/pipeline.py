@@ -9,8 +9,10 @@ iterator state is just (epoch, step), so a resumed run rebuilds the epoch and sk
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -76,12 +78,17 @@ def epoch_order(groups: list[tuple[str, str]], cfg: PipelineConfig, epoch: int) 
     return rng.permutation(order) if cfg.shuffle else np.sort(order, kind="stable")
 
 
-class Pipeline:
-    """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS."""
+class EpochBatches:
+    """What the text and grounding pipelines share: this process's rows of each global batch, epochs
+    that `_batches(epoch, start)` gives as a pure function of (epoch, start step), an iterator state of
+    (epoch, step), and a fingerprint of what the batches depend on (the config but prefetch, and the
+    bytes of `_fingerprint_parts()`) that a restore checks."""
 
-    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig, rows: slice | None = None):
-        """`rows`: this process's rows of each global batch (`sharding.process_row_blocks`); by
-        default the process's equal share in process order."""
+    cfg: PipelineConfig
+
+    def _start(self, cfg: PipelineConfig, rows: slice | None) -> None:
+        """`rows`: this process's rows of each global batch (`sharding.process_row_blocks`); by default
+        the process's equal share in process order."""
         self.cfg = cfg
         if rows is None:
             count = jax.process_count()
@@ -92,6 +99,55 @@ class Pipeline:
         if not 0 <= rows.start < rows.stop <= cfg.batch_size:
             raise UserError(f"rows {rows.start}:{rows.stop} are not rows of a batch of {cfg.batch_size}")
         self.rows = rows
+        self.epoch, self.step = 0, 0
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def _fingerprint_parts(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def one_epoch(self, epoch: int = 0) -> Iterator[dict]:
+        """This process's part of each batch of one epoch, leaving the iterator state alone (evaluation)."""
+        return self._batches(epoch, 0)
+
+    def __iter__(self):
+        while True:
+            for batch in self._batches(self.epoch, self.step):
+                self.step += 1
+                yield batch
+            self.epoch, self.step = self.epoch + 1, 0
+
+    # ---- resumable state ---------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """What the batches depend on: the config (but prefetch) and every encoded example."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "prefetch"}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for part in self._fingerprint_parts():
+            digest.update(part)
+        return digest.hexdigest()[:16]
+
+    def state(self) -> dict:
+        """Where the next batch comes from; `restore` of it continues with exactly that batch."""
+        return {"epoch": self.epoch, "step": self.step, "fingerprint": self.fingerprint()}
+
+    def restore(self, state: dict) -> None:
+        if state.get("fingerprint") != self.fingerprint():
+            raise UserError("the data state was saved for other records or another pipeline config; a resumed run "
+                            "would not see the batches it would have seen")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+class Pipeline(EpochBatches):
+    """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS."""
+
+    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig, rows: slice | None = None):
+        self._start(cfg, rows)
         self.stats = EncodeStats()
         encoded = [(encode(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
         kept = [(s, g) for s, g in encoded if s is not None]
@@ -100,9 +156,7 @@ class Pipeline:
         self.sequences: list[Sequence] = [s for s, _ in kept]
         self.groups = [g for _, g in kept]
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        self.epoch, self.step = 0, 0
         self._rows: tuple[int, Rows] | None = None  # the last epoch laid out
-        self._fingerprint = self._digest()
 
     def epoch_rows(self, epoch: int) -> Rows:
         if self._rows is None or self._rows[0] != epoch:
@@ -122,47 +176,17 @@ class Pipeline:
     def steps_in_epoch(self, epoch: int) -> int:
         return len(self.epoch_rows(epoch).tokens) // self.cfg.batch_size
 
-    def _epoch_dataset(self, epoch: int, start: int) -> tf.data.Dataset:
+    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
         rows = self.epoch_rows(epoch)
         steps = len(rows.tokens) // self.cfg.batch_size
         local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, self.rows]
                  for name in BATCH_FIELDS}
-        return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch)
+        return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch).as_numpy_iterator()
 
-    def one_epoch(self, epoch: int = 0):
-        """This process's part of each batch of one epoch, leaving the iterator state alone (evaluation)."""
-        return self._epoch_dataset(epoch, 0).as_numpy_iterator()
-
-    def __iter__(self):
-        while True:
-            for batch in self._epoch_dataset(self.epoch, self.step).as_numpy_iterator():
-                self.step += 1
-                yield batch
-            self.epoch, self.step = self.epoch + 1, 0
-
-    # ---- resumable state ---------------------------------------------------------------------
-
-    def fingerprint(self) -> str:
-        """What the batches depend on: the config (but prefetch) and every encoded sequence."""
-        return self._fingerprint
-
-    def _digest(self) -> str:
-        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "prefetch"}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    def _fingerprint_parts(self) -> Iterator[bytes]:
         for sequence in self.sequences:
-            digest.update(sequence.tokens.tobytes() + sequence.loss_mask.tobytes())
-        digest.update(repr(self.groups).encode())
-        return digest.hexdigest()[:16]
-
-    def state(self) -> dict:
-        """Where the next batch comes from; `restore` of it continues with exactly that batch."""
-        return {"epoch": self.epoch, "step": self.step, "fingerprint": self.fingerprint()}
-
-    def restore(self, state: dict) -> None:
-        if state.get("fingerprint") != self.fingerprint():
-            raise UserError("the data state was saved for other records or another pipeline config; a resumed run "
-                            "would not see the batches it would have seen")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            yield sequence.tokens.tobytes() + sequence.loss_mask.tobytes()
+        yield repr(self.groups).encode()
 
 
 def fill_last_batch(rows: Rows, batch_size: int, pad_id: int) -> Rows:

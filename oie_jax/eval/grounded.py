@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -21,9 +20,8 @@ from oie_jax.data.images import ImageSource
 from oie_jax.errors import UserError
 from oie_jax.eval.gmner import GMNER_METRICS, Entity, GroundingScores, gold_entities, score
 from oie_jax.eval.metrics import STATS
+from oie_jax.eval.predictions import SHOWN, json_lines
 from oie_jax.eval.report import output_path
-
-SHOWN = 5  # ids named in a note; the rest are counted
 
 
 def image_id(record: Record) -> str:
@@ -33,23 +31,10 @@ def image_id(record: Record) -> str:
 def read_grounded_predictions(path) -> dict[str, list[Entity]]:
     """{image id: predicted entities}; anything else than the layout above is a UserError naming the file,
     line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("predictions file not found", path)
     predictions: dict[str, list[Entity]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(value, dict) or not isinstance(value.get("id"), str | int) or isinstance(value["id"], bool):
-            raise UserError(f"{where}: id: expected an object with a string id")
+    for _, where, value, key in json_lines(path, '{"id": ..., "entities": [...]}'):
         if not isinstance(value.get("entities"), list):
             raise UserError(f"{where}: entities: expected a list")
-        key = str(value["id"])
         if key in predictions:
             raise UserError(f"{where}: id: {key!r} is predicted twice")
         entities = []

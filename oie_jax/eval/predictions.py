@@ -3,7 +3,7 @@
 import collections
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from etils import epath
@@ -23,9 +23,10 @@ class Prediction:
     line: int
 
 
-def read_predictions(path) -> list[Prediction]:
-    """Every prediction of the file; a line that is not a JSON object with a string or integer `id` and a
-    string `output` is a UserError naming the file, line and field."""
+def json_lines(path, layout: str) -> Iterator[tuple[int, str, dict, str]]:
+    """(line number, "file:line", object, its id as a string) for each non-blank line of a prediction file;
+    a file that is missing or not UTF-8, or a line that is not a JSON object with a string or integer `id`,
+    is a UserError naming the file, line and field. `layout` shows the expected object in messages."""
     path = Path(path)
     if not path.is_file():
         raise UserError("predictions file not found", path)
@@ -33,7 +34,6 @@ def read_predictions(path) -> list[Prediction]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"not UTF-8 text ({exc})", path) from None
-    predictions = []
     for number, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
@@ -43,16 +43,24 @@ def read_predictions(path) -> list[Prediction]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(value, dict):
-            raise UserError(f"{where}: not a JSON object (expected {{\"id\": ..., \"output\": ...}})")
+            raise UserError(f"{where}: not a JSON object (expected {layout})")
         if "id" not in value:
             raise UserError(f"{where}: id: missing field")
         if isinstance(value["id"], bool) or not isinstance(value["id"], str | int):
             raise UserError(f"{where}: id: expected a string or an integer, got {json.dumps(value['id'])[:40]}")
+        yield number, where, value, str(value["id"])
+
+
+def read_predictions(path) -> list[Prediction]:
+    """Every prediction of the file; a line that is not a JSON object with a string or integer `id` and a
+    string `output` is a UserError naming the file, line and field."""
+    predictions = []
+    for number, where, value, key in json_lines(path, '{"id": ..., "output": ...}'):
         if "output" not in value:
             raise UserError(f"{where}: output: missing field")
         if not isinstance(value["output"], str):
             raise UserError(f"{where}: output: expected a string, got {json.dumps(value['output'])[:40]}")
-        predictions.append(Prediction(str(value["id"]), value["output"], number))
+        predictions.append(Prediction(key, value["output"], number))
     return predictions
 
 

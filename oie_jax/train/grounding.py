@@ -155,13 +155,16 @@ def make_eval_step(setup: GroundingSetup) -> Callable:
     return eval_step
 
 
-def part_shardings(setup: GroundingSetup, mesh, rules=sharding.DEFAULT_RULES) -> dict:
-    return {part: sharding.param_shardings(abstract_state(setup, part), mesh, rules) for part in PARTS}
+def part_shardings(setup: GroundingSetup, mesh, rules=sharding.DEFAULT_RULES, parts=PARTS) -> dict:
+    return {part: sharding.param_shardings(abstract_state(setup, part), mesh, rules) for part in parts}
 
 
-def state_shardings(setup: GroundingSetup, optimizer, mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
-    """The trainable parts by the logical rules, their optimizer moments alike, scalars replicated."""
-    params = {p: s for p, s in part_shardings(setup, mesh, rules).items() if p in setup.trainable}
+def state_shardings(setup: GroundingSetup, optimizer, mesh, rules=sharding.DEFAULT_RULES,
+                    placed: dict | None = None) -> TrainState:
+    """The trainable parts by the logical rules (or as `placed`, `part_shardings` computed already), their
+    optimizer moments alike, scalars replicated."""
+    placed = placed or part_shardings(setup, mesh, rules, setup.trainable)
+    params = {p: placed[p] for p in setup.trainable}
     abstract = {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in params}
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optax.tree_utils.tree_map_params(

@@ -49,7 +49,7 @@ class GroundingRun(Run):
 
     def make_shardings(self):
         self.part_shardings = parts.part_shardings(self.setup, self.mesh, self.rules)
-        return parts.state_shardings(self.setup, self.optimizer, self.mesh, self.rules)
+        return parts.state_shardings(self.setup, self.optimizer, self.mesh, self.rules, self.part_shardings)
 
     def abstract_state(self):
         return parts.abstract_train_state(self.setup, self.optimizer, self.shardings)
@@ -112,11 +112,7 @@ class GroundingRun(Run):
 
     def export(self) -> None:
         """WORKDIR/model: a grounding model directory (`models/grounder.py`) of best/, else the final step."""
-        params, step, origin = self.state.params, self.outcome.step, "the final step"
-        best = self.checkpoints.best_so_far
-        if best is not None:
-            step, origin = best[0], f"best by {self.config.checkpoint.best_metric} = {best[1]:.4f}"
-            params = self.checkpoints.restore_best(self.abstract.params)
+        params, step, origin = self.exported_params()
         out = self.workdir / "model"
         source = build.tokenizer_source(self.config.model, self.init)
         tokenizer = "bytes" if source == "bytes" else PARTS_DIRS["llama"]

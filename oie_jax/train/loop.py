@@ -325,13 +325,17 @@ class Run:
         self.log.flush()
         self.interval.restart_clock()
 
+    def exported_params(self) -> tuple[dict, int, str]:
+        """(parameters, step, where they come from): best/ when there is one, else the final step."""
+        best = self.checkpoints.best_so_far
+        if best is None:
+            return self.state.params, self.outcome.step, "the final step"
+        origin = f"best by {self.config.checkpoint.best_metric} = {best[1]:.4f}"
+        return self.checkpoints.restore_best(self.abstract.params), best[0], origin
+
     def export(self) -> None:
         """WORKDIR/model: the parameters of best/ when there is one, else the final ones."""
-        params, step, origin = self.state.params, self.outcome.step, "the final step"
-        best = self.checkpoints.best_so_far
-        if best is not None:
-            step, origin = best[0], f"best by {self.config.checkpoint.best_metric} = {best[1]:.4f}"
-            params = self.checkpoints.restore_best(self.abstract.params)
+        params, step, origin = self.exported_params()
         out = self.workdir / "model"
         out.mkdir(exist_ok=True)
         save_model(out, self.cfg, params)
