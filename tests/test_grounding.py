@@ -163,19 +163,36 @@ def toy_batch(rng, identities, batch=16, side=4, width=12):
     return grid, queries, gold, gold_mask
 
 
-def test_head_learns_to_ground_a_toy_problem():
+def detector_boxes(rng, gold, gold_mask, count=4):
+    """Proposals as a detector gives them: every object's box, and random boxes up to `count`, shuffled."""
+    proposals = np.zeros((len(gold), count, 4), np.float32)
+    for n in range(len(gold)):
+        boxes = [gold[n, e, 0] for e in range(gold.shape[1]) if gold_mask[n, e, 0]]
+        boxes += list(random_boxes(rng, count - len(boxes)))
+        proposals[n] = np.array(boxes)[rng.permutation(count)]
+    return proposals, np.ones(proposals.shape[:2], bool)
+
+
+@pytest.mark.parametrize("cells", [True, False], ids=["cells", "proposals"])
+def test_head_learns_to_ground_a_toy_problem(cells):
+    """With the grid cells as candidates (boxes learned), or with proposals only (RoIAlign features)."""
     rng = np.random.default_rng(0)
     identities = rng.normal(size=(10, 8)).astype(np.float32)
-    cfg = GroundingConfig(query_size=8, vision_size=12, size=32)
+    cfg = GroundingConfig(query_size=8, vision_size=12, size=32, cells=cells)
     head = GroundingHead(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(head)
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(params)
 
-    def loss_fn(params, grid, queries, gold, gold_mask):
-        out = nnx.merge(graphdef, params)(queries, grid)
-        sums = grounding_losses(out, gold, gold_mask, jnp.ones(gold.shape[:2]), grid.shape[1:3], cells=True)
-        return sums.kl / sums.entities + (5 * sums.l1 + 2 * sums.giou) / sums.boxes
+    def inputs(generator, batch=16):
+        grid, queries, gold, gold_mask = toy_batch(generator, identities, batch)
+        proposals = () if cells else detector_boxes(generator, gold, gold_mask)
+        return tuple(map(jnp.asarray, (grid, queries, gold, gold_mask, *proposals)))
+
+    def loss_fn(params, grid, queries, gold, gold_mask, *proposals):
+        out = nnx.merge(graphdef, params)(queries, grid, *proposals)
+        sums = grounding_losses(out, gold, gold_mask, jnp.ones(gold.shape[:2]), grid.shape[1:3], cells=cells)
+        return sums.kl / sums.entities + (5 * sums.l1 + 2 * sums.giou) / jnp.maximum(sums.boxes, 1)
 
     @jax.jit
     def step(params, opt_state, *batch):
@@ -184,16 +201,16 @@ def test_head_learns_to_ground_a_toy_problem():
         return optax.apply_updates(params, updates), opt_state, loss
 
     def accuracy(params, batch):
-        grid, queries, gold, gold_mask = batch
-        choice = choose(nnx.merge(graphdef, params)(jnp.asarray(queries), jnp.asarray(grid)))
+        grid, queries, gold, gold_mask, *proposals = batch
+        choice = choose(nnx.merge(graphdef, params)(queries, grid, *proposals))
         overlap = np.asarray(box_ops.iou(choice.box, gold[:, :, 0]))
-        in_image = gold_mask[..., 0]
+        in_image = np.asarray(gold_mask[..., 0])
         right = np.where(in_image, np.asarray(choice.in_image) & (overlap > 0.5), ~np.asarray(choice.in_image))
         return right.mean()
 
-    held_out = toy_batch(np.random.default_rng(99), identities, batch=64)
+    held_out = inputs(np.random.default_rng(99), batch=64)
     before = accuracy(params, held_out)
     for _ in range(300):
-        params, opt_state, loss = step(params, opt_state, *map(jnp.asarray, toy_batch(rng, identities)))
+        params, opt_state, loss = step(params, opt_state, *inputs(rng))
     after = accuracy(params, held_out)
     assert after > 0.9 and after > before + 0.3, (before, after)

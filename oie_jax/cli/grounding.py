@@ -7,6 +7,7 @@ from oie_jax.cli.arguments import positive_int
 from oie_jax.errors import UserError
 
 METRIC = "gmner/f1"
+PROPOSALS = '{"IMGID": [[x1, y1, x2, y2], ...]}'
 
 
 def cmd_ground(args):
@@ -20,9 +21,21 @@ def cmd_ground(args):
         raise UserError(str(exc), args.image) from None
     if not args.text.strip():
         raise UserError("--text is empty")
+    regions = None
+    if args.proposals:
+        from pathlib import Path
+
+        from oie_jax.data.proposals import read_proposals
+
+        proposals, key = read_proposals(args.proposals), Path(args.image).stem
+        if key not in proposals.boxes:
+            raise UserError(f"{proposals.path}: no proposals for image id {key!r} (the image's file name)")
+        regions = [proposals.original(key, image.shape[1], image.shape[0])]
+        for problem in proposals.problems:
+            print(f"warning: {problem}", file=sys.stderr)
     grounder = load_grounder(args.model)
     (result,) = ground(grounder, [Record(text=args.text, task="NER", id=str(args.image))], [image],
-                       max_new_tokens=args.max_new_tokens, batch_size=1)
+                       proposals=regions, max_new_tokens=args.max_new_tokens, batch_size=1)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
@@ -60,11 +73,17 @@ def cmd_eval_gmner(args):
     from oie_jax.infer.ground import load_grounder
 
     golds = load_gmner_gold(args.data, args.strict)[: args.limit]
+    proposals = None
+    if args.proposals:
+        from oie_jax.data.proposals import read_proposals
+
+        proposals = read_proposals(args.proposals, strict=args.strict)
+        proposals.check_ids(args.images)
     grounder = load_grounder(args.model)
     images = ImageSource(args.images, grounder.preprocess, strict=args.strict)
     out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
     results, scores, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, proposals=proposals)
     if args.strict and images.problems:
         raise UserError(f"image problem (--strict): {images.problems[0]}")
     with (out / "predictions.jsonl").open("w") as f:
@@ -101,6 +120,8 @@ def add_parsers(commands) -> None:
     grounding.add_argument("--text", required=True, help="the text (a tweet)")
     grounding.add_argument("--draw", help="write the image with the boxes and their labels here (PNG)")
     grounding.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    grounding.add_argument("--proposals", help=f"candidate boxes, JSON {PROPOSALS} in image pixels; the image's "
+                                               "file name without extension is its id")
     grounding.add_argument("--max-new-tokens", type=positive_int, default=64)
     grounding.set_defaults(run=cmd_ground)
 
@@ -111,8 +132,10 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--model", required=True, help="grounding model directory")
     evaluation.add_argument("--data", required=True, help="GMNER text file or folder (txt/ with xml/ beside it)")
     evaluation.add_argument("--images", required=True, help="directory of the images (IMGID.jpg, ...)")
+    evaluation.add_argument("--proposals", help=f"candidate boxes per image, JSON {PROPOSALS} in image pixels "
+                                                "(needed by a model trained with grounding.cells=False)")
     evaluation.add_argument("--strict", action="store_true",
-                            help="fail on the first inconsistent gold record or unreadable image")
+                            help="fail on the first inconsistent gold record, unreadable image or proposal problem")
     evaluation.add_argument("--batch-size", type=positive_int, default=8)
     evaluation.add_argument("--max-new-tokens", type=positive_int, default=64)
     evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N tweets only")

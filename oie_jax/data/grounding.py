@@ -16,13 +16,20 @@ from oie_jax.data.format import Parsed, Record, parse
 from oie_jax.data.images import ImageSource, to_prepared
 from oie_jax.data.packing import EncodeStats, encode
 from oie_jax.data.pipeline import EpochBatches, PipelineConfig, epoch_order, group_of
+from oie_jax.data.proposals import Proposals
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
 GROUNDING_FIELDS = ("spans", "entity_mask", "gold_boxes", "gold_mask", "image", "image_ok")
-# What a batch of computed features keeps (`GroundingPipeline.cache_features`): the gold, and the segment
-# ids that count its tokens.
-CACHED_FIELDS = ("segment_ids", "entity_mask", "gold_boxes", "gold_mask", "image_ok")
+PROPOSAL_FIELDS = ("proposals", "proposal_mask")  # with user proposals only
+# What a batch of computed features keeps (`GroundingPipeline.cache_features`): the gold, the segment
+# ids that count its tokens, and the proposals.
+CACHED_FIELDS = ("segment_ids", "entity_mask", "gold_boxes", "gold_mask", "image_ok", *PROPOSAL_FIELDS)
+
+
+def image_id(record: Record) -> str:
+    """The id of a record's image: its grounding's, else (a tweet without boxes) the record's own."""
+    return record.grounding.image if record.grounding is not None else record.id
 
 
 def character_ends(tokenizer: Tokenizer, ids: Sequence[int]) -> list[int]:
@@ -66,14 +73,15 @@ def example(record: Record, tokenizer: Tokenizer, max_length: int, stats: Encode
     grounding = record.grounding
     boxes = grounding.boxes if grounding is not None else ((),) * len(record.items)
     return GroundingExample(sequence.tokens, sequence.loss_mask, tuple((start + a, start + b) for a, b in ranges),
-                            grounding.image if grounding is not None else record.id, boxes)
+                            image_id(record), boxes)
 
 
 def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, length: int, entities: int,
-                 boxes_per_entity: int, pad_id: int) -> dict:
+                 boxes_per_entity: int, pad_id: int, proposals: Proposals | None = None) -> dict:
     """Padded arrays of a batch: the text fields of `pipeline.BATCH_FIELDS` (one example per row) and
-    GROUNDING_FIELDS, gold boxes in fractions of the prepared image. An image that cannot be read is
-    reported by `images` and its row's grounding left out of the loss (`image_ok` false)."""
+    GROUNDING_FIELDS, gold boxes in fractions of the prepared image; with `proposals`, PROPOSAL_FIELDS
+    too. An image that cannot be read is reported by `images` and its row's grounding left out of the
+    loss (`image_ok` false)."""
     n = len(examples)
     arrays = {
         "tokens": np.full((n, length), pad_id, np.int32),
@@ -87,6 +95,9 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
         "image": np.zeros((n, *images.preprocess.size, 3), np.float32),
         "image_ok": np.zeros((n,), bool),
     }
+    if proposals is not None:
+        arrays["proposals"] = np.zeros((n, proposals.most, 4), np.float32)
+        arrays["proposal_mask"] = np.zeros((n, proposals.most), bool)
     height, width = images.preprocess.size
     for row, ex in enumerate(examples):
         size = len(ex.tokens)
@@ -96,6 +107,10 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
         arrays["positions"][row, :size] = np.arange(size)
         image, placement, ok = images.load(ex.image)
         arrays["image"][row], arrays["image_ok"][row] = image, ok
+        if proposals is not None:
+            regions = proposals.prepared(ex.image, placement, images.preprocess.size)
+            arrays["proposals"][row, :len(regions)] = regions
+            arrays["proposal_mask"][row, :len(regions)] = True
         for e, ((start, end), gold) in enumerate(zip(ex.spans, ex.boxes)):
             arrays["spans"][row, e, start:end] = 1
             arrays["entity_mask"][row, e] = end > start
@@ -106,11 +121,12 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
 
 
 def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_size: int, images: ImageSource,
-            length: int, entities: int, boxes_per_entity: int, pad_id: int) -> Iterator[dict]:
+            length: int, entities: int, boxes_per_entity: int, pad_id: int,
+            proposals: Proposals | None = None) -> Iterator[dict]:
     """Batches of `examples` in `order`, the last one filled with empty rows (no loss, no entities)."""
     for first in range(0, len(order), batch_size):
         chosen = [examples[i] for i in order[first:first + batch_size]]
-        arrays = batch_arrays(chosen, images, length, entities, boxes_per_entity, pad_id)
+        arrays = batch_arrays(chosen, images, length, entities, boxes_per_entity, pad_id, proposals)
         missing = batch_size - len(chosen)
         if missing:
             arrays = {name: np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
@@ -120,14 +136,15 @@ def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_si
 
 
 class GroundingPipeline(EpochBatches):
-    """Batches of grounding examples with their images, one example per row, in the order of the text
-    pipeline's `epoch_order` (so mixing, shuffling and resuming follow the same rules); this process's
-    rows of each global batch."""
+    """Batches of grounding examples with their images (and user proposals, when given), one example per
+    row, in the order of the text pipeline's `epoch_order` (so mixing, shuffling and resuming follow the
+    same rules); this process's rows of each global batch."""
 
     def __init__(self, records: Sequence[Record], tokenizer: Tokenizer, images: ImageSource, cfg: PipelineConfig,
-                 rows: slice | None = None):
+                 rows: slice | None = None, proposals: Proposals | None = None):
         self._start(cfg, rows)
         self.images = images
+        self.proposals = proposals
         self.stats = EncodeStats()
         made = [(example(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
         kept = [(ex, group) for ex, group in made if isinstance(ex, GroundingExample)]
@@ -152,8 +169,8 @@ class GroundingPipeline(EpochBatches):
 
             bar = tqdm(total=len(self.examples), unit="tweet", desc="features of the frozen parts", dynamic_ncols=True)
         for batch in batches(self.examples, range(len(self.examples)), rows, self.images, self.cfg.seq_len,
-                             self.entities, self.boxes_per_entity, self.pad_id):
-            kept = {name: batch[name] for name in CACHED_FIELDS} | dict(feature_fn(batch))
+                             self.entities, self.boxes_per_entity, self.pad_id, self.proposals):
+            kept = {name: batch[name] for name in CACHED_FIELDS if name in batch} | dict(feature_fn(batch))
             for name, value in kept.items():
                 parts.setdefault(name, []).append(np.asarray(value))
             if bar is not None:
@@ -183,7 +200,7 @@ class GroundingPipeline(EpochBatches):
                        for name, values in self.cached.items()}
                 continue
             (batch,) = batches(self.examples, mine, rows, self.images, self.cfg.seq_len,
-                               self.entities, self.boxes_per_entity, self.pad_id)
+                               self.entities, self.boxes_per_entity, self.pad_id, self.proposals)
             if self.images.strict and self.images.problems:
                 raise UserError(f"image problem (--strict): {self.images.problems[0]}")
             yield batch
@@ -191,3 +208,5 @@ class GroundingPipeline(EpochBatches):
     def _fingerprint_parts(self) -> Iterator[bytes]:
         for ex in self.examples:
             yield ex.tokens.tobytes() + repr((ex.spans, ex.image, ex.boxes)).encode()
+            if self.proposals is not None:
+                yield self.proposals.boxes.get(ex.image, np.zeros((0, 4), np.float32)).tobytes()

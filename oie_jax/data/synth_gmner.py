@@ -4,6 +4,8 @@
     OUT/xml/<id>.xml               Pascal VOC: the image size and a box per drawn object, named by the
                                    entity that refers to it (no file when no entity is in the image)
     OUT/images/<id>.jpg            the picture
+    OUT/proposals.json             every drawn object's box per image, as a perfect detector would give
+                                   them (`data/proposals.py`), for heads that take proposals
 
 Each picture holds shapes of several kinds and colours at random places and sizes. An entity is named
 by colour and kind ("Red Circle"), and its kind gives its type (circle PER, square ORG, triangle LOC,
@@ -12,6 +14,7 @@ than half of all entities are not, as in Twitter-GMNER). Two objects of the same
 colour and kind share one entity, which then has two boxes.
 """
 
+import json
 import math
 import random
 from pathlib import Path
@@ -72,8 +75,8 @@ def place(rng: random.Random, width: int, height: int, taken: list, size_range=(
     return None
 
 
-def tweet(rng: random.Random, image_id: str, out: Path) -> list[str]:
-    """Draws one picture, writes its image and box file, and returns its CoNLL lines."""
+def tweet(rng: random.Random, image_id: str, out: Path) -> tuple[list[str], list]:
+    """Draws one picture, writes its image and box file, and returns its CoNLL lines and its objects' boxes."""
     width, height = rng.randint(200, 360), rng.randint(180, 320)
     image = Image.new("RGB", (width, height), rng.choice(BACKGROUNDS))
     draw = ImageDraw.Draw(image)
@@ -105,7 +108,7 @@ def tweet(rng: random.Random, image_id: str, out: Path) -> list[str]:
             lines += [f"{word}\t{'I' if k else 'B'}-{KINDS[words[-1]]}" for k, word in enumerate(words)]
         else:
             lines.append(f"{token}\tO")
-    return lines
+    return lines, taken
 
 
 def write_boxes(path: Path, image_id: str, width: int, height: int, objects) -> None:
@@ -127,10 +130,15 @@ def synthesize(out, n: int, seed: int = 0) -> dict[str, int]:
     for sub in ("txt", "xml", "images"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    sizes, start = {}, 0
+    sizes, start, proposals = {}, 0, {}
     for i, (split, fraction) in enumerate(SPLITS):
         count = n - start if i == len(SPLITS) - 1 else max(1, round(n * fraction))
-        blocks = [tweet(rng, str(100000 + start + j), out) for j in range(count)]
+        blocks = []
+        for j in range(count):
+            image_id = str(100000 + start + j)
+            lines, proposals[image_id] = tweet(rng, image_id, out)
+            blocks.append(lines)
         (out / "txt" / f"{split}.txt").write_text("\n\n".join("\n".join(b) for b in blocks) + "\n")
         sizes[split], start = count, start + count
+    (out / "proposals.json").write_text(json.dumps({k: [list(b) for b in v] for k, v in proposals.items()}) + "\n")
     return sizes

@@ -16,16 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from oie_jax.data.format import Record
+from oie_jax.data.grounding import image_id
 from oie_jax.data.images import ImageSource
+from oie_jax.data.proposals import Proposals
 from oie_jax.errors import UserError
 from oie_jax.eval.gmner import GMNER_METRICS, Entity, GroundingScores, gold_entities, score
 from oie_jax.eval.metrics import STATS
 from oie_jax.eval.predictions import SHOWN, json_lines
 from oie_jax.eval.report import output_path
-
-
-def image_id(record: Record) -> str:
-    return record.grounding.image if record.grounding is not None else record.id
 
 
 def read_grounded_predictions(path) -> dict[str, list[Entity]]:
@@ -67,9 +65,10 @@ def pair(golds: Sequence[Record], predictions: dict[str, list[Entity]]) -> tuple
 
 
 def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_size: int = 8,
-             max_new_tokens: int = 64, progress: bool = True):
-    """(grounded results, scores, notes) of a grounding model on GMNER records. A tweet whose image
-    cannot be read is reported by `images` and its entities predicted "not in the image"."""
+             max_new_tokens: int = 64, progress: bool = True, proposals: Proposals | None = None):
+    """(grounded results, scores, notes) of a grounding model on GMNER records, with the user's
+    `proposals` as candidates when given. A tweet whose image cannot be read is reported by `images` and
+    its entities predicted "not in the image"; the proposals' problems are notes."""
     from oie_jax.infer.ground import ground
 
     results = []
@@ -82,8 +81,11 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
     for first in range(0, len(records), chunk):
         part = records[first:first + chunk]
         loaded = [images.load(image_id(r)) for r in part]
+        regions = None
+        if proposals is not None:
+            regions = [proposals.original(image_id(r), p.width, p.height) for r, (_, p, _) in zip(part, loaded)]
         found = ground(grounder, part, [image for image, _, _ in loaded], placements=[p for _, p, _ in loaded],
-                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, proposals=regions)
         for result, (_, _, ok) in zip(found, loaded):
             if not ok:
                 result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
@@ -95,6 +97,8 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
         bar.close()
     scores = score([gold_entities(r) for r in records], [[e.as_entity() for e in r.entities] for r in results])
     notes = [f"{len(images.problems)} images could not be read: {images.summary()}"] if images.problems else []
+    if proposals is not None:
+        notes += proposals.problems
     return results, scores, notes
 
 

@@ -18,7 +18,9 @@ from flax import nnx
 from oie_jax.data.format import Record
 from oie_jax.data.grounding import item_tokens
 from oie_jax.data.images import Placement, prepare, to_original
+from oie_jax.data.proposals import in_fractions
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
+from oie_jax.errors import UserError
 from oie_jax.eval.gmner import Entity
 from oie_jax.infer import generate as gen
 from oie_jax.infer.predict import prompt_tokens
@@ -73,18 +75,23 @@ class GroundedResult:
 
 
 @nnx.jit
-def _choose(llama, vision, head, tokens, segment_ids, spans, images):
+def _choose(llama, vision, head, tokens, segment_ids, spans, images, proposals, proposal_mask):
     hidden, _ = llama.hidden_states(tokens, segment_ids=segment_ids)
-    out = head(entity_queries(hidden, spans), vision(images).grid)
+    out = head(entity_queries(hidden, spans), vision(images).grid, proposals, proposal_mask)
     return choose(out)
 
 
 def ground(grounder: Grounder, records: Sequence[Record], images: Sequence[np.ndarray], *,
            placements: Sequence[Placement] | None = None, outputs: Sequence[list[int]] | None = None,
-           max_new_tokens: int = 64, batch_size: int = 8) -> list[GroundedResult]:
+           proposals: Sequence[np.ndarray] | None = None, max_new_tokens: int = 64,
+           batch_size: int = 8) -> list[GroundedResult]:
     """One result per record. `images` are original images (height, width, 3) uint8, prepared here; or,
     with their `placements`, images prepared already (`data.images.ImageSource`). `outputs`: the output
-    tokens to ground (default: the LLaMA's greedy generation)."""
+    tokens to ground (default: the LLaMA's greedy generation). `proposals`: per record, candidate boxes
+    (n, 4) in the original image's pixels, next to the grid cells (required by a head without cells)."""
+    if proposals is None and not grounder.head.cfg.cells:
+        raise UserError("this grounding model has no grid-cell candidates (trained with grounding.cells=False): "
+                        "give proposals")
     tokenizer = grounder.tokenizer
     prompts = prompt_tokens(records, tokenizer)
     eos_ids = gen.stop_ids(grounder.llama.cfg, tokenizer)
@@ -94,16 +101,21 @@ def ground(grounder: Grounder, records: Sequence[Record], images: Sequence[np.nd
     if placements is None:
         prepared = [prepare(image, grounder.preprocess) for image in images]
         images, placements = [p[0] for p in prepared], [p[1] for p in prepared]
+    regions = None
+    if proposals is not None:
+        regions = [in_fractions(np.asarray(b, np.float32), p, grounder.preprocess.size)
+                   for b, p in zip(proposals, placements)]
     results = []
     for first in range(0, len(records), batch_size):
         rows = range(first, min(first + batch_size, len(records)))
         results += _ground_batch(grounder, [records[i] for i in rows], [prompts[i] for i in rows],
                                  [[t for t in generated[i] if t not in eos_ids] for i in rows],
-                                 np.stack([images[i] for i in rows]), [placements[i] for i in rows], batch_size)
+                                 np.stack([images[i] for i in rows]), [placements[i] for i in rows],
+                                 None if regions is None else [regions[i] for i in rows], batch_size)
     return results
 
 
-def _ground_batch(grounder, records, prompts, outputs, images, placements, batch_size):
+def _ground_batch(grounder, records, prompts, outputs, images, placements, regions, batch_size):
     tokenizer = grounder.tokenizer
     found = [item_tokens(tokenizer, output, record.task) for record, output in zip(records, outputs)]
     length = gen.bucket(max(len(p) + len(o) for p, o in zip(prompts, outputs)), gen.MIN_LENGTH_BUCKET)
@@ -120,8 +132,15 @@ def _ground_batch(grounder, records, prompts, outputs, images, placements, batch
         segment_ids[row, : len(sequence)] = 1
         for e, (start, end) in enumerate(ranges):
             spans[row, e, len(prompt) + start: len(prompt) + end] = 1
+    proposals = proposal_mask = None
+    if regions is not None:  # a bucketed count: one compiled shape for similar counts
+        proposals = np.zeros((rows, gen.bucket(max(1, max(len(r) for r in regions))), 4), np.float32)
+        proposal_mask = np.zeros(proposals.shape[:2], bool)
+        for row, boxes in enumerate(regions):
+            proposals[row, :len(boxes)], proposal_mask[row, :len(boxes)] = boxes, True
     choice = jax.device_get(_choose(grounder.llama, grounder.vision, grounder.head, jnp.asarray(tokens),
-                                    jnp.asarray(segment_ids), jnp.asarray(spans), jnp.asarray(pixels)))
+                                    jnp.asarray(segment_ids), jnp.asarray(spans), jnp.asarray(pixels),
+                                    proposals, proposal_mask))
     height, width = grounder.preprocess.size
     results = []
     for row, (record, output, (parsed, _)) in enumerate(zip(records, outputs, found)):

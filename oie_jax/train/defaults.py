@@ -38,6 +38,8 @@ def base_config() -> ConfigDict:
         # step (one pass; memory: the grid of every image), instead of at every step
         size=256,  # width of the space where entity queries meet image regions
         cells=True,  # the encoder's grid cells, each predicting a box, are candidates
+        proposals="",  # JSON of candidate boxes per image id, {"IMGID": [[x1, y1, x2, y2], ...]} in image pixels
+        # (a detector's, run offline), pooled from the grid with RoIAlign; "" = none. Needed when cells=False
         l1_weight=5.0,  # box regression weights (DETR's)
         giou_weight=2.0,
         lm_weight=1.0,  # the LLaMA's next-token loss, when it trains

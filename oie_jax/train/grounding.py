@@ -103,7 +103,7 @@ def forward(setup: GroundingSetup, params: dict, batch: dict):
             lm = chunked_token_losses(hidden, llama.logits, batch["tokens"], batch["loss_mask"])
         queries = entity_queries(hidden, batch["spans"])
         grid = merged(setup, "vision", params["vision"])(batch["image"]).grid
-    out = merged(setup, "head", params["head"])(queries, grid)
+    out = merged(setup, "head", params["head"])(queries, grid, batch.get("proposals"), batch.get("proposal_mask"))
     usable = batch["entity_mask"] & batch["image_ok"][:, None]  # an unreadable image grounds nothing
     sums = grounding_losses(out, batch["gold_boxes"], batch["gold_mask"] & usable[..., None], usable,
                             grid.shape[1:3], setup.head.cells)

@@ -10,6 +10,7 @@ from oie_jax import sharding
 from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource
 from oie_jax.data.pipeline import PipelineConfig, to_global
+from oie_jax.data.proposals import read_proposals
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.files import location
 from oie_jax.models import encoders
@@ -39,12 +40,18 @@ class GroundingRun(Run):
         self.setup = parts.GroundingSetup(self.cfg, self.vision_cfg, head, trainable, g.lm_weight, g.l1_weight,
                                           g.giou_weight)
         self.images = ImageSource(location(g.images), self.preprocess, strict=config.data.strict)
+        self.proposals = None
+        if g.proposals:
+            self.proposals = read_proposals(g.proposals, strict=config.data.strict)
+            self.proposals.check_ids(self.images.directory)
+            self.say(self.proposals.summary())
         data = config.data
-        pipeline = GroundingPipeline(records.train, self.tokenizer, self.images, build.pipeline_config(data), mine)
+        pipeline = GroundingPipeline(records.train, self.tokenizer, self.images, build.pipeline_config(data), mine,
+                                     self.proposals)
         dev = None
         if records.dev:
             dev = GroundingPipeline(records.dev, self.tokenizer, self.images,
-                                    PipelineConfig.for_evaluation(data.seq_len, data.batch_size), mine)
+                                    PipelineConfig.for_evaluation(data.seq_len, data.batch_size), mine, self.proposals)
         return pipeline, dev
 
     def make_shardings(self):
@@ -107,7 +114,7 @@ class GroundingRun(Run):
         records = self.dev_records[: self.config.eval.f1_examples or None]
         with sharding.activation_rules(self.rules):
             _, scores, _ = evaluate(grounder, records, self.images, self.config.eval.batch_size,
-                                    self.config.eval.max_new_tokens, progress=False)
+                                    self.config.eval.max_new_tokens, progress=False, proposals=self.proposals)
         return scores.metrics()
 
     def export(self) -> None:

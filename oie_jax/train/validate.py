@@ -141,6 +141,9 @@ def check_config(config: ConfigDict) -> None:
                             "vision.preset)")
         if not config.grounding.images:
             raise UserError("config field grounding.images: a grounding run needs the directory of its images")
+        if not (config.grounding.cells or config.grounding.proposals):
+            raise UserError("config field grounding.cells: with cells=False the head's candidates are the proposals; "
+                            "set grounding.proposals")
         if config.train.micro_batches != 1:
             raise UserError("config field train.micro_batches: a grounding run takes whole batches (1)")
     try:
