@@ -92,7 +92,8 @@ def test_local_sh_stops_the_others_when_a_process_fails(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text('for a in "$@"; do [[ $last == --process-id ]] && rank=$a; last=$a; done\n'
                       '[[ $rank == 1 ]] && { echo "bad config" >&2; exit 3; }\nexec sleep 300\n')
+    env = {"PATH": "/usr/bin:/bin", "LOG_DIR": str(tmp_path / "logs"), "PORT": "1"}
     result = subprocess.run(["bash", str(LAUNCH / "local.sh"), "2", "bash", str(script)], capture_output=True,
-                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "LOG_DIR": str(tmp_path / "logs"), "PORT": "1"})
+                            text=True, timeout=60, env=env)
     assert result.returncode == 3, result.stderr
     assert "process 1 failed (exit 3)" in result.stderr and "bad config" in result.stderr
