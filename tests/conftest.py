@@ -19,6 +19,10 @@ SLOW_FIRST = ("test_train_loop.py", "test_train_learned.py", "test_grounding_run
               "test_bucket_workdir.py", "test_pipeline.py", "test_evaluate.py", "test_run_checks.py")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "notebooks: executes a notebook (minutes; `make notebooks`, not `make test`)")
+
+
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
 
