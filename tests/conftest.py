@@ -2,18 +2,9 @@
 
 import json
 import os
-import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One persistent compilation cache for the session, shared by both xdist workers and every process they
-# start: many tests compile the same tiny steps (about 15% of their time, measured on
-# test_grounding_run.py). A size limit turns on JAX's file lock, so that concurrent writers and readers
-# never see half a file. Tests of the workdir's own cache remove the variable.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), f"oie-jax-test-jit-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path  # noqa: E402
 
