@@ -129,6 +129,8 @@ class GroundingRun(Run):
             copy_tokenizer_files(source, out / PARTS_DIRS["llama"])
         self.outcome.exported_step = step
         self.say(f"wrote the grounding model of step {step} ({origin}) to {out}")
+        if self.proposals is not None and self.proposals.problems:  # boxes cut while batches were made
+            self.say(self.proposals.summary())
 
     def summary_lines(self) -> list[str]:
         lines = super().summary_lines()
