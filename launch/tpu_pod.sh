@@ -112,7 +112,7 @@ create() {
 }
 
 setup() {
-  local install
+  local package clean="" unpack=""
   if [[ "$SOURCE" == "copy" ]]; then
     local root archive
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -123,14 +123,14 @@ setup() {
       git -C "$root" archive --format=tar.gz -o "$archive" HEAD
     fi
     gcloud_do compute tpus tpu-vm scp "$archive" "$NAME:oie-jax.tar.gz" "${LOCATION[@]}" --worker=all
-    install="rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf oie-jax.tar.gz -C $REMOTE_DIR"
-    install+=" && python3 -m venv $REMOTE_DIR/.venv && $REMOTE_DIR/.venv/bin/pip install -q -U pip"
-    install+=" && $REMOTE_DIR/.venv/bin/pip install -q -e $REMOTE_DIR 'jax[tpu]'"
+    clean="rm -rf $REMOTE_DIR && "
+    unpack="tar -xzf oie-jax.tar.gz -C $REMOTE_DIR && "
+    package="-e $REMOTE_DIR"
   else
-    install="mkdir -p $REMOTE_DIR && python3 -m venv $REMOTE_DIR/.venv && $REMOTE_DIR/.venv/bin/pip install -q -U pip"
-    install+=" && $REMOTE_DIR/.venv/bin/pip install -q $(printf '%q' "$SOURCE") 'jax[tpu]'"
+    package="$(printf '%q' "$SOURCE")"
   fi
-  on_workers "$install"
+  on_workers "${clean}mkdir -p $REMOTE_DIR && ${unpack}python3 -m venv $REMOTE_DIR/.venv && \
+$REMOTE_DIR/.venv/bin/pip install -q -U pip && $REMOTE_DIR/.venv/bin/pip install -q $package 'jax[tpu]'"
 }
 
 train_command() {

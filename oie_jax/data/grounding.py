@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from oie_jax.data.format import Parsed, Record, parse
-from oie_jax.data.images import ImageSource, to_prepared
+from oie_jax.data.images import ImageSource
 from oie_jax.data.packing import EncodeStats, encode
 from oie_jax.data.pipeline import EpochBatches, PipelineConfig, epoch_order, group_of
-from oie_jax.data.proposals import Proposals
+from oie_jax.data.proposals import Proposals, in_fractions
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
@@ -98,7 +98,6 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
     if proposals is not None:
         arrays["proposals"] = np.zeros((n, proposals.most, 4), np.float32)
         arrays["proposal_mask"] = np.zeros((n, proposals.most), bool)
-    height, width = images.preprocess.size
     for row, ex in enumerate(examples):
         size = len(ex.tokens)
         arrays["tokens"][row, :size] = ex.tokens
@@ -114,9 +113,10 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
         for e, ((start, end), gold) in enumerate(zip(ex.spans, ex.boxes)):
             arrays["spans"][row, e, start:end] = 1
             arrays["entity_mask"][row, e] = end > start
-            for k, box in enumerate(gold):
-                arrays["gold_boxes"][row, e, k] = to_prepared(box, placement) / [width, height, width, height]
-                arrays["gold_mask"][row, e, k] = True
+            if gold:
+                arrays["gold_boxes"][row, e, :len(gold)] = in_fractions(np.array(gold), placement,
+                                                                        images.preprocess.size)
+                arrays["gold_mask"][row, e, :len(gold)] = True
     return arrays
 
 

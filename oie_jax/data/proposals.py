@@ -11,24 +11,15 @@ An image without an entry has no proposals (only its grid cells, when the head h
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from oie_jax.data.images import Placement, image_path, to_prepared
-from oie_jax.errors import UserError
+from oie_jax.errors import UserError, shown
 from oie_jax.files import location
 
 LAYOUT = '{"IMGID": [[x1, y1, x2, y2], ...], ...}'
-SHOWN = 5  # ids named in a report; the rest are counted
-
-
-def named(found: Sequence[str]) -> str:
-    more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
-    return ", ".join(found[:SHOWN]) + more
-
-
 def _is_box(value) -> bool:
     return isinstance(value, list) and len(value) == 4 and all(
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
@@ -59,7 +50,7 @@ class Proposals:
         unknown = sorted(i for i in self.boxes if not image_path(Path(directory), i).is_file())
         if unknown:
             self.report(f"{self.path}: {len(unknown)} image ids have proposals but no image in {directory}: "
-                        f"{named(unknown)}")
+                        f"{shown(unknown)}")
 
     def original(self, image_id: str, width: int, height: int) -> np.ndarray:
         """(n, 4) proposals of an image in its pixels, cut to its `width` x `height` when known (a box cut
@@ -116,7 +107,7 @@ def read_proposals(path, strict: bool = False) -> Proposals:
             kept.append(box)
         proposals.boxes[str(image_id)] = np.array(kept, np.float32).reshape(-1, 4)
     if degenerate:
-        proposals.report(f"{file}: {len(degenerate)} boxes without area left out: {named(degenerate)}")
+        proposals.report(f"{file}: {len(degenerate)} boxes without area left out: {shown(degenerate)}")
     return proposals
 
 

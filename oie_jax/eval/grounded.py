@@ -19,10 +19,10 @@ from oie_jax.data.format import Record
 from oie_jax.data.grounding import image_id
 from oie_jax.data.images import ImageSource
 from oie_jax.data.proposals import Proposals
-from oie_jax.errors import UserError
+from oie_jax.errors import UserError, shown
 from oie_jax.eval.gmner import GMNER_METRICS, Entity, GroundingScores, gold_entities, score
 from oie_jax.eval.metrics import STATS
-from oie_jax.eval.predictions import SHOWN, json_lines
+from oie_jax.eval.predictions import json_lines
 from oie_jax.eval.report import output_path
 
 
@@ -59,8 +59,7 @@ def pair(golds: Sequence[Record], predictions: dict[str, list[Entity]]) -> tuple
     for what, found in (("gold tweets have no prediction (scored as predicting nothing)", missing),
                         ("predictions are for ids the gold does not hold (ignored)", unknown)):
         if found:
-            more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
-            notes.append(f"{len(found)} {what}: {', '.join(found[:SHOWN])}{more}")
+            notes.append(f"{len(found)} {what}: {shown(found)}")
     return [predictions.get(i, []) for i in ids], notes
 
 

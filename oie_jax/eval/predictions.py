@@ -10,10 +10,8 @@ from etils import epath
 
 from oie_jax.data.format import Record
 from oie_jax.data.sources.jsonfile import lines
-from oie_jax.errors import UserError
+from oie_jax.errors import UserError, shown
 from oie_jax.files import location
-
-SHOWN = 5  # ids named in a note; the rest are counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +84,6 @@ class Coverage:
             notes.append(f"{self.repeated_gold_ids:,} gold ids occur more than once; predictions with such an id pair "
                          "with them in file order")
         return notes
-
-
-def shown(values) -> str:
-    values = list(values)
-    more = f" and {len(values) - SHOWN:,} more" if len(values) > SHOWN else ""
-    return ", ".join(map(str, values[:SHOWN])) + more
 
 
 def pair(golds: Sequence[Record], predictions: Sequence[Prediction], path=None) -> tuple[list[str], Coverage]:
