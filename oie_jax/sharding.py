@@ -32,6 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # LoRA adapters: the small rank axis stays whole, the others split like their weight
     # vision encoders: small convolution kernels, position tables and classifiers stay whole
     ("kernel", None),
     ("channels", None),

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-@pytest.mark.parametrize("name", ["llama3_8b_mmm_tpu", "llama3_8b_mmm_gpu", "llama2_13b_mmm_tpu", "smollm2_mmm",
-                                  "sample_smollm2"])
+@pytest.mark.parametrize("name", ["llama3_8b_mmm_tpu", "llama3_8b_mmm_gpu", "llama3_8b_mmm_lora_1gpu",
+                                  "llama2_13b_mmm_tpu", "smollm2_mmm", "sample_smollm2"])
 def test_dry_run_plans_every_config(name):
     config = load_config_file(CONFIGS / f"{name}.py")
     devices = config.mesh.devices = config.mesh.devices or 4  # the CPU configs: plan a 4-device host
@@ -52,20 +52,24 @@ def test_dry_run_refuses_a_batch_that_does_not_split():
         plan(config)
 
 
-@pytest.mark.parametrize("remat, rows, seq_len, chunk, micro", [
-    ("none", 2, 512, 0, 1),  # every layer's activations and the whole logits dominate
-    ("full", 8, 256, 128, 2),  # parameters, Adam moments and two gradient trees dominate
-    ("dots_no_batch", 4, 256, 128, 1),
+@pytest.mark.parametrize("remat, rows, seq_len, chunk, micro, lora_rank", [
+    ("none", 2, 512, 0, 1, 0),  # every layer's activations and the whole logits dominate
+    ("full", 8, 256, 128, 2, 0),  # parameters, Adam moments and two gradient trees dominate
+    ("dots_no_batch", 4, 256, 128, 1, 0),
+    ("full", 8, 256, 128, 2, 16),  # LoRA: the frozen base dominates
 ])
-def test_the_memory_plan_is_within_a_quarter_of_what_xla_allocates(remat, rows, seq_len, chunk, micro):
+def test_the_memory_plan_is_within_a_quarter_of_what_xla_allocates(remat, rows, seq_len, chunk, micro, lora_rank):
     config = load_config_file(CONFIGS / "sample_smollm2.py")
     config.model.init = ""  # the preset's architecture: shapes only, no weights needed
     config.model.remat, config.model.dtype = remat, "float32"
     config.data.batch_size, config.data.seq_len = rows, seq_len
     config.train.loss_chunk, config.train.micro_batches = chunk, micro
+    config.train.lora.rank = lora_rank
     config.mesh.devices, config.mesh.platform = 1, "cpu"
     planned, actual = memory(config), xla_memory(config, devices=1)
-    assert planned["parameters"] + planned["optimizer state"] + planned["batch"] == actual["arguments"]
+    assert ("frozen base" in planned) == bool(lora_rank)
+    arguments = ("parameters", "frozen base", "optimizer state", "batch")
+    assert sum(planned.get(name, 0) for name in arguments) == actual["arguments"]
     assert abs(planned["total"] - actual["total"]) <= 0.25 * actual["total"], (planned, actual)
 
 

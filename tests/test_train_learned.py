@@ -122,6 +122,8 @@ def test_export_any_step_of_a_run(learned, tmp_path, capsys):
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "config.json").is_file()
     assert cli.main(["export", str(run_dir), str(tmp_path / "x"), "--from", "7"]) == 2
     assert "no step 7 in this run" in capsys.readouterr().err
+    assert cli.main(["export", str(run_dir), str(tmp_path / "x"), "--format", "peft"]) == 2
+    assert "--format peft writes LoRA adapters, and this run fine-tuned the whole model" in capsys.readouterr().err
     # best/ exports on its own (a run copied without its checkpoints/).
     shutil.copytree(run_dir / "best", tmp_path / "best_only" / "best")
     assert cli.main(["export", str(tmp_path / "best_only"), str(tmp_path / "alone")]) == 0, capsys.readouterr().err

@@ -39,7 +39,7 @@ def start_distributed(args) -> None:
 def cmd_export(args):
     from oie_jax.train.export import export
 
-    out, step, origin = export(args.workdir, args.out, args.which, hugging_face=args.format == "hf", dtype=args.dtype,
+    out, step, origin = export(args.workdir, args.out, args.which, format=args.format, dtype=args.dtype,
                                overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 1024**3))
     print(f"wrote {out}: the parameters of step {step} ({origin})")
 
@@ -70,13 +70,16 @@ def add_parsers(commands) -> None:
         "export", help="a model directory (oie-jax or Hugging Face) from a run: best, latest or any step",
         description="Reads the parameters of one step of a training run into host memory and writes them as an "
                     "oie-jax model directory (default) or a Hugging Face one (--format hf), with the run's "
-                    "tokenizer files.")
+                    "tokenizer files. A LoRA run's adapters are merged into its base model for both; --format peft "
+                    "writes the adapters alone, for peft's PeftModel.from_pretrained on the base model in Hugging "
+                    "Face form (`oie-jax convert jax-to-hf` of the run's model.init).")
     export.add_argument("workdir", help="the run directory of `oie-jax train`")
     export.add_argument("out", help="output directory (new or empty)")
     export.add_argument("--from", dest="which", default="best", metavar="best|latest|STEP",
                         help="best/ (default), the latest checkpoint, or a step number")
-    export.add_argument("--format", choices=("oie", "hf"), default="oie",
-                        help="oie-jax model directory (default) or Hugging Face safetensors")
+    export.add_argument("--format", choices=("oie", "hf", "peft"), default="oie",
+                        help="oie-jax model directory (default), Hugging Face safetensors, or a LoRA run's adapters "
+                             "in peft's layout")
     add_hf_export_arguments(export)
     export.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     export.set_defaults(run=cmd_export)

@@ -10,6 +10,34 @@ SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see layers.CHECKPOINT_POLICIES
 ATTENTION = ("auto", "xla", "cudnn", "splash")  # see attention.py
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections an adapter can sit on
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA): each target weight W is used as W + (alpha / rank) A B, with A (in, rank)
+    and B (rank, out) trained and W frozen. B starts at zero, so training starts from the base model."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...] = LORA_TARGETS
+    dropout: float = 0.0  # on the adapter's input, in training only
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise UserError(f"lora rank {self.rank!r} must be a positive integer")
+        if not self.alpha > 0:
+            raise UserError(f"lora alpha {self.alpha!r} must be positive")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora dropout {self.dropout!r} must be in [0, 1)")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or not self.targets:
+            raise UserError(f"lora targets {list(self.targets)}: choose one or more of {LORA_TARGETS}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +63,11 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
     remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
     attention: str = "auto"  # kernel, one of ATTENTION (oie_jax/models/attention.py): auto picks by platform
+    lora: LoraConfig | None = None  # adapters on the projections (models/lora.py); None for a plain model
 
     def __post_init__(self):
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if isinstance(self.eos_token_id, list):

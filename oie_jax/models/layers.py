@@ -46,13 +46,16 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) 
     return nnx.merge(graphdef, state)
 
 
-def scan_layers(layers: nnx.Module, x: jax.Array, apply: Callable, remat: str) -> jax.Array:
-    """x through the stacked `layers` one after another: `apply(block, x)` -> x, under the remat policy."""
+def scan_layers(layers: nnx.Module, x: jax.Array, apply: Callable, remat: str, per_layer=None) -> jax.Array:
+    """x through the stacked `layers` one after another: `apply(block, x)` -> x, under the remat policy;
+    `apply(block, x, per_layer[i])` when `per_layer` (arrays with a leading layers axis) is given."""
     graphdef, state = nnx.split(layers)
 
-    def body(x, layer_state):
-        return apply(nnx.merge(graphdef, layer_state), x), None
+    def body(x, inputs):
+        layer_state, extra = inputs
+        block = nnx.merge(graphdef, layer_state)
+        return (apply(block, x) if per_layer is None else apply(block, x, extra)), None
 
     if remat != "none":
         body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[remat], prevent_cse=False)
-    return jax.lax.scan(body, x, state)[0]
+    return jax.lax.scan(body, x, (state, per_layer))[0]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from oie_jax.models import attention, rope
+from oie_jax.models import attention, lora, rope
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.layers import param, project, scan_layers, stacked
 from oie_jax.sharding import constrain
@@ -74,12 +74,15 @@ class Attention(nnx.Module):
         self.k = _param(rngs, cfg, (e, kv, d), ("embed", "kv_heads", "head_dim"))
         self.v = _param(rngs, cfg, (e, kv, d), ("embed", "kv_heads", "head_dim"))
         self.o = _param(rngs, cfg, (h, d, e), ("q_heads", "head_dim", "embed"))
+        lora.add_adapters(self, cfg.lora, rngs, cfg.param_dtype)
 
-    def __call__(self, x, cos, sin, mask: attention.AttentionMask, implementation: str, cache=None):
+    def __call__(self, x, cos, sin, mask: attention.AttentionMask, implementation: str, cache=None,
+                 dropout_key=None):
         """x (batch, length, embed). `cache` = (this layer's k and v buffers, the slot to write at): the
-        new keys and values are written into them in place."""
+        new keys and values are written into them in place. `dropout_key`: the adapters' dropout."""
         dtype = self.cfg.dtype
-        q, k, v = (project(x, w[...].astype(dtype)) for w in (self.q, self.k, self.v))
+        q, k, v = (lora.adapted(self, name, x, project(x, getattr(self, name)[...].astype(dtype)), self.cfg.lora,
+                                dropout_key) for name in ("q", "k", "v"))
         q, k = rope.apply_rotation(q, cos, sin), rope.apply_rotation(k, cos, sin)
         if cache is not None:
             k_cache, v_cache, index = cache
@@ -90,20 +93,25 @@ class Attention(nnx.Module):
         out = attention.attend(q, k, v, mask, implementation, cached=cache is not None)
         b, t, h, d = out.shape
         o = self.o[...].astype(dtype)
-        return (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1), cache
+        y = (out.reshape(b * t, h * d) @ o.reshape(h * d, -1)).reshape(b, t, -1)
+        return lora.adapted(self, "o", out, y, self.cfg.lora, dropout_key), cache
 
 
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        self.dtype = cfg.dtype
+        self.cfg = cfg
         e, m = cfg.hidden_size, cfg.intermediate_size
         self.gate = _param(rngs, cfg, (e, m), ("embed", "mlp"))
         self.up = _param(rngs, cfg, (e, m), ("embed", "mlp"))
         self.down = _param(rngs, cfg, (m, e), ("mlp", "embed"))
+        lora.add_adapters(self, cfg.lora, rngs, cfg.param_dtype)
 
-    def __call__(self, x):
-        gate, up, down = (w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
-        return project(jax.nn.silu(project(x, gate)) * project(x, up), down)
+    def __call__(self, x, dropout_key=None):
+        def projected(name, x):
+            y = project(x, getattr(self, name)[...].astype(self.cfg.dtype))
+            return lora.adapted(self, name, x, y, self.cfg.lora, dropout_key)
+
+        return projected("down", jax.nn.silu(projected("gate", x)) * projected("up", x))
 
 
 class Block(nnx.Module):
@@ -113,10 +121,12 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, implementation, cache=None):
-        attended, cache = self.attn(self.attn_norm(x), cos, sin, mask, implementation, cache)
+    def __call__(self, x, cos, sin, mask, implementation, cache=None, dropout_key=None):
+        """`dropout_key` (training with adapter dropout): one key for the attention, one for the MLP."""
+        keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+        attended, cache = self.attn(self.attn_norm(x), cos, sin, mask, implementation, cache, keys[0])
         x = x + attended
-        return x + self.mlp(self.mlp_norm(x)), cache
+        return x + self.mlp(self.mlp_norm(x), keys[1]), cache
 
 
 class Llama(nnx.Module):
@@ -134,13 +144,15 @@ class Llama(nnx.Module):
         x, cache = self.hidden_states(tokens, positions, segment_ids, cache, layers)
         return self.logits(x), cache
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None):
+    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None,
+                      dropout_key=None):
         """The final-normed hidden states (batch, length, embed) and the updated cache.
 
         positions: per-token RoPE positions (restart per packed segment); default 0..length-1, after
             the filled slots when a cache is given.
         segment_ids: 1, 2, ... per packed segment, 0 for padding; default all 1.
         layers: `unstack_layers(self)`, used with a cache instead of slicing the stacked parameters.
+        dropout_key: a random key for the adapters' dropout (training a LoRA model); None = no dropout.
         """
         batch, length = tokens.shape
         slots = jnp.arange(length, dtype=jnp.int32)
@@ -160,7 +172,7 @@ class Llama(nnx.Module):
         inv_freq = rope.inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         cos, sin = rope.rotation_tables(positions, inv_freq)
         x = constrain(self.embed[...][tokens].astype(self.cfg.dtype), RESIDUAL)
-        x, cache = self._run_layers(x, cos, sin, mask, cache, layers)
+        x, cache = self._run_layers(x, cos, sin, mask, cache, layers, dropout_key)
         return self.final_norm(x), cache
 
     def logits(self, x: jax.Array) -> jax.Array:
@@ -169,7 +181,7 @@ class Llama(nnx.Module):
         logits = project(x, head.astype(self.cfg.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None, layers: list[nnx.State] | None):
+    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None, layers: list[nnx.State] | None, dropout_key):
         graphdef, state = nnx.split(self.layers)
         implementation = attention.resolve(self.cfg.attention, jax.devices()[0].platform, self.cfg.dtype)
         if cache is not None:
@@ -183,7 +195,8 @@ class Llama(nnx.Module):
                 x = constrain(x, RESIDUAL)
             return x, KVCache(tuple(ks), tuple(vs), mask.kv_segments, cache.index + x.shape[1])
 
-        def apply(block, x):  # block boundary: every block starts from the same layout
-            return constrain(block(x, cos, sin, mask, implementation)[0], RESIDUAL)
+        def apply(block, x, key=None):  # block boundary: every block starts from the same layout
+            return constrain(block(x, cos, sin, mask, implementation, dropout_key=key)[0], RESIDUAL)
 
-        return scan_layers(self.layers, x, apply, self.cfg.remat), None
+        keys = None if dropout_key is None else jax.random.split(dropout_key, self.cfg.num_layers)
+        return scan_layers(self.layers, x, apply, self.cfg.remat, keys), None

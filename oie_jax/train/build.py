@@ -18,9 +18,9 @@ from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models import encoders
 from oie_jax.models.checkpoint import CONFIG_FILE, load_config
-from oie_jax.models.config import LlamaConfig, preset
+from oie_jax.models.config import LlamaConfig, LoraConfig, preset
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
-from oie_jax.train.step import TrainState, init_params, init_state
+from oie_jax.train.step import TrainState, init_params, init_state, trainable
 
 
 def with_absolute_paths(config: ConfigDict) -> ConfigDict:
@@ -49,6 +49,14 @@ def model_config(model: ConfigDict, planning: bool = False) -> tuple[LlamaConfig
         raise UserError("the config sets neither model.init (a model directory to fine-tune) nor model.preset")
     overrides = {name: model[name] for name in ("param_dtype", "dtype", "remat", "attention") if model[name]}
     return cfg.replace(**overrides), init
+
+
+def with_lora(cfg: LlamaConfig, train: ConfigDict) -> LlamaConfig:
+    """The model a run trains: `cfg` with the adapters of `train.lora` when its rank is set."""
+    spec = train.lora
+    if not spec.rank:
+        return cfg
+    return cfg.replace(lora=LoraConfig(spec.rank, float(spec.alpha), tuple(spec.targets), float(spec.dropout)))
 
 
 def vision_config(vision: ConfigDict, planning: bool = False) -> tuple[Any, epath.Path | None]:
@@ -141,7 +149,7 @@ def make_optimizer(train: ConfigDict, total_steps: int):
 
 def abstract_state(cfg: LlamaConfig, optimizer, shardings: TrainState) -> TrainState:
     """The train state as ShapeDtypeStructs placed by `shardings`: what a restore fills."""
-    abstract = jax.eval_shape(lambda: init_state(init_params(cfg, 0), optimizer))
+    abstract = jax.eval_shape(lambda: init_state(trainable(cfg, init_params(cfg, 0)), optimizer))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 

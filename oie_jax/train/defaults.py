@@ -2,6 +2,7 @@
 
 from ml_collections import ConfigDict
 
+from oie_jax.models.config import LORA_TARGETS
 from oie_jax.sharding import DEFAULT_RULES
 
 
@@ -71,7 +72,14 @@ def base_config() -> ConfigDict:
         loss_scale=0.0,  # static loss scale for float16 compute (required there); 0 = none
         loss_chunk=0,  # positions whose logits are computed at once (divides data.seq_len); 0 = the whole
         # sequence. Bounds the float32 logits and their gradient to (rows, loss_chunk, vocab).
-        seed=0,  # random init
+        seed=0,  # random init (and the LoRA adapters' dropout)
+        lora=ConfigDict(dict(
+            rank=0,  # > 0: train low-rank adapters of this rank instead of the whole LLaMA (LoRA); 0 = full fine-tuning
+            alpha=16.0,  # the adapters' update is scaled by alpha / rank
+            dropout=0.0,  # on each adapter's input, in training
+            targets=LORA_TARGETS,  # the projections that get an adapter: q, k, v, o, gate, up, down
+            base_dtype="",  # the frozen base weights in this dtype ("bfloat16" halves them); "" = model.param_dtype
+        )),
     ))
     c.mesh = ConfigDict(dict(
         shape=(1, -1, 1),  # (data, fsdp, tensor) inside a slice; one -1 takes the remaining devices

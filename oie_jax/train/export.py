@@ -1,8 +1,10 @@
 """`oie-jax export`: an oie-jax model directory, or a Hugging Face one, from any step of a run: the
-best parameters (best/), the latest checkpoint, or a step number. The parameters are read into host
+best parameters (best/), the latest checkpoint, or a step number; of a LoRA run, also its adapters
+alone in peft's layout. The parameters are read into host
 memory, so exporting a model larger than one accelerator needs none."""
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
@@ -10,10 +12,12 @@ from ml_collections import ConfigDict
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location, prepare_output_dir
-from oie_jax.models.checkpoint import abstract_params, save_model
+from oie_jax.models import lora
+from oie_jax.models.checkpoint import abstract_params, load_params, save_model
 from oie_jax.models.config import LlamaConfig
 from oie_jax.train.build import tokenizer_source
 from oie_jax.train.checkpointing import read_run_config, restore_params
+from oie_jax.train.step import frozen, init_params, trainable
 
 
 def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
@@ -41,25 +45,49 @@ def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
                     workdir)
 
 
-def export(workdir, out, which: str = "best", hugging_face: bool = False, dtype: str | None = None,
+FORMATS = ("oie", "hf", "peft")
+
+
+def base_params(cfg: LlamaConfig, run: dict) -> dict:
+    """The frozen base of a LoRA run as host arrays: its `model.init` directory's parameters, else the
+    random init it was drawn from (train.seed)."""
+    model = ConfigDict(run["config"]["model"])
+    if model.init:
+        return load_params(model.init, cfg.replace(lora=None))
+    seed = run["config"]["train"]["seed"]
+    return jax.tree.map(np.asarray, jax.jit(lambda: frozen(cfg, init_params(cfg, seed)))())
+
+
+def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | None = None,
            overwrite: bool = False, max_shard_bytes: int | None = None) -> tuple[epath.Path, int, str]:
-    """Writes the parameters of `which` to `out`; returns (out, step, where they came from)."""
-    from oie_jax.convert import jax_to_hf
+    """Writes the parameters of `which` to `out` as an oie-jax model ("oie"), a Hugging Face one ("hf"),
+    or, of a LoRA run, the adapters alone in peft's layout ("peft"); a LoRA run's adapters are merged into
+    their base for the first two. Returns (out, step, where they came from)."""
+    from oie_jax.convert import jax_to_hf, peft
 
     workdir = location(workdir)
     jax_to_hf.check_dtype(dtype)
+    if format not in FORMATS:
+        raise UserError(f"export format {format!r}: choose one of {FORMATS}")
     directory, step, item = locate(workdir, which)
     run = read_run_config(directory, step)
     cfg = LlamaConfig.from_dict(run["model"])
-    params = restore_params(directory, step, item, abstract_params(cfg))
+    if format == "peft" and cfg.lora is None:
+        raise UserError("--format peft writes LoRA adapters, and this run fine-tuned the whole model (train.lora.rank "
+                        "0); export --format hf", workdir)
+    params = restore_params(directory, step, item, trainable(cfg, abstract_params(cfg)))
     out = prepare_output_dir(out, overwrite)
-    if hugging_face:
+    model = ConfigDict(run["config"]["model"])
+    if format == "peft":
+        peft.write(out, cfg, params, model.init, dtype)
+        return out, step, f"{directory.name}/{step}"
+    cfg, params = lora.merge(cfg, lora.join(base_params(cfg, run), params)) if cfg.lora else (cfg, params)
+    if format == "hf":
         jax_to_hf.write(out, cfg, params, dtype, max_shard_bytes or jax_to_hf.DEFAULT_MAX_SHARD_BYTES)
     else:
         if dtype:
             cfg = cfg.replace(param_dtype=dtype)
             params = jax.tree.map(lambda a: a.astype(jax_to_hf.NUMPY_DTYPES[dtype]), params)
         save_model(out, cfg, params)
-    model = ConfigDict(run["config"]["model"])
     copy_tokenizer_files(tokenizer_source(model, model.init or None), out)
     return out, step, f"{directory.name}/{step}"

@@ -71,9 +71,8 @@ class GroundingRun(Run):
         seed = self.config.train.seed + parts.PARTS.index(part)
         return jax.jit(lambda: parts.init_part(self.setup, part, seed), out_shardings=placed)()
 
-    def restore_or_init(self):
-        self.frozen = {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
-        return super().restore_or_init()
+    def load_frozen(self) -> dict:
+        return {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
 
     def initial_state(self):
         trainable = {part: self.load_part(part) for part in self.setup.trainable}

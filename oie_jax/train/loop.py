@@ -21,13 +21,22 @@ from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location
-from oie_jax.models import attention
+from oie_jax.models import attention, lora
 from oie_jax.models.checkpoint import load_params, model_from_params, save_model
 from oie_jax.train import build, throughput, validate
 from oie_jax.train.checkpointing import Checkpoints
 from oie_jax.train.metrics_log import MetricsLog
 from oie_jax.train.signals import StopSignals
-from oie_jax.train.step import create_state, jit_on_mesh, make_eval_step, make_train_step, state_shardings
+from oie_jax.train.step import (
+    create_state,
+    frozen,
+    frozen_shardings,
+    init_params,
+    jit_on_mesh,
+    make_eval_step,
+    make_train_step,
+    state_shardings,
+)
 
 
 class TrainingDiverged(UserError):
@@ -118,6 +127,7 @@ class Run:
         # The mesh first: a shape that does not fit the devices is reported before any data is read.
         self.mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape)
         self.cfg, self.init = build.model_config(config.model)
+        self.cfg = build.with_lora(self.cfg, config.train)
         validate.check_precision(self.cfg, config.train, warn=self.say)
         # The kernel "auto" stands for here; a kernel this platform lacks is an error now, not at step 1.
         self.attention = attention.resolve(self.cfg.attention, jax.devices()[0].platform, self.cfg.dtype)
@@ -169,32 +179,57 @@ class Run:
         return pipeline, dev
 
     def make_shardings(self):
+        self.frozen_shardings = frozen_shardings(self.cfg, self.mesh, self.rules)
         return state_shardings(self.cfg, self.optimizer, self.mesh, self.rules)
 
     def make_steps(self):
-        """(train_step(state, batch), eval_step(params, batch)), jitted on the mesh."""
+        """(train_step(state, batch), eval_step(params, batch)), jitted on the mesh; the frozen
+        parameters (a LoRA model's base) go in as arguments that are never donated."""
         train = self.config.train
         train_step = jit_on_mesh(
             make_train_step(self.cfg, self.optimizer, train.micro_batches, train.z_loss, train.loss_scale,
-                            train.loss_chunk),
-            self.mesh, self.rules, in_shardings=(self.shardings, self.rows), out_shardings=(self.shardings, None),
-            donate_argnums=0)
+                            train.loss_chunk, train.seed),
+            self.mesh, self.rules, in_shardings=(self.shardings, self.rows, self.frozen_shardings),
+            out_shardings=(self.shardings, None), donate_argnums=0)
         eval_step = jit_on_mesh(make_eval_step(self.cfg, train.loss_chunk), self.mesh, self.rules,
-                                in_shardings=(self.shardings.params, self.rows))
-        return train_step, eval_step
+                                in_shardings=(self.shardings.params, self.rows, self.frozen_shardings))
+        return (lambda state, batch: train_step(state, batch, self.frozen),
+                lambda params, batch: eval_step(params, batch, self.frozen))
 
     def abstract_state(self):
         return build.abstract_state(self.cfg, self.optimizer, self.shardings)
 
     def initial_state(self):
-        """The state of step 0: the init directory's parameters, else a random init."""
-        params = load_params(self.init, self.cfg, self.shardings.params) if self.init is not None else None
+        """The state of step 0: the init directory's parameters, else a random init (a LoRA model's
+        adapters are always new)."""
+        params = None
+        if self.init is not None and self.cfg.lora is None:
+            params = load_params(self.init, self.cfg, self.shardings.params)
         return create_state(self.cfg, self.optimizer, self.shardings, params, seed=self.config.train.seed)
+
+    def load_frozen(self) -> dict:
+        """The parameters that the steps take but do not train: a LoRA model's base (the init
+        directory's, else drawn from train.seed, as `oie-jax export` draws it again), in
+        train.lora.base_dtype when set; {} for full fine-tuning."""
+        if self.cfg.lora is None:
+            return {}
+        # Read (or drawn) in its dtype: a bfloat16 base never exists in float32 on the devices.
+        cfg = self.cfg.replace(param_dtype=self.config.train.lora.base_dtype or self.cfg.param_dtype)
+        if self.init is not None:
+            return load_params(self.init, cfg.replace(lora=None), self.frozen_shardings)
+        return jax.jit(lambda: frozen(cfg, init_params(cfg, self.config.train.seed)),
+                       out_shardings=self.frozen_shardings)()
+
+    def full_params(self, params: dict) -> tuple:
+        """(plain config, parameters) of the model whose trained part is `params`: a LoRA model's
+        adapters are merged into its base (for generation and export)."""
+        return lora.merge(self.cfg, lora.join(self.frozen, params))
 
     # ---- the steps of a run ----------------------------------------------------------------------
 
     def restore_or_init(self):
         """(state, first step): the newest intact checkpoint, else the initial state."""
+        self.frozen = self.load_frozen()
         self.abstract = self.abstract_state()
         restored = self.checkpoints.restore_latest(self.abstract, self.say)
         if restored is not None:
@@ -313,7 +348,7 @@ class Run:
         from oie_jax.eval.evaluate import evaluate
 
         records = self.dev_records[: self.config.eval.f1_examples or None]
-        model = model_from_params(self.cfg, self.state.params)
+        model = model_from_params(*self.full_params(self.state.params))
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
                                  max_new_tokens=self.config.eval.max_new_tokens, progress=False,
@@ -338,7 +373,7 @@ class Run:
         params, step, origin = self.exported_params()
         out = self.workdir / "model"
         out.mkdir(exist_ok=True)
-        save_model(out, self.cfg, params)
+        save_model(out, *self.full_params(params))
         if self.primary:
             copy_tokenizer_files(build.tokenizer_source(self.config.model, self.init), out)
         self.outcome.exported_step = step
@@ -352,12 +387,23 @@ class Run:
         tokens = config.data.batch_size * config.data.seq_len
         devices = jax.devices()
         train = config.train
-        return [
-            "",
+        memory = (f"memory   per device: parameters {params_bytes / gib:.2f} GiB, optimizer state "
+                  f"{opt_bytes / gib:.2f} GiB")
+        model = [
             f"model    LLaMA {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.num_layers} layers, hidden "
             f"{cfg.hidden_size}); {cfg.param_dtype} weights, {cfg.dtype} compute, remat {cfg.remat}, "
             f"{self.attention} attention; "
-            + (f"from {self.init}" if self.init else f"random init of preset {config.model.preset!r}"),
+            + (f"from {self.init}" if self.init else f"random init of preset {config.model.preset!r}")]
+        if cfg.lora is not None:
+            trained = lora.num_adapter_params(cfg)
+            model.append(f"lora     rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on "
+                         f"{', '.join(cfg.lora.targets)}: {trained:,} trained parameters "
+                         f"({trained / cfg.num_params():.2%} of the model), the base frozen")
+            frozen_bytes = sharding.bytes_per_device(self.frozen, self.frozen_shardings)
+            memory += f", frozen base {frozen_bytes / gib:.2f} GiB ({train.lora.base_dtype or cfg.param_dtype})"
+        return [
+            "",
+            *model,
             f"mesh     {dict(self.mesh.shape)} on {len(devices)} {devices[0].platform} devices, {jax.process_count()} "
             f"process(es); peak {self.peak / 1e12:.3g} TFLOP/s per device ({self.peak_source})",
             f"data     train: {self.pipeline.describe()}",
@@ -369,7 +415,7 @@ class Run:
                f"({train.epochs} epoch(s) of {', '.join(map(str, self.epoch_steps))})")
             + f", {self.total_steps * tokens:,} tokens; lr {train.lr:g}, {train.decay} decay, warmup "
             f"{train.warmup_fraction:.0%}",
-            f"memory   per device: parameters {params_bytes / gib:.2f} GiB, optimizer state {opt_bytes / gib:.2f} GiB",
+            memory,
             f"saving   every {config.checkpoint.every} steps (keep {config.checkpoint.keep}"
             + (f", best by {config.checkpoint.best_metric} ({config.checkpoint.best_mode})"
                if config.checkpoint.best_metric else "") + "); "

@@ -13,11 +13,22 @@ from oie_jax import sharding
 from oie_jax.data.pipeline import BATCH_FIELDS
 from oie_jax.errors import UserError
 from oie_jax.models import attention, encoders
+from oie_jax.models.checkpoint import abstract_params
 from oie_jax.models.config import LlamaConfig
+from oie_jax.models.lora import num_adapter_params
 from oie_jax.models.vision import ViTConfig
+from oie_jax.train import step as step_module
 from oie_jax.train import validate
-from oie_jax.train.build import abstract_state, make_optimizer, mesh_rules, model_config, rows_per_shard, vision_config
-from oie_jax.train.step import make_train_step, state_shardings
+from oie_jax.train.build import (
+    abstract_state,
+    make_optimizer,
+    mesh_rules,
+    model_config,
+    rows_per_shard,
+    vision_config,
+    with_lora,
+)
+from oie_jax.train.step import frozen_shardings, make_train_step, state_shardings
 
 GIB = 1024**3
 FUSED = ("cudnn", "splash")  # kernels that never hold the score matrix
@@ -136,29 +147,33 @@ def plan(config: ConfigDict, compile_here: bool = True) -> str:
 
 
 def abstract_step(config: ConfigDict, cfg: LlamaConfig, mesh) -> tuple:
-    """(train step, abstract state, abstract batch, state shardings, rules) of `config` on `mesh` (an
-    abstract mesh for the plan, real devices for XLA's figure)."""
+    """(train step, abstract state, abstract batch, abstract frozen parameters, state shardings, rules) of
+    `config` on `mesh` (an abstract mesh for the plan, real devices for XLA's figure)."""
     rules = mesh_rules(config)
     optimizer, _ = make_optimizer(config.train, total_steps=1000)  # the schedule does not change shapes
     shardings = state_shardings(cfg, optimizer, mesh, rules)
+    base_dtype = config.train.lora.base_dtype or cfg.param_dtype
+    frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, base_dtype, sharding=s),
+                          step_module.frozen(cfg, abstract_params(cfg)), frozen_shardings(cfg, mesh, rules))
     rows = sharding.batch_sharding(mesh, rules)
     batch = {name: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len), np.int32, sharding=rows)
              for name in BATCH_FIELDS}
     train = config.train
-    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk)
-    return step, abstract_state(cfg, optimizer, shardings), batch, shardings, rules
+    step = make_train_step(cfg, optimizer, train.micro_batches, train.z_loss, train.loss_scale, train.loss_chunk,
+                           train.seed)
+    return step, abstract_state(cfg, optimizer, shardings), batch, frozen, shardings, rules
 
 
 def xla_memory(config: ConfigDict, devices: int | None = None) -> dict[str, int]:
     """What XLA allocates per device for the real train step of `config` compiled on this host's first
     `devices` devices (default all): arguments (parameters, optimizer state, batch), temporaries, total."""
     cfg, _ = model_config(config.model, planning=True)
-    cfg = cfg.replace(attention=kernel(config, cfg)[1])
+    cfg = with_lora(cfg, config.train).replace(attention=kernel(config, cfg)[1])
     local = jax.devices()[: devices or jax.device_count()]
     mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape, devices=local)
-    step, state, batch, _, rules = abstract_step(config, cfg, mesh)
+    step, state, batch, frozen, _, rules = abstract_step(config, cfg, mesh)
     with jax.set_mesh(mesh), sharding.activation_rules(rules):
-        analysis = jax.jit(step, donate_argnums=0).lower(state, batch).compile().memory_analysis()
+        analysis = jax.jit(step, donate_argnums=0).lower(state, batch, frozen).compile().memory_analysis()
     sizes = {"arguments": analysis.argument_size_in_bytes, "temporaries": analysis.temp_size_in_bytes}
     return {**sizes, "total": sum(sizes.values())}
 
@@ -166,6 +181,7 @@ def xla_memory(config: ConfigDict, devices: int | None = None) -> dict[str, int]
 def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
     validate.check_config(config)
     cfg, init = model_config(config.model, planning=True)
+    cfg = with_lora(cfg, config.train)
     warnings = []
     validate.check_precision(cfg, config.train, warn=warnings.append)
     chosen, traced = kernel(config, cfg)
@@ -178,13 +194,15 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
     ici = sharding.resolve_shape(config.mesh.shape, devices // slices, "ici")
     mesh = sharding.abstract_mesh(tuple(i * d for i, d in zip(ici, dcn)), devices)
     local_rows = rows_per_shard(config, mesh)
-    step, state, batch, shardings, rules = abstract_step(config, cfg.replace(attention=traced), mesh)
+    step, state, batch, frozen, shardings, rules = abstract_step(config, cfg.replace(attention=traced), mesh)
     with jax.sharding.use_abstract_mesh(mesh), sharding.activation_rules(rules):  # trace on the planned mesh
-        jax.eval_shape(step, state, batch)
+        jax.eval_shape(step, state, batch, frozen)
 
     train = config.train
     params = sharding.bytes_per_device(state.params, shardings.params)
     parts = {"parameters": params,
+             **({"frozen base": sharding.bytes_per_device(frozen, jax.tree.map(lambda a: a.sharding, frozen))}
+                if cfg.lora else {}),
              "optimizer state": sharding.bytes_per_device(state, shardings) - params,  # moments and step count
              "batch": sharding.bytes_per_device(batch, {name: a.sharding for name, a in batch.items()}),
              # one gradient tree laid out like the parameters, and one more summing the micro-batches
@@ -200,6 +218,9 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
         f"dry run: {cfg.num_params() / 1e9:.2f}B-parameter LLaMA ({cfg.num_layers} layers), {cfg.param_dtype} weights, "
         f"{cfg.dtype} compute, remat {cfg.remat}"
         + ("" if init else f" (architecture of preset {config.model.preset!r})"),
+        *([f"LoRA: rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}, {num_adapter_params(cfg) / 1e6:,.1f}M "
+           f"trained parameters; the base frozen in {config.train.lora.base_dtype or cfg.param_dtype}"]
+          if cfg.lora else []),
         f"mesh: {dict(mesh.shape)} = {devices} devices" + (f" ({slices} slices over DCN {dcn})" if slices > 1 else ""),
         f"attention: {chosen} (model.attention {config.model.attention or 'auto'!r} on "
         f"{config.mesh.platform or jax.devices()[0].platform})"

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from oie_jax.models.config import LlamaConfig
+from oie_jax.models.lora import num_adapter_params
 
 # Dense bfloat16 peak per device (vendor figures). Matched against jax's `device_kind` by prefix.
 PEAK_FLOPS = {
@@ -25,9 +26,13 @@ PEAK_FLOPS = {
 def train_flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
     """Forward + backward FLOPs per token: 6 per weight for the matmuls (the embedding lookup is not a
     matmul unless it is tied to the output head) plus attention scores and values, 12 L T d, halved
-    because a causal token attends to half the sequence on average."""
+    because a causal token attends to half the sequence on average. With LoRA the frozen weights cost
+    4 (no weight gradient) and the adapters 6 per parameter."""
     weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
-    return 6 * weights + 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+    attention = 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+    if cfg.lora is not None:
+        return 4 * weights + 6 * num_adapter_params(cfg) + attention
+    return 6 * weights + attention
 
 
 @functools.cache

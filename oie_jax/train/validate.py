@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 from oie_jax.data import holdout
 from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
-from oie_jax.models.config import ATTENTION, DTYPES, PRESETS, REMAT_POLICIES, LlamaConfig
+from oie_jax.models.config import ATTENTION, DTYPES, LORA_TARGETS, PRESETS, REMAT_POLICIES, LlamaConfig
 from oie_jax.models.encoders import PRESETS as VISION_PRESETS
 from oie_jax.sharding import MESH_AXES
 
@@ -45,6 +45,11 @@ RULES = (
     ("train.z_loss", lambda v: v >= 0, ">= 0"),
     ("train.loss_scale", lambda v: v >= 0, ">= 0 (0 = none)"),
     ("train.loss_chunk", lambda v: v >= 0, ">= 0 (0 = the whole sequence)"),
+    ("train.lora.rank", lambda v: v >= 0, ">= 0 (0 = full fine-tuning)"),
+    ("train.lora.alpha", lambda v: v > 0, "> 0"),
+    ("train.lora.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.lora.targets", lambda v: bool(v) and set(v) <= set(LORA_TARGETS), f"one or more of {LORA_TARGETS}"),
+    ("train.lora.base_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
     ("model.attention", lambda v: v in ("", *ATTENTION), f"one of {ATTENTION} or ''"),
     ("vision.preset", lambda v: v in ("", *VISION_PRESETS), f"one of {sorted(VISION_PRESETS)} or ''"),
     ("vision.param_dtype", lambda v: v in ("", *DTYPES), f"one of {DTYPES} or ''"),
@@ -146,6 +151,9 @@ def check_config(config: ConfigDict) -> None:
                             "set grounding.proposals")
         if config.train.micro_batches != 1:
             raise UserError("config field train.micro_batches: a grounding run takes whole batches (1)")
+        if config.train.lora.rank:
+            raise UserError("config field train.lora.rank: a grounding run trains LoRA adapters of the LLaMA with "
+                            "grounding.llama = 'lora' and train.lora's other fields; leave train.lora.rank 0")
     try:
         holdout.parse_spec(config.data.dev)
     except ValueError as exc:
