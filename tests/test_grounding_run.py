@@ -97,6 +97,22 @@ def test_grounding_config_errors(inputs, tmp_path):
         train(config_for(inputs, **{"grounding.images": ""}), tmp_path)
     with pytest.raises(UserError, match="image encoder"):
         train(config_for(inputs, **{"vision.init": ""}), tmp_path)
+    for changes in ({"grounding.llama": "lora"}, {"train.lora": {**config_for(inputs).train.lora, "rank": 4}}):
+        with pytest.raises(UserError, match="grounding.llama = 'lora' and the adapters' train.lora.rank > 0"):
+            train(config_for(inputs, **changes), tmp_path)
+
+
+def test_a_grounding_run_with_a_lora_llama_exports_the_adapters_merged(inputs, tmp_path):
+    config = config_for(inputs, **{"grounding.llama": "lora", "train.steps": 2, "data.dev": ""})
+    config.train.lora.rank, config.train.lora.alpha = 4, 8.0
+    config.checkpoint.best_metric = ""
+    train(config, tmp_path)
+    grounder = load_grounder(tmp_path / "model")
+    assert grounder.llama.cfg.lora is None  # a plain LLaMA: the adapters are in its weights
+    initial = jax.jit(lambda: nnx.state(grounder.llama.__class__(grounder.llama.cfg, rngs=nnx.Rngs(0))))()
+    moved = np.abs(np.asarray(grounder.llama.layers.attn.q[...]) - np.asarray(initial["layers"]["attn"]["q"][...]))
+    assert moved.max() > 0
+    np.testing.assert_array_equal(np.asarray(grounder.llama.embed[...]), np.asarray(initial["embed"][...]))
 
 
 def test_inference_grounds_an_output_where_the_training_forward_does(uninterrupted, inputs):

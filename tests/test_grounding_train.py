@@ -13,7 +13,7 @@ from oie_jax.data.pipeline import PipelineConfig
 from oie_jax.data.sources.registry import load_source
 from oie_jax.data.synth_gmner import synthesize
 from oie_jax.data.tokenizer import ByteTokenizer
-from oie_jax.models.config import preset
+from oie_jax.models.config import LoraConfig, preset
 from oie_jax.models.encoders import Preprocess
 from oie_jax.models.grounding import GroundingConfig
 from oie_jax.models.vision import ViTConfig
@@ -24,8 +24,8 @@ VISION = ViTConfig("clip", image_size=64, patch_size=16, hidden_size=32, interme
                    num_heads=2, layer_norm_eps=1e-5)
 
 
-def setup_for(trainable):
-    llama = preset("tiny").replace(vocab_size=264)
+def setup_for(trainable, lora=None):
+    llama = preset("tiny").replace(vocab_size=264, lora=lora)
     return gt.GroundingSetup(llama, VISION, GroundingConfig(query_size=llama.hidden_size, vision_size=32, size=32),
                              trainable=trainable)
 
@@ -50,7 +50,7 @@ def run_steps(setup, batch, mesh, steps=1, optimizer=None):
     parts = gt.part_shardings(setup, mesh)
     trainable, frozen = gt.split(setup, params_for(setup))
     trainable = jax.device_put(trainable, shardings.params)
-    frozen = jax.device_put(frozen, {p: parts[p] for p in frozen})
+    frozen = jax.device_put(frozen, gt.split(setup, parts)[1])
     state = gt.create_state(optimizer, shardings, trainable)
     rows = sharding.batch_sharding(mesh)
     step = jit_on_mesh(gt.make_train_step(setup, optimizer), mesh, in_shardings=(shardings, None, rows),
@@ -86,3 +86,22 @@ def test_frozen_parts_have_no_optimizer_state_and_the_loss_falls(batch):
     assert sum(x.size for x in leaves) <= 2 * head_size + 8  # Adam's two moments of the head, and counters
     losses = [h["loss"] for h in history]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_a_lora_llama_trains_its_adapters_alone_sharded_like_one_device(batch):
+    setup = setup_for(("llama", "head"), LoraConfig(rank=4, alpha=8.0))
+    sgd = optax.sgd(0.1)
+    one, frozen, history = run_steps(setup, batch, sharding.mesh_from_config((1, 1, 1), devices=jax.devices()[:1]),
+                                     steps=3, optimizer=sgd)
+    assert set(one.params) == {"llama", "head"} and set(frozen) == {"llama", "vision"}
+    assert {name.rsplit("_lora_", 1)[-1] for name in flat_names(one.params["llama"])} == {"a", "b"}
+    assert not any("_lora_" in name for name in flat_names(frozen["llama"]))  # the base, whole and apart
+    assert history[0]["lm_loss"] > 0 and history[-1]["loss"] < history[0]["loss"]
+    eight, _, eight_history = run_steps(setup, batch, sharding.make_mesh((2, 4, 1)), steps=3, optimizer=sgd)
+    np.testing.assert_allclose([h["loss"] for h in eight_history], [h["loss"] for h in history], rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), jax.device_get(eight.params),
+                 jax.device_get(one.params))
+
+
+def flat_names(tree) -> list[str]:
+    return [str(path[-1].key) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

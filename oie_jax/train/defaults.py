@@ -34,7 +34,8 @@ def base_config() -> ConfigDict:
         enabled=False,  # train a grounding head (grounded NER: GMNER data and a `vision` encoder)
         images="",  # directory of the data's images (IMGID.jpg, .png, ...)
         llama="frozen",  # frozen: the head learns on the LLaMA's hidden states; full: the LLaMA trains too
-        # (with its next-token loss, so that it keeps extracting the entities it grounds)
+        # (with its next-token loss, so that it keeps extracting the entities it grounds); lora: its adapters
+        # of train.lora (rank > 0) train, with the same loss
         cache_features=True,  # with the LLaMA and the encoder frozen, compute their features once, before the first
         # step (one pass; memory: the grid of every image), instead of at every step
         size=256,  # width of the space where entity queries meet image regions

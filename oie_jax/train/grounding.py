@@ -1,7 +1,8 @@
 """Training grounded NER: the LLaMA, the vision encoder and the grounding head as one parameter tree
 {"llama", "vision", "head"}. The parts named in `trainable` are the train state (gradients and optimizer
 state for them only); the others come into the step as frozen arrays, so that a frozen 8B LLaMA costs
-its forward pass and nothing more.
+its forward pass and nothing more. A LLaMA with LoRA adapters (`setup.llama.lora`) is split in two: its
+adapters train, its base is frozen (`split`).
 
 The objective per batch: KL to H-Index's target per entity, plus L1 and 1 - GIoU per gold box (weighted
 as DETR does, 5 and 2), plus the LLaMA's next-token loss when the LLaMA is trained (it must keep
@@ -20,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
-from oie_jax.models import encoders
+from oie_jax.models import encoders, lora
 from oie_jax.models.checkpoint import model_from_params
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.grounding import GroundingConfig, GroundingHead, entity_queries, grounding_losses
@@ -125,10 +126,14 @@ def objective(setup: GroundingSetup, params: dict, batch: dict) -> tuple[jax.Arr
     return loss, metrics
 
 
-def split(setup: GroundingSetup, params: dict) -> tuple[dict, dict]:
-    """(trainable parts, frozen parts) of a full parameter tree."""
-    return ({p: params[p] for p in PARTS if p in setup.trainable},
-            {p: params[p] for p in PARTS if p not in setup.trainable})
+def split(setup: GroundingSetup, tree: dict) -> tuple[dict, dict]:
+    """(trained, frozen) of a tree over the parts (parameters, or their shardings or shapes): whole parts,
+    but of a LoRA LLaMA the adapters train and the base stays frozen. `lora.join` puts them together."""
+    trained = {p: tree[p] for p in PARTS if p in setup.trainable and p in tree}
+    frozen = {p: tree[p] for p in PARTS if p not in setup.trainable and p in tree}
+    if setup.llama.lora is not None and "llama" in tree:
+        trained["llama"], frozen["llama"] = lora.split(tree["llama"])
+    return trained, frozen
 
 
 def make_train_step(setup: GroundingSetup, optimizer: optax.GradientTransformation) -> Callable:
@@ -136,7 +141,7 @@ def make_train_step(setup: GroundingSetup, optimizer: optax.GradientTransformati
 
     def train_step(state: TrainState, frozen: dict, batch: dict):
         def loss_fn(trainable):
-            return objective(setup, {**frozen, **trainable}, batch)
+            return objective(setup, lora.join(frozen, trainable), batch)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -150,7 +155,7 @@ def make_eval_step(setup: GroundingSetup) -> Callable:
     """eval_step(params, frozen, batch) -> (loss, 1): summed over batches and divided, the mean batch loss."""
 
     def eval_step(params, frozen, batch):
-        return objective(setup, {**frozen, **params}, batch)[0], jnp.float32(1)
+        return objective(setup, lora.join(frozen, params), batch)[0], jnp.float32(1)
 
     return eval_step
 
@@ -164,8 +169,8 @@ def state_shardings(setup: GroundingSetup, optimizer, mesh, rules=sharding.DEFAU
     """The trainable parts by the logical rules (or as `placed`, `part_shardings` computed already), their
     optimizer moments alike, scalars replicated."""
     placed = placed or part_shardings(setup, mesh, rules, setup.trainable)
-    params = {p: placed[p] for p in setup.trainable}
-    abstract = {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in params}
+    params = split(setup, placed)[0]
+    abstract = split(setup, {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in setup.trainable})[0]
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optax.tree_utils.tree_map_params(
         optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract), params,
@@ -180,7 +185,7 @@ def create_state(optimizer, shardings: TrainState, params: dict) -> TrainState:
 
 
 def abstract_train_state(setup: GroundingSetup, optimizer, shardings: TrainState) -> TrainState:
-    abstract = {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in setup.trainable}
+    abstract = split(setup, {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in setup.trainable})[0]
     state = jax.eval_shape(lambda params: init_state(params, optimizer), abstract)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
 

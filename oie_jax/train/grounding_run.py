@@ -13,8 +13,8 @@ from oie_jax.data.pipeline import PipelineConfig, to_global
 from oie_jax.data.proposals import read_proposals
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.files import location
-from oie_jax.models import encoders
-from oie_jax.models.checkpoint import load_params
+from oie_jax.models import encoders, lora
+from oie_jax.models.checkpoint import load_params, model_from_params
 from oie_jax.models.grounder import PARTS_DIRS, save_grounder
 from oie_jax.models.grounding import GroundingConfig
 from oie_jax.train import build
@@ -34,7 +34,7 @@ class GroundingRun(Run):
             self.preprocess = dataclasses.replace(self.preprocess, size=(config.vision.image_size,) * 2)
         g = config.grounding
         trainable = ("head",) + (("vision",) if config.vision.trainable else ()) + (
-            ("llama",) if g.llama == "full" else ())
+            ("llama",) if g.llama in ("full", "lora") else ())
         head = GroundingConfig(query_size=self.cfg.hidden_size, vision_size=parts.vision_width(self.vision_cfg),
                                size=g.size, cells=g.cells, param_dtype=self.cfg.param_dtype, dtype=self.cfg.dtype)
         self.setup = parts.GroundingSetup(self.cfg, self.vision_cfg, head, trainable, g.lm_weight, g.l1_weight,
@@ -56,30 +56,45 @@ class GroundingRun(Run):
 
     def make_shardings(self):
         self.part_shardings = parts.part_shardings(self.setup, self.mesh, self.rules)
+        self.frozen_shardings = parts.split(self.setup, self.part_shardings)[1]
         return parts.state_shardings(self.setup, self.optimizer, self.mesh, self.rules, self.part_shardings)
 
     def abstract_state(self):
         return parts.abstract_train_state(self.setup, self.optimizer, self.shardings)
 
     def load_part(self, part: str) -> dict:
-        """A part's parameters from its init directory, else a random init (seeded per part), placed."""
+        """A part's parameters from its init directory, else a random init (seeded per part), placed; of a
+        LoRA LLaMA, new adapters (its base is `lora_base`)."""
         placed = self.part_shardings[part]
+        seed = self.config.train.seed + parts.PARTS.index(part)
+        if part == "llama" and self.cfg.lora is not None:
+            adapters = lambda: lora.split(parts.init_part(self.setup, part, seed))[0]  # noqa: E731
+            return jax.jit(adapters, out_shardings=lora.split(placed)[0])()
         if part == "llama" and self.init is not None:
             return load_params(self.init, self.cfg, placed)
         if part == "vision" and self.vision_init is not None:
             return encoders.load_vision_params(self.vision_init, self.vision_cfg, placed)
-        seed = self.config.train.seed + parts.PARTS.index(part)
         return jax.jit(lambda: parts.init_part(self.setup, part, seed), out_shardings=placed)()
 
     def load_frozen(self) -> dict:
-        return {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
+        frozen = {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
+        if self.cfg.lora is not None:
+            frozen["llama"] = self.lora_base(self.frozen_shardings["llama"])
+        return frozen
 
     def initial_state(self):
         trainable = {part: self.load_part(part) for part in self.setup.trainable}
         return parts.create_state(self.optimizer, self.shardings, trainable)
 
+    def full_params(self, params: dict) -> tuple:
+        """(the LLaMA's plain config, every part's parameters) with `params` trained: a LoRA LLaMA's
+        adapters are merged into its base."""
+        joined = lora.join(self.frozen, params)
+        cfg, joined["llama"] = lora.merge(self.cfg, joined["llama"])
+        return cfg, joined
+
     def make_steps(self):
-        frozen = {part: self.part_shardings[part] for part in self.frozen}
+        frozen = self.frozen_shardings
         train = jit_on_mesh(parts.make_train_step(self.setup, self.optimizer), self.mesh, self.rules,
                             in_shardings=(self.shardings, frozen, self.rows), out_shardings=(self.shardings, None),
                             donate_argnums=0)
@@ -107,9 +122,9 @@ class GroundingRun(Run):
         from oie_jax.eval.grounded import evaluate
         from oie_jax.infer.ground import Grounder
 
-        params = {**self.frozen, **self.state.params}
-        grounder = Grounder(*(parts.merged(self.setup, part, params[part]) for part in parts.PARTS), self.preprocess,
-                            self.tokenizer)
+        cfg, params = self.full_params(self.state.params)
+        vision, head = (parts.merged(self.setup, part, params[part]) for part in ("vision", "head"))
+        grounder = Grounder(model_from_params(cfg, params["llama"]), vision, head, self.preprocess, self.tokenizer)
         records = self.dev_records[: self.config.eval.f1_examples or None]
         with sharding.activation_rules(self.rules):
             _, scores, _ = evaluate(grounder, records, self.images, self.config.eval.batch_size,
@@ -122,8 +137,8 @@ class GroundingRun(Run):
         out = self.workdir / "model"
         source = build.tokenizer_source(self.config.model, self.init)
         tokenizer = "bytes" if source == "bytes" else PARTS_DIRS["llama"]
-        save_grounder(out, {**self.frozen, **params}, self.cfg, self.vision_cfg, self.preprocess, self.setup.head,
-                      tokenizer)
+        cfg, full = self.full_params(params)
+        save_grounder(out, full, cfg, self.vision_cfg, self.preprocess, self.setup.head, tokenizer)
         if self.primary:
             copy_tokenizer_files(source, out / PARTS_DIRS["llama"])
         self.outcome.exported_step = step

@@ -208,17 +208,18 @@ class Run:
         return create_state(self.cfg, self.optimizer, self.shardings, params, seed=self.config.train.seed)
 
     def load_frozen(self) -> dict:
-        """The parameters that the steps take but do not train: a LoRA model's base (the init
-        directory's, else drawn from train.seed, as `oie-jax export` draws it again), in
-        train.lora.base_dtype when set; {} for full fine-tuning."""
-        if self.cfg.lora is None:
-            return {}
+        """The parameters that the steps take but do not train: a LoRA model's base; {} for full
+        fine-tuning."""
+        return {} if self.cfg.lora is None else self.lora_base(self.frozen_shardings)
+
+    def lora_base(self, placed) -> dict:
+        """A LoRA model's base, placed: the init directory's, else drawn from train.seed (as `oie-jax
+        export` draws it again), in train.lora.base_dtype when set."""
         # Read (or drawn) in its dtype: a bfloat16 base never exists in float32 on the devices.
         cfg = self.cfg.replace(param_dtype=self.config.train.lora.base_dtype or self.cfg.param_dtype)
         if self.init is not None:
-            return load_params(self.init, cfg.replace(lora=None), self.frozen_shardings)
-        return jax.jit(lambda: frozen(cfg, init_params(cfg, self.config.train.seed)),
-                       out_shardings=self.frozen_shardings)()
+            return load_params(self.init, cfg.replace(lora=None), placed)
+        return jax.jit(lambda: frozen(cfg, init_params(cfg, self.config.train.seed)), out_shardings=placed)()
 
     def full_params(self, params: dict) -> tuple:
         """(plain config, parameters) of the model whose trained part is `params`: a LoRA model's

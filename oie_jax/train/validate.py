@@ -57,7 +57,7 @@ RULES = (
     ("vision.remat", lambda v: v in ("", *REMAT_POLICIES), f"one of {REMAT_POLICIES} or ''"),
     ("vision.image_size", lambda v: v >= 0, ">= 0 (0 = the model's)"),
     ("vision.resize", lambda v: v in ("", "squash", "pad", "crop"), "squash, pad, crop or ''"),
-    ("grounding.llama", lambda v: v in ("frozen", "full"), "frozen or full"),
+    ("grounding.llama", lambda v: v in ("frozen", "lora", "full"), "frozen, lora or full"),
     ("grounding.size", lambda v: v >= 1, ">= 1"),
     ("grounding.l1_weight", lambda v: v >= 0, ">= 0"),
     ("grounding.giou_weight", lambda v: v >= 0, ">= 0"),
@@ -151,9 +151,9 @@ def check_config(config: ConfigDict) -> None:
                             "set grounding.proposals")
         if config.train.micro_batches != 1:
             raise UserError("config field train.micro_batches: a grounding run takes whole batches (1)")
-        if config.train.lora.rank:
-            raise UserError("config field train.lora.rank: a grounding run trains LoRA adapters of the LLaMA with "
-                            "grounding.llama = 'lora' and train.lora's other fields; leave train.lora.rank 0")
+        if (config.grounding.llama == "lora") != bool(config.train.lora.rank):
+            raise UserError("config fields grounding.llama and train.lora.rank: LoRA adapters of the LLaMA in a "
+                            "grounding run take both, grounding.llama = 'lora' and the adapters' train.lora.rank > 0")
     try:
         holdout.parse_spec(config.data.dev)
     except ValueError as exc:
