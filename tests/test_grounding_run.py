@@ -2,6 +2,7 @@
 the loss logged, dev loss, a loadable grounding model exported, and a SIGTERM-interrupted run resumed to
 the same losses as an uninterrupted one."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ from flax import nnx
 from oie_jax.data.synth_gmner import synthesize
 from oie_jax.errors import UserError
 from oie_jax.infer.ground import load_grounder
-from oie_jax.models import encoders
+from oie_jax.models import encoders, lora
 from oie_jax.models.vision import ViTConfig
 from oie_jax.train.defaults import base_config
+from oie_jax.train.grounding_run import GroundingRun
 from oie_jax.train.loop import train
 from oie_jax.train.metrics_log import read_metrics
 
@@ -102,17 +104,26 @@ def test_grounding_config_errors(inputs, tmp_path):
             train(config_for(inputs, **changes), tmp_path)
 
 
-def test_a_grounding_run_with_a_lora_llama_exports_the_adapters_merged(inputs, tmp_path):
-    config = config_for(inputs, **{"grounding.llama": "lora", "train.steps": 2, "data.dev": ""})
+def test_a_grounding_run_with_a_lora_llama_holds_its_adapters_and_exports_them_merged(inputs, tmp_path):
+    """The run's state and export; its train step is tests/test_grounding_train.py's."""
+    config = config_for(inputs, **{"grounding.llama": "lora", "data.dev": ""})
     config.train.lora.rank, config.train.lora.alpha = 4, 8.0
     config.checkpoint.best_metric = ""
-    train(config, tmp_path)
+    run = GroundingRun(config, tmp_path)
+    assert set(run.state.params) == {"llama", "head"} and set(run.frozen) == {"llama", "vision"}
+    assert all(lora.is_adapter(str(path[-1].key)) for path, _ in
+               jax.tree_util.tree_flatten_with_path(run.state.params["llama"])[0])
+    # Adapters as if trained (B starts at zero): the export folds them into the LLaMA's weights.
+    adapters = jax.tree.map(lambda a: a + 0.1, run.state.params["llama"])
+    run.state = dataclasses.replace(run.state, params={**run.state.params, "llama": adapters})
+    run.outcome.step = 6
+    run.export()
     grounder = load_grounder(tmp_path / "model")
-    assert grounder.llama.cfg.lora is None  # a plain LLaMA: the adapters are in its weights
-    initial = jax.jit(lambda: nnx.state(grounder.llama.__class__(grounder.llama.cfg, rngs=nnx.Rngs(0))))()
-    moved = np.abs(np.asarray(grounder.llama.layers.attn.q[...]) - np.asarray(initial["layers"]["attn"]["q"][...]))
-    assert moved.max() > 0
-    np.testing.assert_array_equal(np.asarray(grounder.llama.embed[...]), np.asarray(initial["embed"][...]))
+    assert grounder.llama.cfg.lora is None  # a plain LLaMA
+    base = jax.device_get(run.frozen["llama"])
+    expected = lora.merge(run.cfg, lora.join(base, jax.device_get(adapters)))[1]["layers"]["attn"]["q"]
+    np.testing.assert_allclose(np.asarray(grounder.llama.layers.attn.q[...]), expected, atol=1e-6)
+    assert np.abs(expected - base["layers"]["attn"]["q"]).max() > 0.1
 
 
 def test_inference_grounds_an_output_where_the_training_forward_does(uninterrupted, inputs):

