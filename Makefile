@@ -22,11 +22,12 @@ $(STAMP): setup.py Makefile
 
 venv: $(STAMP)
 
-# Two pytest-xdist workers, one test file each at a time (module fixtures are built once): about 1.35x
-# faster than one process on two cores, since much of a test is compiling and starting processes.
-# Files start in collection order (tests/conftest.py puts the slow ones first), not by test count.
+# Three pytest-xdist workers, one test file each at a time (module fixtures are built once): more workers
+# than the two cores here, since much of a test is single-threaded compiling, starting processes and
+# waiting on them (measured: the suite in 17:53 with three). Files start in collection order
+# (tests/conftest.py puts the slow ones first), not by test count.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 -m "not notebooks" tests
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20 -m "not notebooks" tests
 
 # Every notebook executed top to bottom by a Jupyter kernel at a small scale (minutes; CI runs it after `make test`).
 notebooks: $(STAMP)

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-# The files that take minutes, longest first: pytest-xdist (`make test` runs two workers, one file each at
+# The files that take minutes, longest first: pytest-xdist (`make test` runs three workers, one file each at
 # a time, --no-loadscope-reorder) hands files out in collection order, so these start at once and the
 # short ones fill the gaps at the end.
 SLOW_FIRST = ("test_train_loop.py", "test_train_learned.py", "test_grounding_run.py", "test_lora.py", "test_smollm2.py",
