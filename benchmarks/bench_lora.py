@@ -12,11 +12,9 @@ import statistics
 import time
 
 import numpy as np
+from bench_train import BATCH, SEQ_LEN, torch_train_step, transformers_model  # benchmarks/ is on sys.path
 
-BATCH, SEQ_LEN = 4, 256
 MIB = 2**20
-HF_MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
-              "down": "down_proj"}
 
 
 def ours(cfg, tokens: np.ndarray) -> tuple:
@@ -49,27 +47,17 @@ def ours(cfg, tokens: np.ndarray) -> tuple:
 def peer(cfg, tokens: np.ndarray) -> tuple:
     """transformers' train step, with peft's adapters when cfg.lora is set: (timed, optimizer-state bytes)."""
     import torch
-    import transformers
 
-    hf = {k: v for k, v in cfg.replace(lora=None).to_hf_config().items() if k != "architectures"}
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).train()
+    model = transformers_model(cfg.replace(lora=None))
     if cfg.lora is not None:
         import peft
 
+        from oie_jax.convert.peft import target_modules
+
         model = peft.get_peft_model(model, peft.LoraConfig(
             r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-            target_modules=[HF_MODULES[t] for t in cfg.lora.targets]))
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0)
-    ids = torch.tensor(tokens, dtype=torch.long)
-
-    def timed() -> float:
-        start = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return time.perf_counter() - start
-
+            target_modules=target_modules(cfg.lora.targets)))
+    timed, optimizer = torch_train_step(model, tokens, lr=1e-4)
     timed()  # AdamW creates its moments at the first step
     moments = sum(t.nbytes for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
     return timed, moments

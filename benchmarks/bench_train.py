@@ -41,13 +41,20 @@ def ours(cfg, tokens: np.ndarray, loss_chunk: int):
     return timed
 
 
-def transformers_peer(cfg, tokens: np.ndarray):
-    import torch
+def transformers_model(cfg):
+    """A random `transformers` LlamaForCausalLM of our config, in training mode."""
     import transformers
 
     hf = {k: v for k, v in cfg.to_hf_config().items() if k != "architectures"}
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).train()
+
+
+def torch_train_step(model, tokens: np.ndarray, lr: float = 1e-5) -> tuple:
+    """(a function that runs one AdamW train step of `model` and returns its seconds, the optimizer).
+    Parameters without a gradient (frozen) get no optimizer state."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ids = torch.tensor(tokens, dtype=torch.long)
 
     def timed() -> float:
@@ -57,7 +64,11 @@ def transformers_peer(cfg, tokens: np.ndarray):
         optimizer.zero_grad()
         return time.perf_counter() - start
 
-    return timed
+    return timed, optimizer
+
+
+def transformers_peer(cfg, tokens: np.ndarray):
+    return torch_train_step(transformers_model(cfg), tokens)[0]
 
 
 def main():

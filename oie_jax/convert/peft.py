@@ -37,12 +37,17 @@ def adapter_tensors(cfg: LlamaConfig, adapters: dict, dtype: str | None = None) 
     return tensors
 
 
+def target_modules(targets) -> list[str]:
+    """peft's `target_modules` of our adapter targets."""
+    return sorted(MODULES[t][1].split(".")[-1] for t in targets)
+
+
 def adapter_config(cfg: LlamaConfig, base: str) -> dict:
     lora = cfg.lora
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": lora.rank,
             "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": "none", "fan_in_fan_out": False,
-            "target_modules": sorted(MODULES[t][1].split(".")[-1] for t in lora.targets), "use_rslora": False,
-            "inference_mode": True, "modules_to_save": None}
+            "target_modules": target_modules(lora.targets), "use_rslora": False, "inference_mode": True,
+            "modules_to_save": None}
 
 
 def write(out: epath.Path, cfg: LlamaConfig, adapters: dict, base: str = "", dtype: str | None = None) -> None:

@@ -17,10 +17,10 @@ from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models import encoders
-from oie_jax.models.checkpoint import CONFIG_FILE, load_config
+from oie_jax.models.checkpoint import CONFIG_FILE, load_config, load_params
 from oie_jax.models.config import LlamaConfig, LoraConfig, preset
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
-from oie_jax.train.step import TrainState, init_params, init_state, trainable
+from oie_jax.train.step import TrainState, frozen, init_params, init_state, trainable
 
 
 def with_absolute_paths(config: ConfigDict) -> ConfigDict:
@@ -57,6 +57,20 @@ def with_lora(cfg: LlamaConfig, train: ConfigDict) -> LlamaConfig:
     if not spec.rank:
         return cfg
     return cfg.replace(lora=LoraConfig(spec.rank, float(spec.alpha), tuple(spec.targets), float(spec.dropout)))
+
+
+def lora_base_dtype(cfg: LlamaConfig, train: ConfigDict) -> str:
+    """The dtype a LoRA run keeps its frozen base in."""
+    return train.lora.base_dtype or cfg.param_dtype
+
+
+def lora_base(cfg: LlamaConfig, init, seed: int, shardings=None) -> dict:
+    """A LoRA model's frozen base in cfg.param_dtype: the `init` directory's parameters (Orbax reads them
+    in that dtype), else the random init drawn from `seed`; placed by `shardings`, or host arrays."""
+    if init:
+        return load_params(init, cfg.replace(lora=None), shardings)
+    drawn = jax.jit(lambda: frozen(cfg, init_params(cfg, seed)), out_shardings=shardings)()
+    return drawn if shardings is not None else jax.device_get(drawn)
 
 
 def vision_config(vision: ConfigDict, planning: bool = False) -> tuple[Any, epath.Path | None]:

@@ -4,7 +4,6 @@ alone in peft's layout. The parameters are read into host
 memory, so exporting a model larger than one accelerator needs none."""
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
@@ -13,11 +12,11 @@ from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location, prepare_output_dir
 from oie_jax.models import lora
-from oie_jax.models.checkpoint import abstract_params, load_params, save_model
+from oie_jax.models.checkpoint import abstract_params, save_model
 from oie_jax.models.config import LlamaConfig
-from oie_jax.train.build import tokenizer_source
+from oie_jax.train.build import lora_base, tokenizer_source
 from oie_jax.train.checkpointing import read_run_config, restore_params
-from oie_jax.train.step import frozen, init_params, trainable
+from oie_jax.train.step import trainable
 
 
 def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
@@ -48,16 +47,6 @@ def locate(workdir: epath.Path, which: str) -> tuple[epath.Path, int, str]:
 FORMATS = ("oie", "hf", "peft")
 
 
-def base_params(cfg: LlamaConfig, run: dict) -> dict:
-    """The frozen base of a LoRA run as host arrays: its `model.init` directory's parameters, else the
-    random init it was drawn from (train.seed)."""
-    model = ConfigDict(run["config"]["model"])
-    if model.init:
-        return load_params(model.init, cfg.replace(lora=None))
-    seed = run["config"]["train"]["seed"]
-    return jax.tree.map(np.asarray, jax.jit(lambda: frozen(cfg, init_params(cfg, seed)))())
-
-
 def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | None = None,
            overwrite: bool = False, max_shard_bytes: int | None = None) -> tuple[epath.Path, int, str]:
     """Writes the parameters of `which` to `out` as an oie-jax model ("oie"), a Hugging Face one ("hf"),
@@ -81,7 +70,9 @@ def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | 
     if format == "peft":
         peft.write(out, cfg, params, model.init, dtype)
         return out, step, f"{directory.name}/{step}"
-    cfg, params = lora.merge(cfg, lora.join(base_params(cfg, run), params)) if cfg.lora else (cfg, params)
+    if cfg.lora is not None:  # the base as the run read or drew it, into host memory
+        base = lora_base(cfg, model.init, run["config"]["train"]["seed"])
+        cfg, params = lora.merge(cfg, lora.join(base, params))
     if format == "hf":
         jax_to_hf.write(out, cfg, params, dtype, max_shard_bytes or jax_to_hf.DEFAULT_MAX_SHARD_BYTES)
     else:

@@ -29,9 +29,7 @@ from oie_jax.train.metrics_log import MetricsLog
 from oie_jax.train.signals import StopSignals
 from oie_jax.train.step import (
     create_state,
-    frozen,
     frozen_shardings,
-    init_params,
     jit_on_mesh,
     make_eval_step,
     make_train_step,
@@ -213,13 +211,10 @@ class Run:
         return {} if self.cfg.lora is None else self.lora_base(self.frozen_shardings)
 
     def lora_base(self, placed) -> dict:
-        """A LoRA model's base, placed: the init directory's, else drawn from train.seed (as `oie-jax
-        export` draws it again), in train.lora.base_dtype when set."""
-        # Read (or drawn) in its dtype: a bfloat16 base never exists in float32 on the devices.
-        cfg = self.cfg.replace(param_dtype=self.config.train.lora.base_dtype or self.cfg.param_dtype)
-        if self.init is not None:
-            return load_params(self.init, cfg.replace(lora=None), placed)
-        return jax.jit(lambda: frozen(cfg, init_params(cfg, self.config.train.seed)), out_shardings=placed)()
+        """A LoRA model's base, placed, in train.lora.base_dtype: read (or drawn) in it, so a bfloat16
+        base never exists in float32 on the devices. `oie-jax export` reads or draws it again."""
+        cfg = self.cfg.replace(param_dtype=build.lora_base_dtype(self.cfg, self.config.train))
+        return build.lora_base(cfg, self.init, self.config.train.seed, placed)
 
     def full_params(self, params: dict) -> tuple:
         """(plain config, parameters) of the model whose trained part is `params`: a LoRA model's
@@ -401,7 +396,7 @@ class Run:
                          f"{', '.join(cfg.lora.targets)}: {trained:,} trained parameters "
                          f"({trained / cfg.num_params():.2%} of the model), the base frozen")
             frozen_bytes = sharding.bytes_per_device(self.frozen, self.frozen_shardings)
-            memory += f", frozen base {frozen_bytes / gib:.2f} GiB ({train.lora.base_dtype or cfg.param_dtype})"
+            memory += f", frozen base {frozen_bytes / gib:.2f} GiB ({build.lora_base_dtype(cfg, train)})"
         return [
             "",
             *model,

@@ -21,6 +21,7 @@ from oie_jax.train import step as step_module
 from oie_jax.train import validate
 from oie_jax.train.build import (
     abstract_state,
+    lora_base_dtype,
     make_optimizer,
     mesh_rules,
     model_config,
@@ -152,7 +153,7 @@ def abstract_step(config: ConfigDict, cfg: LlamaConfig, mesh) -> tuple:
     rules = mesh_rules(config)
     optimizer, _ = make_optimizer(config.train, total_steps=1000)  # the schedule does not change shapes
     shardings = state_shardings(cfg, optimizer, mesh, rules)
-    base_dtype = config.train.lora.base_dtype or cfg.param_dtype
+    base_dtype = lora_base_dtype(cfg, config.train)
     frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, base_dtype, sharding=s),
                           step_module.frozen(cfg, abstract_params(cfg)), frozen_shardings(cfg, mesh, rules))
     rows = sharding.batch_sharding(mesh, rules)
@@ -219,7 +220,7 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
         f"{cfg.dtype} compute, remat {cfg.remat}"
         + ("" if init else f" (architecture of preset {config.model.preset!r})"),
         *([f"LoRA: rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}, {num_adapter_params(cfg) / 1e6:,.1f}M "
-           f"trained parameters; the base frozen in {config.train.lora.base_dtype or cfg.param_dtype}"]
+           f"trained parameters; the base frozen in {lora_base_dtype(cfg, config.train)}"]
           if cfg.lora else []),
         f"mesh: {dict(mesh.shape)} = {devices} devices" + (f" ({slices} slices over DCN {dcn})" if slices > 1 else ""),
         f"attention: {chosen} (model.attention {config.model.attention or 'auto'!r} on "
