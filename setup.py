@@ -19,6 +19,8 @@ CORE = [
     "tensorboard>=2.16",  # tf.summary event files of the training loop
     "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
     "pillow>=10",  # image decoding (JPEG, PNG, WebP) for the vision encoders
+    "aiohttp>=3.9",  # `oie-jax serve` and the translation client (HTTP server and client in one library)
+    "jinja2>=3.1",  # chat templates of the tokenizer files
 ]
 # What exporting to PyTorch (and LoRA adapters to peft) and importing GGUF files needs.
 # torch and torchvision are pinned together: PyPI's torchvision does not import beside other torch builds.

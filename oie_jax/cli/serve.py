@@ -1,0 +1,39 @@
+"""`oie-jax serve`: an OpenAI-compatible HTTP server for a model directory."""
+
+from oie_jax.cli.arguments import positive_int
+from oie_jax.models.config import DTYPES
+
+
+def cmd_serve(args):
+    import asyncio
+
+    from oie_jax.infer.serve import Limits, Server, serve
+
+    limits = Limits(batch_size=args.batch_size, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes,
+                    max_tokens=args.max_tokens)
+    server = Server.from_directory(args.model, args.name, limits, args.dtype)
+    if server.chat_template is None:
+        print(f"note: {args.model} has no chat template: /v1/chat/completions answers 400", flush=True)
+    asyncio.run(serve(server, args.host, args.port, announce=lambda line: print(line, flush=True)))
+
+
+def add_parsers(commands) -> None:
+    parser = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serves MODEL at /v1/chat/completions (prompts in the model's own chat template), "
+                    "/v1/completions, /v1/models and /health. Concurrent requests share generation batches: "
+                    "one thread generates for every prompt waiting, up to --batch-size rows. Sampling follows "
+                    "the request (temperature 0 is greedy; OpenAI's default is 1.0); stream and n > 1 are not "
+                    "supported. A full queue answers 429, an oversized body 413. SIGTERM or Ctrl-C finishes "
+                    "the requests already accepted and exits.")
+    parser.add_argument("model", help="oie-jax model directory (from `convert hf-to-jax` or a training run's model/)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
+    parser.add_argument("--name", help="model id in requests and /v1/models (default: the directory's name)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="rows of one generation batch")
+    parser.add_argument("--max-queue", type=positive_int, default=64, help="prompts waiting at most (then 429)")
+    parser.add_argument("--max-request-bytes", type=positive_int, default=1 << 20,
+                        help="largest request body (then 413)")
+    parser.add_argument("--max-tokens", type=positive_int, default=1024, help="largest max_tokens a request may ask")
+    parser.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    parser.set_defaults(run=cmd_serve)

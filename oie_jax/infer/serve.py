@@ -1,0 +1,302 @@
+"""An OpenAI-compatible HTTP server for an oie-jax model (`oie-jax serve`).
+
+Request handlers (aiohttp, one event loop) check a request, tokenize it and queue one job per
+prompt; one thread owns the model and takes every job waiting (up to the batch size) into a
+generation batch, one `generate` call per kind of sampling. Requests that arrive while a batch
+runs share the next one. The queue is bounded (429 when full), request bodies too (413), and
+SIGTERM stops taking requests, finishes the ones accepted and exits.
+"""
+
+import asyncio
+import dataclasses
+import itertools
+import queue
+import signal
+import threading
+import time
+import uuid
+
+from aiohttp import web
+
+from oie_jax.errors import UserError
+from oie_jax.infer import generate as gen
+from oie_jax.infer.chat import checked_messages, load_chat_template
+
+MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    batch_size: int = 16  # rows of one generation batch
+    max_queue: int = 64  # prompts waiting for a batch; more gets 429
+    max_request_bytes: int = 1 << 20  # a larger body gets 413
+    max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    batch_wait_s: float = 0.005  # after the first job of a batch, how long to wait for companions
+
+
+@dataclasses.dataclass
+class Job:
+    prompt: list[int]
+    max_tokens: int
+    sampling: gen.Sampling
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    def settle(self, result=None, error: BaseException | None = None) -> None:
+        def set_it():
+            if not self.future.done():
+                self.future.set_exception(error) if error is not None else self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(set_it)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Batcher:
+    """The thread that owns the model. `batches` counts generation batches (compiled program calls)."""
+
+    def __init__(self, model, tokenizer, limits: Limits):
+        self.model, self.limits = model, limits
+        self.eos_ids = gen.stop_ids(model.cfg, tokenizer)
+        self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
+        self.requests = self.batches = 0
+        self._thread = threading.Thread(target=self._run, name="oie-jax-generation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finishes the jobs queued so far, then ends the thread."""
+        self.jobs.put(None)
+        self._thread.join()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queues all of `jobs` or none (QueueFull)."""
+        with self.jobs.mutex:  # the check and the puts as one step: a request is never half queued
+            if self.jobs.maxsize - len(self.jobs.queue) < len(jobs):
+                raise QueueFull
+        for job in jobs:
+            self.jobs.put_nowait(job)
+        self.requests += 1
+
+    def _take(self) -> tuple[list[Job], bool]:
+        """The next batch: the first job waited for, then whatever arrives within batch_wait_s."""
+        first = self.jobs.get()
+        if first is None:
+            return [], True
+        batch, deadline = [first], time.monotonic() + self.limits.batch_wait_s
+        while len(batch) < self.limits.batch_size:
+            try:
+                job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # stop after this batch
+                break
+            batch.append(job)
+        return batch, False
+
+    def _run(self) -> None:
+        while True:
+            batch, stopping = self._take()
+            if stopping:
+                return
+            for sampling, group in itertools.groupby(sorted(batch, key=lambda j: repr(j.sampling)),
+                                                     key=lambda j: j.sampling):
+                self._generate(sampling, list(group))
+
+    def _generate(self, sampling: gen.Sampling, jobs: list[Job]) -> None:
+        new_tokens = gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET)
+        try:
+            outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
+                                   eos_ids=self.eos_ids, batch_size=self.limits.batch_size)
+        except Exception as exc:  # reported to each request of the batch; the server keeps serving
+            for job in jobs:
+                job.settle(error=exc)
+            return
+        finally:
+            self.batches += -(-len(jobs) // self.limits.batch_size)
+        for job, tokens in zip(jobs, outputs):
+            job.settle(tokens)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+@web.middleware
+async def openai_errors(request, handler):
+    """Every failure as OpenAI's error object: {"error": {"message", "type", "code"}}."""
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return error_response(exc.status, str(exc), exc.kind)
+    except UserError as exc:
+        return error_response(400, str(exc))
+    except web.HTTPException as exc:  # aiohttp's own: 404 unknown path, 405, 413 body too large
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason if exc.status != 413 else
+                              f"request body over {request.app['server'].limits.max_request_bytes:,} bytes",
+                              "request_too_large" if exc.status == 413 else "invalid_request_error")
+
+
+class Server:
+    def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None):
+        self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
+        self.chat_template = chat_template
+        self.batcher = Batcher(model, tokenizer, limits)
+        self.created = int(time.time())
+
+    @classmethod
+    def from_directory(cls, model_dir, name: str | None = None, limits: Limits = Limits(), dtype=None) -> "Server":
+        from etils import epath
+
+        from oie_jax.data.tokenizer import load_tokenizer
+        from oie_jax.models.checkpoint import load_model
+
+        model = load_model(model_dir, **({"dtype": dtype} if dtype else {}))
+        return cls(model, load_tokenizer(model_dir), name or epath.Path(model_dir).name, limits,
+                   load_chat_template(model_dir))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
+        app["server"] = self
+        app.add_routes([web.get("/health", self.health), web.get("/v1/models", self.models),
+                        web.post("/v1/completions", self.completions),
+                        web.post("/v1/chat/completions", self.chat_completions)])
+        return app
+
+    async def health(self, request):
+        return web.json_response({"status": "ok", "model": self.name, "requests": self.batcher.requests,
+                                  "batches": self.batcher.batches, "queued": self.batcher.jobs.qsize()})
+
+    async def models(self, request):
+        return web.json_response({"object": "list", "data": [
+            {"id": self.name, "object": "model", "created": self.created, "owned_by": "oie-jax"}]})
+
+    async def completions(self, request):
+        body = await self._body(request)
+        prompts = body.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise HTTPError(400, "'prompt' must be a string or a non-empty list of strings")
+        ids = self.tokenizer.encode_batch(prompts, add_special_tokens=True)
+        results = await self._run(ids, body)
+        choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                   for i, (text, reason, _) in enumerate(results)]
+        return web.json_response(self._reply("text_completion", "cmpl", choices, ids, results))
+
+    async def chat_completions(self, request):
+        body = await self._body(request)
+        if self.chat_template is None:
+            raise HTTPError(400, f"model {self.name} has no chat template in its tokenizer files; "
+                                 "use /v1/completions")
+        text = self.chat_template.render(checked_messages(body.get("messages")))
+        ids = [self.tokenizer.encode(text, add_special_tokens=False)]  # the template writes its own BOS
+        results = await self._run(ids, body)
+        choices = [{"index": 0, "message": {"role": "assistant", "content": results[0][0]},
+                    "finish_reason": results[0][1], "logprobs": None}]
+        return web.json_response(self._reply("chat.completion", "chatcmpl", choices, ids, results))
+
+    def _reply(self, kind: str, prefix: str, choices, prompts, results) -> dict:
+        prompt_tokens = sum(map(len, prompts))
+        completion_tokens = sum(count for _, _, count in results)
+        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+                "model": self.name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    async def _body(self, request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise HTTPError(400, f"the request body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the request body must be a JSON object")
+        if body.get("model") not in (None, self.name):
+            raise HTTPError(404, f"model {body['model']!r} is not served here (this server has {self.name!r})",
+                            "model_not_found")
+        if body.get("stream"):
+            raise HTTPError(400, "stream=true is not supported")
+        if body.get("n", 1) != 1:
+            raise HTTPError(400, "only n=1 is supported")
+        return body
+
+    def _settings(self, body: dict) -> tuple[int, gen.Sampling, tuple[str, ...]]:
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
+        if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
+            raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}")
+        stop = body.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+            raise HTTPError(400, "'stop' must be a string or a list of non-empty strings")
+        numbers = {key: body.get(key, default) for key, default in
+                   (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0), ("seed", 0))}
+        for key, value in numbers.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise HTTPError(400, f"'{key}' must be a number")
+        if not float(numbers["top_k"]).is_integer() or not float(numbers["seed"]).is_integer():
+            raise HTTPError(400, "'top_k' and 'seed' must be integers")
+        sampling = gen.Sampling(temperature=float(numbers["temperature"]), top_k=int(numbers["top_k"]),
+                                top_p=float(numbers["top_p"]), seed=int(numbers["seed"]))
+        return max_tokens, sampling, tuple(stop)
+
+    async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
+        """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread."""
+        max_tokens, sampling, stop = self._settings(body)
+        context = self.model.cfg.max_position_embeddings
+        for prompt in prompts:
+            if not prompt:
+                raise HTTPError(400, "the prompt is empty")
+            if len(prompt) + max_tokens > context:
+                raise HTTPError(400, f"{len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
+                                     f"context of {context} tokens")
+        loop = asyncio.get_running_loop()
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop) for prompt in prompts]
+        try:
+            self.batcher.submit(jobs)
+        except QueueFull:
+            raise HTTPError(429, f"the server is busy ({self.limits.max_queue} prompts queued); retry later",
+                            "rate_limit_exceeded") from None
+        outputs = await asyncio.gather(*(job.future for job in jobs))
+        return [self._finish(tokens, max_tokens, stop) for tokens in outputs]
+
+    def _finish(self, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, str, int]:
+        tokens = tokens[:max_tokens]  # the batch generated up to its bucket
+        ended = bool(tokens) and tokens[-1] in self.batcher.eos_ids
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+        if cuts:
+            return text[:min(cuts)], "stop", len(tokens)
+        return text, "stop" if ended else "length", len(tokens)
+
+
+async def serve(server: Server, host: str, port: int, announce=print) -> None:
+    """Serves until SIGTERM or SIGINT, then finishes the requests accepted and returns."""
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=60.0)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    server.batcher.start()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        announce(f"serving {server.name} on http://{bound_host}:{bound_port}/v1 (SIGTERM or Ctrl-C stops)")
+        await stopping.wait()
+        announce("stopping: finishing the requests already accepted")
+    finally:
+        await runner.cleanup()  # closes the listener, waits for the handlers in flight
+        await loop.run_in_executor(None, server.batcher.stop)

@@ -1,0 +1,198 @@
+"""`oie-jax serve` as users run it: a real server process on 127.0.0.1, real HTTP requests."""
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import aiohttp
+import pytest
+
+from oie_jax import cli
+from oie_jax.convert import hf_to_jax
+from oie_jax.data.tokenizer import load_tokenizer
+from oie_jax.infer import generate as gen
+from oie_jax.infer.chat import load_chat_template
+from oie_jax.models.checkpoint import load_model
+from tests.helpers import llama31_hf_config, save_random_hf_llama, save_word_tokenizer
+
+# Role words of the tiny model's chat template (word tokens t7, t8, t9 of the word tokenizer).
+TINY_TEMPLATE = ("{% for m in messages %}t7 {{ m['role'] }} {{ m['content'] }} t8 {% endfor %}"
+                 "{% if add_generation_prompt %}t9{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    hf_dir, ours = tmp_path_factory.mktemp("hf"), tmp_path_factory.mktemp("tiny")
+    save_random_hf_llama(hf_dir, llama31_hf_config(eos_token_id=2), seed=3)
+    save_word_tokenizer(hf_dir, 320)
+    config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=TINY_TEMPLATE)))
+    hf_to_jax.convert(hf_dir, ours)
+    return ours
+
+
+@contextlib.contextmanager
+def server(model_dir, *flags):
+    """`oie-jax serve MODEL --port 0 ...` in its own process; yields (base URL, process)."""
+    process = subprocess.Popen([sys.executable, "-m", "oie_jax.cli", "serve", str(model_dir), "--port", "0", *flags],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen = []
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=180)
+            except queue.Empty:
+                pytest.fail("the server printed no address in 180 s: " + "".join(seen))
+            seen.append(line)
+            found = re.search(r"on (http://\S+?)/v1 ", line)
+            if found:
+                break
+            assert process.poll() is None, "the server exited: " + "".join(seen)
+        yield found.group(1), process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+async def post(session, url, body, raw: bytes | None = None):
+    async with session.post(url, data=raw if raw is not None else json.dumps(body),
+                            headers={"Content-Type": "application/json"}) as response:
+        return response.status, await response.json()
+
+
+async def get(session, url):
+    async with session.get(url) as response:
+        return response.status, await response.json()
+
+
+def word_prompts(count):
+    return [" ".join(f"t{10 + (7 * i + 3 * j) % 300}" for j in range(3 + i % 5)) for i in range(count)]
+
+
+def test_concurrent_requests_share_batches_and_answer_as_generate(tiny_dir):
+    model, tokenizer = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    prompts = word_prompts(16)
+    expected = [tokenizer.decode(tokens) for tokens in
+                gen.generate(model, tokenizer.encode_batch(prompts), 8, eos_ids=gen.stop_ids(model.cfg, tokenizer))]
+    messages = [{"role": "system", "content": "t40 t41"}, {"role": "user", "content": "t50 t51 t52"}]
+    chat_prompt = load_chat_template(tiny_dir).render(messages)
+    assert chat_prompt == "t7 system t40 t41 t8 t7 user t50 t51 t52 t8 t9"
+    chat_expected = tokenizer.decode(gen.generate(model, [tokenizer.encode(chat_prompt, add_special_tokens=False)], 8,
+                                                  eos_ids=gen.stop_ids(model.cfg, tokenizer))[0])
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            assert (await get(session, url + "/v1/models"))[1]["data"][0]["id"] == tiny_dir.name
+            answers = await asyncio.gather(*(post(session, url + "/v1/completions", {
+                "model": tiny_dir.name, "prompt": prompt, "max_tokens": 8, "temperature": 0}) for prompt in prompts))
+            chat = await post(session, url + "/v1/chat/completions",
+                              {"messages": messages, "max_tokens": 8, "temperature": 0})
+            return answers, chat, (await get(session, url + "/health"))[1]
+
+    with server(tiny_dir, "--batch-size", "16") as (url, _):
+        answers, chat, health = asyncio.run(scenario(url))
+    assert [status for status, _ in answers] == [200] * 16
+    assert [body["choices"][0]["text"] for _, body in answers] == expected
+    assert answers[0][1]["usage"]["prompt_tokens"] == len(tokenizer.encode(prompts[0]))
+    assert chat[0] == 200 and chat[1]["choices"][0]["message"] == {"role": "assistant", "content": chat_expected}
+    assert health["requests"] == 17
+    assert health["batches"] < 16, health  # 16 concurrent requests in fewer generation batches
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(tiny_dir):
+    url_body = {"prompt": "t5 t6", "max_tokens": 4, "temperature": 0}
+    cases = [  # (path, body or raw bytes, status, words of the message)
+        ("/v1/completions", b"{not json", 400, "not valid JSON"),
+        ("/v1/completions", b"[1, 2]", 400, "JSON object"),
+        ("/v1/completions", {"max_tokens": 4}, 400, "'prompt'"),
+        ("/v1/completions", dict(url_body, n=2), 400, "n=1"),
+        ("/v1/completions", dict(url_body, stream=True), 400, "stream"),
+        ("/v1/completions", dict(url_body, model="gpt-4o"), 404, "not served here"),
+        ("/v1/completions", dict(url_body, max_tokens=0), 400, "max_tokens"),
+        ("/v1/completions", dict(url_body, max_tokens=200), 400, "max_tokens"),
+        ("/v1/completions", dict(url_body, temperature="hot"), 400, "'temperature'"),
+        ("/v1/completions", dict(url_body, top_p=0), 400, "top_p"),
+        ("/v1/completions", dict(url_body, prompt=" ".join(["t9"] * 250), max_tokens=8), 400, "context of 256"),
+        ("/v1/completions", b'{"prompt": "' + b"t5 " * 700 + b'"}', 413, "over 2,000 bytes"),
+        ("/v1/chat/completions", {"messages": []}, 400, "non-empty list"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "t5"}]}, 400, "messages[0]"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+         "type 'text'"),
+        ("/v1/nowhere", {}, 404, "Not Found"),
+    ]
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            seen = [await post(session, url + path, body if isinstance(body, dict) else None,
+                               raw=body if isinstance(body, bytes) else None) for path, body, _, _ in cases]
+            return seen, await post(session, url + "/v1/completions", url_body)
+
+    with server(tiny_dir, "--max-request-bytes", "2000", "--max-tokens", "128") as (url, _):
+        seen, after = asyncio.run(scenario(url))
+    for (path, body, status, words), (got_status, got) in zip(cases, seen):
+        assert got_status == status, (path, body, got)
+        assert words in got["error"]["message"], (path, got)
+    assert after[0] == 200 and after[1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_full_queue_answers_429_and_sigterm_finishes_the_accepted_requests(tiny_dir):
+    async def scenario(url, process):
+        async with aiohttp.ClientSession() as session:
+            burst = await asyncio.gather(*(post(session, url + "/v1/completions", {
+                "prompt": prompt, "max_tokens": 64, "temperature": 0}) for prompt in word_prompts(12)))
+            requests = (await get(session, url + "/health"))[1]["requests"]
+            # A long request in flight, then SIGTERM: it is answered, and the server exits cleanly.
+            long_one = asyncio.ensure_future(post(session, url + "/v1/completions",
+                                                  {"prompt": "t5 t6 t7", "max_tokens": 120, "temperature": 0}))
+            while (await get(session, url + "/health"))[1]["requests"] == requests:
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            return burst, await long_one
+
+    with server(tiny_dir, "--max-queue", "2", "--batch-size", "2") as (url, process):
+        burst, last = asyncio.run(scenario(url, process))
+        assert process.wait(timeout=120) == 0
+    statuses = [status for status, _ in burst]
+    assert 429 in statuses and 200 in statuses, statuses
+    busy = next(body for status, body in burst if status == 429)
+    assert "busy" in busy["error"]["message"]
+    assert last[0] == 200 and last[1]["usage"]["completion_tokens"] > 0
+
+
+def test_smollm2_served_answers_equal_oie_jax_generate(smollm2_dir, capsys):
+    from transformers import AutoTokenizer
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    template = load_chat_template(smollm2_dir)
+    rendered = template.render(messages)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    assert rendered == hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = "Tokyo is the capital of"
+    assert cli.main(["generate", "--model", str(smollm2_dir), "--prompt", prompt, "--max-new-tokens", "16"]) == 0
+    completion_expected = capsys.readouterr().out[:-1]  # print's newline
+    assert cli.main(["generate", "--model", str(smollm2_dir), "--prompt", rendered, "--max-new-tokens", "16"]) == 0
+    chat_expected = capsys.readouterr().out[:-1]
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(
+                post(session, url + "/v1/completions", {"prompt": prompt, "max_tokens": 16, "temperature": 0}),
+                post(session, url + "/v1/chat/completions", {"messages": messages, "max_tokens": 16,
+                                                             "temperature": 0}))
+
+    with server(smollm2_dir) as (url, _):
+        (status, completion), (chat_status, chat) = asyncio.run(scenario(url))
+    assert status == chat_status == 200
+    assert completion["choices"][0]["text"] == completion_expected
+    assert chat["choices"][0]["message"]["content"] == chat_expected
+    assert "Paris" in chat_expected
