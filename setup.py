@@ -43,7 +43,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["oie_jax", "oie_jax.*"]),
-    package_data={"oie_jax.data.sample": ["*.jsonl"]},
+    package_data={"oie_jax.data.sample": ["*.jsonl"], "oie_jax.translate": ["tables/*.json"]},
     install_requires=CORE,
     extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
     entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},

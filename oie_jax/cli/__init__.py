@@ -7,7 +7,7 @@ import sys
 from oie_jax.errors import UserError
 
 # Command groups in the order `oie-jax --help` lists them.
-GROUPS = ("convert", "generate", "data", "train", "evaluate", "grounding", "serve")
+GROUPS = ("convert", "generate", "data", "train", "evaluate", "grounding", "serve", "translate")
 
 
 def build_parser() -> argparse.ArgumentParser:

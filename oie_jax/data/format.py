@@ -115,8 +115,12 @@ class Parsed:
 def text_values(task: str, item: tuple[str, ...]) -> tuple[str, ...]:
     """The values of an item that are spans of the text: the entity of a pair, the head and tail of a
     triple, the trigger and arguments of an event."""
-    kind = TASKS[task]
-    return item[1:] if kind != "triples" else (item[0], item[2])
+    return tuple(item[i] for i in text_value_indices(task, len(item)))
+
+
+def text_value_indices(task: str, length: int) -> tuple[int, ...]:
+    """Where the text spans sit in an item of `length` fields (see `text_values`)."""
+    return (0, 2) if TASKS[task] == "triples" else tuple(range(1, length))
 
 
 def missing_from_text(record: Record) -> str | None:

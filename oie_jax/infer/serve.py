@@ -201,8 +201,7 @@ class Server:
         if self.chat_template is None:
             raise HTTPError(400, f"model {self.name} has no chat template in its tokenizer files; "
                                  "use /v1/completions")
-        text = self.chat_template.render(checked_messages(body.get("messages")))
-        ids = [self.tokenizer.encode(text, add_special_tokens=False)]  # the template writes its own BOS
+        ids = [self.chat_tokens(checked_messages(body.get("messages")))]
         results = await self._run(ids, body)
         choices = [{"index": 0, "message": {"role": "assistant", "content": results[0][0]},
                     "finish_reason": results[0][1], "logprobs": None}]
@@ -251,9 +250,20 @@ class Server:
                                 top_p=float(numbers["top_p"]), seed=int(numbers["seed"]))
         return max_tokens, sampling, tuple(stop)
 
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        """The prompt of a chat in the model's template (or the last message's text, for a model without
+        one), encoded without special tokens: templates write their own."""
+        if self.chat_template is None:
+            return self.tokenizer.encode(messages[-1]["content"], add_special_tokens=True)
+        return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
+
     async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
-        """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread."""
-        max_tokens, sampling, stop = self._settings(body)
+        return await self.generate(prompts, *self._settings(body))
+
+    async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
+                       stop: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
+        """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
+        (started by `serve`, or by the caller of an in-process server)."""
         context = self.model.cfg.max_position_embeddings
         for prompt in prompts:
             if not prompt:

@@ -1,0 +1,120 @@
+"""Where translations come from, behind one small interface: `await backend.ask(prompt)` gives the
+answer text or raises `RequestFailed` (the record is rejected for this run and asked again on the
+next); an endpoint that refuses every request (bad key, unknown model) stops the run (UserError).
+
+- `OpenAIBackend`: any OpenAI-compatible chat-completions endpoint, with bounded concurrency,
+  timeouts, and retries with exponential backoff on 429, 5xx, timeouts, dropped connections and
+  bodies that are not the JSON of an answer.
+- `LocalBackend`: an oie-jax model directory in this process; concurrent asks share generation
+  batches (the batcher of `oie-jax serve`).
+"""
+
+import asyncio
+import json
+import os
+
+import aiohttp
+
+from oie_jax.errors import UserError
+
+GREEDY = {"temperature": 0.0}
+FATAL_STATUSES = (401, 403, 404)  # no request can succeed: stop the run
+
+
+class RequestFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class OpenAIBackend:
+    def __init__(self, endpoint: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 512,
+                 concurrency: int = 8, timeout_s: float = 120.0, retries: int = 5, backoff_s: float = 1.0):
+        self.name, self.model, self.max_tokens = f"openai:{endpoint.rstrip('/')}", model, max_tokens
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.concurrency, self.timeout_s, self.retries, self.backoff_s = concurrency, timeout_s, retries, backoff_s
+        key = os.environ.get(api_key_env)  # never a flag or a file: keys stay out of shell history and repos
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0  # HTTP requests sent, retries included
+
+    @property
+    def sampling(self) -> dict:
+        return {**GREEDY, "max_tokens": self.max_tokens}
+
+    async def __aenter__(self):
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                              connector=aiohttp.TCPConnector(limit=self.concurrency))
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._session.close()
+
+    async def ask(self, prompt: str) -> str:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **self.sampling}
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            self.requests += 1
+            try:
+                async with self._session.post(self.url, json=body, headers=self._headers) as response:
+                    text = await response.text()
+                    status = response.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                problem = f"{type(exc).__name__} {exc}".strip()
+                continue
+            if status in FATAL_STATUSES:
+                raise UserError(f"{self.url} answered {status}: {_message(text)} (check --endpoint, --model and the "
+                                "API key variable)")
+            if status == 429 or status >= 500:
+                problem = f"HTTP {status}: {_message(text)}"
+                continue
+            if status >= 400:  # this request is refused (too long, ...): the record, not the run
+                raise RequestFailed("request_refused", f"HTTP {status}: {_message(text)}")
+            try:
+                return json.loads(text)["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                problem = f"not the JSON of a chat completion: {text[:80]!r}"
+        raise RequestFailed("request_failed", f"{problem} (after {self.retries + 1} attempts)")
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return text[:200]
+
+
+class LocalBackend:
+    """An oie-jax model directory, greedy, in this process."""
+
+    def __init__(self, model_dir, max_tokens: int = 512, batch_size: int = 16):
+        from oie_jax.infer.serve import Limits, Server
+
+        self.server = Server.from_directory(model_dir, limits=Limits(batch_size=batch_size, max_queue=1 << 20,
+                                                                     max_tokens=max_tokens))
+        self.name, self.model, self.max_tokens = f"local:{model_dir}", self.server.name, max_tokens
+        self.concurrency = 2 * batch_size  # one batch generating, the next one queued
+        self.requests = 0
+
+    @property
+    def sampling(self) -> dict:
+        return {**GREEDY, "max_tokens": self.max_tokens}
+
+    async def __aenter__(self):
+        self.server.batcher.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await asyncio.get_running_loop().run_in_executor(None, self.server.batcher.stop)
+
+    async def ask(self, prompt: str) -> str:
+        from oie_jax.infer.generate import Sampling
+
+        self.requests += 1
+        ids = self.server.chat_tokens([{"role": "user", "content": prompt}])
+        if len(ids) + self.max_tokens > self.server.model.cfg.max_position_embeddings:
+            raise RequestFailed("request_refused", f"{len(ids)} prompt tokens + {self.max_tokens} exceed the context")
+        [(text, _, _)] = await self.server.generate([ids], self.max_tokens, Sampling())
+        return text

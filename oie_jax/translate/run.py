@@ -1,0 +1,164 @@
+"""One translation run: every source record into every target language through the stages, answers
+from the cache or the backend (bounded concurrency), then the release files, the review file and
+the loss report. A record ends kept or rejected with a stage and reason; one whose request failed
+is rejected for this run and asked again by the next (failures are never cached)."""
+
+import asyncio
+import dataclasses
+import json
+
+from etils import epath
+
+from oie_jax.data.format import Record, render
+from oie_jax.translate import filters
+from oie_jax.translate.backends import RequestFailed
+from oie_jax.translate.cache import AnswerCache, answer_key
+from oie_jax.translate.calibration import review_row, write_review
+from oie_jax.translate.labels import LabelTables, UnknownLabel
+from oie_jax.translate.prompt import Example, Translation, Unusable, build_prompt, entities_of, parse_answer
+from oie_jax.translate.report import loss_report, write_report
+
+STAGES = ("labels", "answer", "untranslated", "alignment", "structure")
+RELEASE_LANGUAGES = {"en": "En", "ja": "Jp", "zh": "Ch"}
+RELEASE_SPLITS = {"train": "Train", "dev": "Dev", "test": "Test"}
+RELEASE_SUBSETS = {"SCNM": "0_SCNM", "SCPOS:RW": "1_SCPOS_RW", "SCPOS:Adj&N": "2_SCPOS_Adj_N",
+                   "SCPOS:Adj": "3_SCPOS_Adj", "SCPOS:N": "4_SCPOS_N", "TCREE": "5_TCREE"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    key: int  # position in the input: names the record in the review file
+    record: Record
+    split: str  # train, dev, test (from its file name); '' = train
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    source: Source
+    target: str
+    translated: Record | None  # labels and, once answered, text and entities in the target language
+    rejection: filters.Rejection | None
+    answer: str | None  # the LLM's raw answer
+    how: str  # asked, cached, calibrated, or unasked (rejected before a request)
+
+    @property
+    def kept(self) -> bool:
+        return self.rejection is None
+
+
+class Translator:
+    def __init__(self, backend, cache: AnswerCache, tables: LabelTables, examples: dict[str, Example],
+                 calibrated: dict[tuple[int, str], Record] | None = None):
+        self.backend, self.cache, self.tables, self.examples = backend, cache, tables, examples
+        self.calibrated = calibrated or {}
+
+    async def one(self, source: Source, target: str, limit: asyncio.Semaphore) -> Outcome:
+        record = source.record
+        if (fixed := self.calibrated.get((source.key, target))) is not None:  # a person's fix wins
+            translation = Translation(fixed.text, entities_of(fixed))
+            rejection = filters.check(record, fixed, translation, self.tables, target)
+            if rejection is not None:
+                rejection = dataclasses.replace(rejection, detail=f"calibrated: {rejection.detail}")
+            return Outcome(source, target, fixed, rejection, None, "calibrated")
+        labelled = self.tables.translate(record, target)
+        if isinstance(labelled, UnknownLabel):
+            return Outcome(source, target, None, filters.Rejection("labels", "unknown_label", str(labelled)), None,
+                           "unasked")
+        entities = entities_of(record)
+        prompt = build_prompt(Translation(record.text, entities), self.tables.source, target, self.examples[target])
+        key = answer_key(self.backend.name, self.backend.model, prompt, self.backend.sampling)
+        answer, how = self.cache.get(key), "cached"
+        if answer is None:
+            async with limit:
+                try:
+                    answer, how = await self.backend.ask(prompt), "asked"
+                except RequestFailed as failed:
+                    return Outcome(source, target, labelled, filters.Rejection("answer", failed.reason, failed.detail),
+                                   None, "asked")
+            self.cache.put(key, self.backend.name, self.backend.model, prompt, self.backend.sampling, answer)
+        translation = parse_answer(answer, len(entities))
+        if isinstance(translation, Unusable):
+            return Outcome(source, target, labelled, filters.Rejection("answer", "unusable_answer", translation.reason),
+                           answer, how)
+        translated = filters.assemble(labelled, entities, translation)
+        return Outcome(source, target, translated, filters.check(record, translated, translation, self.tables, target),
+                       answer, how)
+
+    async def run(self, sources: list[Source], targets: list[str], progress=None) -> list[Outcome]:
+        """Outcomes in input order, targets in the order given. `progress(outcome)` is called as each ends."""
+        limit = asyncio.Semaphore(self.backend.concurrency)
+
+        async def tracked(source, target):
+            outcome = await self.one(source, target, limit)
+            if progress is not None:
+                progress(outcome)
+            return outcome
+
+        async with self.backend:
+            return list(await asyncio.gather(*(tracked(s, t) for s in sources for t in targets)))
+
+
+def to_review(outcome: Outcome) -> Record | None:
+    """The translation side of a review row: what the pipeline had, with an empty text where no usable
+    translation came (a row left so is skipped when merged, and the record is asked again)."""
+    if outcome.translated is None or outcome.rejection.stage != "answer":
+        return outcome.translated
+    return dataclasses.replace(outcome.translated, text="")
+
+
+def release_name(split: str, language: str, subset: str) -> str:
+    """The MMM release's file name for a split, language and subset (`Train_En_0_SCNM_dataset.json`)."""
+    split, code = RELEASE_SPLITS.get(split, "Train"), RELEASE_LANGUAGES.get(language, language.capitalize())
+    if subset == "TCONER":
+        return f"{split}_{code}_MRE_OIEDataset.json"
+    return f"{split}_{code}_{RELEASE_SUBSETS.get(subset, subset)}_dataset.json"
+
+
+def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
+    """Release files of the kept records, review.jsonl of the rejected ones, and the loss report;
+    returns the report."""
+    files: dict[str, list[dict]] = {}
+    for outcome in outcomes:
+        if outcome.kept:
+            source, translated = outcome.source, outcome.translated
+            name = release_name(source.split, translated.language, translated.subset)
+            text_input, output = render(translated)
+            files.setdefault(name, []).append({"id": translated.id, "input": text_input, "output": output})
+    for name, rows in sorted(files.items()):
+        (out / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_review([review_row(o.source.key, o.source.record, o.target, o.rejection, to_review(o), o.answer)
+                  for o in outcomes if not o.kept], out / "review.jsonl")
+    report = loss_report(outcomes, STAGES, sorted(files))
+    write_report(report, out)
+    return report
+
+
+def translate(sources: list[Source], targets: list[str], backend, out, tables: LabelTables,
+              examples: dict[str, Example], calibrated=None, progress: bool = True) -> dict:
+    """Translates `sources` into `targets`, answers cached in OUT/cache.sqlite; writes the outputs
+    into `out` and returns the loss report."""
+    from tqdm import tqdm
+
+    out = epath.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = AnswerCache(out / CACHE)
+    bar = tqdm(total=len(sources) * len(targets), unit="record", disable=not progress, dynamic_ncols=True)
+    counts = {"kept": 0, "done": 0, "asked": 0}
+
+    def advance(outcome: Outcome) -> None:
+        counts["done"] += 1
+        counts["kept"] += outcome.kept
+        counts["asked"] += outcome.how == "asked"
+        bar.update(1)
+        bar.set_postfix(kept=f"{100 * counts['kept'] / counts['done']:.0f}%", asked=counts["asked"], refresh=False)
+
+    try:
+        translator = Translator(backend, cache, tables, examples, calibrated)
+        outcomes = asyncio.run(translator.run(sources, targets, advance))
+    finally:
+        bar.close()
+        cache.close()
+    return write_outputs(outcomes, out)
+
+
+CACHE = "cache.sqlite"
