@@ -55,7 +55,8 @@ def cmd_translate(args):
     total = report["total"]
     print(f"kept {total['kept']:,} of {total['in']:,} (rejected {total['rejected']:,}); answers "
           + ", ".join(f"{n:,} {how}" for how, n in report["answers"].items())
-          + f"; {backend.requests:,} requests sent. Report: {out / 'report.md'}; review: {out / 'review.jsonl'}")
+          + f"; {backend.requests:,} requests sent. Corpus: {out / run.DATA}; report: {out / 'report.md'}; "
+          f"review: {out / 'review.jsonl'}")
     if args.strict and total["rejected"]:
         print(f"oie-jax: error: {total['rejected']:,} records rejected (--strict)", file=sys.stderr)
         return 1
@@ -70,7 +71,7 @@ def add_parsers(commands) -> None:
         description="Translates the records of PATHS into each --to language: labels through rule-based tables, "
                     "text and entities by one LLM request per record (a one-shot example in the prompt), then "
                     "filters: untranslated characters, entities that do not occur in the translated text, and "
-                    "structure. OUT receives release-format files (Train_En_0_SCNM_dataset.json, ...) that "
+                    "structure. OUT/data receives release-format files (Train_En_0_SCNM_dataset.json, ...) that "
                     "`oie-jax data inspect` and training read, review.jsonl with every rejected record (edit its "
                     "'translation' and pass it back with --calibrated), and report.md/.json/.png. Every answer is "
                     "cached in OUT/cache.sqlite: a stopped run started again asks nothing twice.")

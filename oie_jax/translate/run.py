@@ -18,6 +18,8 @@ from oie_jax.translate.labels import LabelTables, UnknownLabel
 from oie_jax.translate.prompt import Example, Translation, Unusable, build_prompt, entities_of, parse_answer
 from oie_jax.translate.report import loss_report, write_report
 
+CACHE = "cache.sqlite"  # in OUT: every answer of the backend
+DATA = "data"  # in OUT: the release-format files of the kept records
 STAGES = ("labels", "answer", "untranslated", "alignment", "structure")
 RELEASE_LANGUAGES = {"en": "En", "ja": "Jp", "zh": "Ch"}
 RELEASE_SPLITS = {"train": "Train", "dev": "Dev", "test": "Test"}
@@ -115,8 +117,8 @@ def release_name(split: str, language: str, subset: str) -> str:
 
 
 def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
-    """Release files of the kept records, review.jsonl of the rejected ones, and the loss report;
-    returns the report."""
+    """Release files of the kept records (in OUT/data, which `oie-jax data inspect` and training read),
+    review.jsonl of the rejected ones, and the loss report; returns the report."""
     files: dict[str, list[dict]] = {}
     for outcome in outcomes:
         if outcome.kept:
@@ -124,8 +126,12 @@ def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
             name = release_name(source.split, translated.language, translated.subset)
             text_input, output = render(translated)
             files.setdefault(name, []).append({"id": translated.id, "input": text_input, "output": output})
+    data = out / DATA
+    data.mkdir(parents=True, exist_ok=True)
+    for stale in data.glob("*.json"):  # a file whose records are all rejected now
+        stale.unlink()
     for name, rows in sorted(files.items()):
-        (out / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        (data / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     write_review([review_row(o.source.key, o.source.record, o.target, o.rejection, to_review(o), o.answer)
                   for o in outcomes if not o.kept], out / "review.jsonl")
     report = loss_report(outcomes, STAGES, sorted(files))
@@ -160,5 +166,3 @@ def translate(sources: list[Source], targets: list[str], backend, out, tables: L
         cache.close()
     return write_outputs(outcomes, out)
 
-
-CACHE = "cache.sqlite"

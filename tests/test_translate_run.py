@@ -1,0 +1,220 @@
+"""`oie-jax translate` end to end over real HTTP on 127.0.0.1: against a small server that injects
+faults (500, 429, timeouts, truncated JSON, answers in the wrong layout, 400), and against
+`oie-jax serve` killed and restarted; the translated files then train."""
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from oie_jax import cli
+from oie_jax.convert import hf_to_jax
+from oie_jax.data.format import Record
+from tests.helpers import llama31_hf_config, save_random_hf_llama
+from tests.test_serve import server
+from tests.translation_cases import CASES, answer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+STOCKMARK = SHARED / "stockmark-ner" / "ner_train.json"
+MAGIC = Record("魔法使いが来た。", "NER", items=(("魔法名", "魔法使い"),), id="magic", language="ja", subset="SCNM")
+
+
+class FaultServer:
+    """An OpenAI-compatible chat endpoint in a thread whose answer for each record follows `behaviour`
+    (record id -> what each attempt gets); `healed` ids answer well from then on. Counts requests."""
+
+    def __init__(self, behaviour: dict[str, list[str]]):
+        self.behaviour, self.healed = behaviour, set()
+        self.requests: collections.Counter = collections.Counter()
+        self.by_text = {record.text: (record.id, translations) for record, translations in CASES}
+        self.by_text[MAGIC.text] = (MAGIC.id, {})
+
+    async def chat(self, request):
+        prompt = (await request.json())["messages"][0]["content"]
+        text = prompt.rsplit("Japanese text: ", 1)[1].split("\n", 1)[0]
+        target = "en" if "into English" in prompt else "zh"
+        record_id, translations = self.by_text[text]
+        attempt = self.requests[(record_id, target)]
+        self.requests[(record_id, target)] += 1
+        script = self.behaviour.get(record_id, ["ok"]) if record_id not in self.healed else ["ok"]
+        action = script[min(attempt, len(script) - 1)]
+        good = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer(*translations[target])},
+                             "finish_reason": "stop"}]}
+        if action == "ok":
+            return web.json_response(good)
+        if action == "slow":
+            await asyncio.sleep(3)  # past the client's timeout
+            return web.json_response(good)
+        if action == "truncated":
+            return web.Response(text=json.dumps(good)[:40], content_type="application/json")
+        if action == "layout":
+            wrong = dict(good, choices=[{"index": 0, "message": {"role": "assistant", "content": "Sure! " + text}}])
+            return web.json_response(wrong)
+        return web.json_response({"error": {"message": f"injected {action}"}}, status=int(action))
+
+    def __enter__(self):
+        started = threading.Event()
+
+        def serve():
+            self.loop = asyncio.new_event_loop()
+            app = web.Application()
+            app.add_routes([web.post("/v1/chat/completions", self.chat)])
+            self.runner = web.AppRunner(app)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        started.wait(30)
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+def write_records(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_every_record_ends_kept_rejected_with_a_reason_or_asked_again_and_the_output_trains(tmp_path, capsys):
+    corpus = write_records(tmp_path / "ja_train.jsonl", [record for record, _ in CASES] + [MAGIC])
+    behaviour = {"joined": ["500", "ok"], "soseki": ["429", "429", "ok"], "election": ["slow", "ok"],
+                 "movie": ["truncated", "ok"], "sunny": ["layout"], "station": ["503"], "graduate": ["400"]}
+    out = tmp_path / "out"
+    flags = ["translate", str(corpus), "--to", "en,zh", "--out", str(out), "--retries", "2", "--backoff", "0.01",
+             "--timeout", "1", "--no-progress"]
+    with FaultServer(behaviour) as fault:
+        flags += ["--endpoint", fault.url, "--model", "scripted"]
+        assert cli.main(flags) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["total"] == {"in": 18, "kept": 10, "rejected": 8}
+        assert all(g["in"] == g["kept"] + g["rejected"] == g["kept"] + sum(
+            n for reasons in g["by_stage"].values() for n in reasons.values()) for g in report["groups"])
+        review = [json.loads(line) for line in (out / "review.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert sorted((r["id"], r["language"], r["stage"], r["reason"]) for r in review) == sorted(
+            (record_id, language, stage, reason) for language in ("en", "zh") for record_id, stage, reason in (
+                ("sunny", "answer", "unusable_answer"), ("station", "answer", "request_failed"),
+                ("graduate", "answer", "request_refused"), ("magic", "labels", "unknown_label")))
+        station = next(r for r in review if r["id"] == "station")
+        assert "HTTP 503: injected 503 (after 3 attempts)" in station["detail"]
+        per_record = {key: n for key, n in fault.requests.items() if key[1] == "en"}
+        assert per_record == {("tower", "en"): 1, ("joined", "en"): 2, ("soseki", "en"): 3, ("election", "en"): 2,
+                              ("movie", "en"): 2, ("sunny", "en"): 1, ("station", "en"): 3, ("graduate", "en"): 1}
+
+        # The endpoint recovers: the next run asks only for what failed, and --strict fails on what stays rejected.
+        fault.healed |= {"station", "graduate"}
+        before = sum(fault.requests.values())
+        assert cli.main([*flags, "--strict"]) == 1
+        assert sum(fault.requests.values()) - before == 4  # station and graduate, in two languages
+        report = json.loads((out / "report.json").read_text())
+        assert report["total"] == {"in": 18, "kept": 14, "rejected": 4}
+        assert report["answers"] == {"asked": 4, "cached": 12, "calibrated": 0, "unasked": 2}
+    assert "4 records rejected (--strict)" in capsys.readouterr().err
+
+    # The release files read back unchanged and train.
+    files = sorted(p.name for p in (out / "data").iterdir())
+    assert files == ["Train_Ch_0_SCNM_dataset.json", "Train_Ch_3_SCPOS_Adj_dataset.json",
+                     "Train_Ch_5_TCREE_dataset.json", "Train_En_0_SCNM_dataset.json",
+                     "Train_En_3_SCPOS_Adj_dataset.json", "Train_En_5_TCREE_dataset.json"]
+    from oie_jax.data.sources.registry import load_source
+
+    source, loaded = load_source([str(out / "data")])
+    assert source == "mmm" and len(loaded.records) == 14 and not loaded.problems
+    tower = next(r for r in loaded.records if r.language == "en" and r.text.startswith("Tokyo Tower"))
+    assert tower.items == (("Facility", "Tokyo Tower"), ("Location", "Minato, Tokyo")) and tower.subset == "SCNM"
+    election = next(r for r in loaded.records if r.language == "zh" and r.task == "Event Extraction")
+    assert (election.label, election.items) == ("政治", (("选举", "选举", "田中"),))
+    workdir = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_debug.py"
+    assert cli.main(["train", "--config", str(config), "--workdir", str(workdir),
+                     f"--config.data.train={out / 'data'}", "--config.data.dev=", "--config.train.steps=3",
+                     "--config.checkpoint.every=3", "--config.eval.every=0",
+                     "--config.checkpoint.best_metric="]) == 0
+    losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_real_tokenizer(smollm2_hf_dir, tmp_path_factory):
+    """A random two-layer LLaMA that reads SmolLM2's tokenizer and chat template: real prompts, fast answers."""
+    hf_dir, ours = tmp_path_factory.mktemp("tiny-hf"), tmp_path_factory.mktemp("tiny-smol")
+    save_random_hf_llama(hf_dir, llama31_hf_config(vocab_size=49152, num_hidden_layers=2, eos_token_id=2,
+                                                   bos_token_id=1, max_position_embeddings=4096), seed=5)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (smollm2_hf_dir / name).is_file():
+            (hf_dir / name).write_bytes((smollm2_hf_dir / name).read_bytes())
+    hf_to_jax.convert(hf_dir, ours)
+    return ours
+
+
+def cached_answers(out: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / 'cache.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+@pytest.mark.skipif(not STOCKMARK.is_file(), reason=f"needs the stockmark corpus at {STOCKMARK}")
+def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_the_same_files(
+        tiny_with_real_tokenizer, tmp_path):
+    import urllib.request
+
+    def served_requests(url):
+        with urllib.request.urlopen(url + "/health") as response:
+            return json.load(response)["requests"]
+
+    def command(out):
+        return [sys.executable, "-m", "oie_jax.cli", "translate", "--from", "stockmark", str(STOCKMARK),
+                "--to", "en,zh", "--endpoint", url + "/v1", "--model", tiny_with_real_tokenizer.name, "--out", str(out),
+                "--limit", "50", "--max-tokens", "24", "--concurrency", "4", "--no-progress"]
+
+    # --batch-size 1: each answer depends on its prompt alone, whatever else is asked at the same time.
+    with server(tiny_with_real_tokenizer, "--batch-size", "1") as (url, _):
+        killed = tmp_path / "killed"
+        process = subprocess.Popen(command(killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ))
+        deadline = time.monotonic() + 300
+        while cached_answers(killed) < 30:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "no answers in 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        answered = cached_answers(killed)
+        asked_before = served_requests(url)
+        finished = subprocess.run(command(killed), capture_output=True, text=True, env=dict(os.environ))
+        assert finished.returncode == 0, finished.stderr
+        distinct = cached_answers(killed)
+        assert answered < distinct <= 100
+        assert served_requests(url) - asked_before == distinct - answered  # nothing asked twice
+
+        whole = tmp_path / "whole"
+        asked_before = served_requests(url)
+        assert subprocess.run(command(whole), capture_output=True, env=dict(os.environ)).returncode == 0
+        assert served_requests(url) - asked_before == distinct
+    for name in ("review.jsonl",) + tuple(f"data/{p.name}" for p in (whole / "data").iterdir()):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert sorted(p.name for p in (killed / "data").iterdir()) == sorted(p.name for p in (whole / "data").iterdir())
+    killed_report, whole_report = (json.loads((d / "report.json").read_text()) for d in (killed, whole))
+    assert killed_report["groups"] == whole_report["groups"]
+    assert killed_report["total"]["in"] == 100
+    assert (killed / "report.png").read_bytes()[:4] == b"\x89PNG"
