@@ -85,7 +85,8 @@ def test_eval_score_and_extract_commands_on_smollm2(smollm2_dir, tmp_path, capsy
     assert len(predictions) == 8 and all(set(p) >= {"id", "output"} for p in predictions)
     evaluated = json.loads((out / "scores.json").read_text())
     assert evaluated["generation"]["compiles"] <= evaluated["generation"]["buckets"]
-    assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "report.md", "scores.json", "f1.png"}
+    assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "report.md", "scores.json", "f1.png", "errors.md",
+                                              "errors.json", "errors.png"}
 
     assert cli.main(["score", "--gold", str(data), "--pred", str(out / "predictions.jsonl"),
                      "--json", str(tmp_path / "rescored.json")]) == 0

@@ -53,7 +53,7 @@ class FaultServer:
         if action == "ok":
             return web.json_response(good)
         if action == "slow":
-            await asyncio.sleep(3)  # past the client's timeout
+            await asyncio.sleep(6)  # past the client's timeout (--timeout 2)
             return web.json_response(good)
         if action == "truncated":
             return web.Response(text=json.dumps(good)[:40], content_type="application/json")
@@ -99,9 +99,12 @@ def test_every_record_ends_kept_rejected_with_a_reason_or_asked_again_and_the_ou
                  "movie": ["truncated", "ok"], "sunny": ["layout"], "station": ["503"], "graduate": ["400"]}
     out = tmp_path / "out"
     flags = ["translate", str(corpus), "--to", "en,zh", "--out", str(out), "--retries", "2", "--backoff", "0.01",
-             "--timeout", "1", "--no-progress"]
+             "--timeout", "2", "--no-progress"]
     with FaultServer(behaviour) as fault:
         flags += ["--endpoint", fault.url, "--model", "scripted"]
+        assert cli.main([*flags, "--estimate"]) == 0  # asks nothing, writes nothing
+        assert not fault.requests and not out.exists()
+        assert "en: 8 requests (1 records with an unknown label are not asked)" in capsys.readouterr().out
         assert cli.main(flags) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["total"] == {"in": 18, "kept": 10, "rejected": 8}

@@ -52,7 +52,7 @@ def cmd_score(args):
 
 def cmd_eval(args):
     from oie_jax.data.tokenizer import load_tokenizer
-    from oie_jax.eval import report
+    from oie_jax.eval import errors, report
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
     from oie_jax.files import location, prepare_output_dir
@@ -67,11 +67,12 @@ def cmd_eval(args):
     write_predictions(out / "predictions.jsonl", golds, outputs)
     report.write(scores, out / "report.md", out / "scores.json", out / "f1.png",
                  title=f"Evaluation of {args.model} on {args.data}")
+    errors.write(errors.analyse(golds, outputs), out, title=f"Errors of {args.model} on {args.data}")
     print(report.table_text(scores))
     print(scores.generation.summary())
     print_metric(scores, args.metric)
-    print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score`), report.md, scores.json, f1.png",
-          file=sys.stderr)
+    print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score`), report.md, scores.json, f1.png, "
+          "errors.md/.json/.png (per-label scores, label confusion, kinds of error)", file=sys.stderr)
 
 
 def cmd_extract(args):
@@ -110,7 +111,9 @@ def add_parsers(commands) -> None:
     evaluation = commands.add_parser(
         "eval", help="generate outputs for a corpus with a model and score them",
         description="Greedy KV-cache generation in length-sorted batches, then scoring. Writes predictions.jsonl, "
-                    "report.md, scores.json and f1.png into --out and reports compilations and tokens/s.")
+                    "report.md, scores.json and f1.png into --out, and the error analysis (per-label P/R/F1, labels "
+                    "confused on the same span, missed/spurious/wrong-label/boundary errors) as errors.md, "
+                    "errors.json and errors.png; reports compilations and tokens/s.")
     evaluation.add_argument("--model", required=True, help="oie-jax model directory")
     add_gold_arguments(evaluation, "--data", "records to evaluate on (unified JSONL or any corpus format)")
     evaluation.add_argument("--batch-size", type=positive_int, default=16)

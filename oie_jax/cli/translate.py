@@ -13,6 +13,7 @@ def cmd_translate(args):
 
     from oie_jax.data.sources import split_from_name
     from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.files import location
     from oie_jax.translate import backends, run
     from oie_jax.translate.calibration import read_calibrated
@@ -42,6 +43,9 @@ def cmd_translate(args):
     tables = LabelTables.load(source_language, args.labels)
     examples = load_examples(source_language, targets, args.example)
     calibrated = read_calibrated(args.calibrated, [s.record for s in sources]) if args.calibrated else None
+    if args.estimate:
+        return print_estimate(run.estimate(sources, targets, tables, examples, tokenizer=(
+            load_tokenizer(location(args.estimate_tokenizer)) if args.estimate_tokenizer else None)), args.max_tokens)
     if args.local:
         backend = backends.LocalBackend(location(args.local), max_tokens=args.max_tokens, batch_size=args.batch_size)
     else:
@@ -60,6 +64,16 @@ def cmd_translate(args):
     if args.strict and total["rejected"]:
         print(f"oie-jax: error: {total['rejected']:,} records rejected (--strict)", file=sys.stderr)
         return 1
+    return 0
+
+
+def print_estimate(per_target: dict, max_tokens: int) -> int:
+    for target, counts in per_target.items():
+        tokens = f"{counts['prompt_tokens']:,} prompt tokens" if counts["prompt_tokens"] is not None else \
+            "prompt tokens: pass --tokenizer DIR to count them"
+        print(f"{target}: {counts['requests']:,} requests ({counts['unknown_labels']:,} records with an unknown "
+              f"label are not asked), {counts['prompt_chars']:,} prompt characters, {tokens}; answers at most "
+              f"{counts['requests'] * max_tokens:,} tokens (--max-tokens {max_tokens})")
     return 0
 
 
@@ -96,6 +110,10 @@ def add_parsers(commands) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=5, help="retries on 429, 5xx, timeouts and broken answers")
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only print what the run would ask (requests, prompt size); asks nothing")
+    parser.add_argument("--tokenizer", dest="estimate_tokenizer", metavar="DIR",
+                        help="with --estimate: count prompt tokens with this model directory's tokenizer")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any record is rejected")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=cmd_translate)

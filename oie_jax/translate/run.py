@@ -48,6 +48,38 @@ class Outcome:
         return self.rejection is None
 
 
+def request_for(record: Record, target: str, tables: LabelTables,
+                examples: dict[str, Example]) -> tuple[Record, tuple[str, ...], str] | UnknownLabel:
+    """(the record with its labels translated, the entities to ask for, the prompt), or the label that
+    no table translates."""
+    labelled = tables.translate(record, target)
+    if isinstance(labelled, UnknownLabel):
+        return labelled
+    entities = entities_of(record)
+    return labelled, entities, build_prompt(Translation(record.text, entities), tables.source, target,
+                                            examples[target])
+
+
+def estimate(sources: list[Source], targets: list[str], tables: LabelTables, examples: dict[str, Example],
+             tokenizer=None) -> dict:
+    """What a run would ask: requests, prompt characters and (with a tokenizer) prompt tokens, per target."""
+    per_target = {}
+    for target in targets:
+        counts = {"requests": 0, "unknown_labels": 0, "prompt_chars": 0, "prompt_tokens": None}
+        prompts = []
+        for source in sources:
+            request = request_for(source.record, target, tables, examples)
+            if isinstance(request, UnknownLabel):
+                counts["unknown_labels"] += 1
+            else:
+                prompts.append(request[2])
+        counts["requests"], counts["prompt_chars"] = len(prompts), sum(map(len, prompts))
+        if tokenizer is not None and prompts:
+            counts["prompt_tokens"] = sum(map(len, tokenizer.encode_batch(prompts, add_special_tokens=False)))
+        per_target[target] = counts
+    return per_target
+
+
 class Translator:
     def __init__(self, backend, cache: AnswerCache, tables: LabelTables, examples: dict[str, Example],
                  calibrated: dict[tuple[int, str], Record] | None = None):
@@ -62,12 +94,11 @@ class Translator:
             if rejection is not None:
                 rejection = dataclasses.replace(rejection, detail=f"calibrated: {rejection.detail}")
             return Outcome(source, target, fixed, rejection, None, "calibrated")
-        labelled = self.tables.translate(record, target)
-        if isinstance(labelled, UnknownLabel):
-            return Outcome(source, target, None, filters.Rejection("labels", "unknown_label", str(labelled)), None,
+        request = request_for(record, target, self.tables, self.examples)
+        if isinstance(request, UnknownLabel):
+            return Outcome(source, target, None, filters.Rejection("labels", "unknown_label", str(request)), None,
                            "unasked")
-        entities = entities_of(record)
-        prompt = build_prompt(Translation(record.text, entities), self.tables.source, target, self.examples[target])
+        labelled, entities, prompt = request
         key = answer_key(self.backend.name, self.backend.model, prompt, self.backend.sampling)
         answer, how = self.cache.get(key), "cached"
         if answer is None:
