@@ -6,6 +6,11 @@ of both sides per batch size and last `ratio=` (the smaller of ours / transforme
 sizes); the target is >= 2.0.
 
     .venv/bin/python benchmarks/bench_decode.py [--rounds 3]
+
+With --constrained it times format-constrained decoding against our unconstrained decoding instead (the
+sample test records as prompts, the label sets of the sample train split, 64 new tokens each); its
+`ratio=` is constrained / unconstrained tokens/s at the slower batch size, and the target is >= 0.85
+(the constraint costs at most 15%).
 """
 
 import argparse
@@ -72,10 +77,53 @@ def transformers_peer(config: dict, tensors: dict, pad_id: int):
     return run
 
 
+def constrained_sides(config: dict, tensors: dict, hf_tokenizer):
+    """Our greedy decoding of sample test prompts, free and constrained (infer/constrain.py)."""
+    import dataclasses
+    import tempfile
+
+    from oie_jax.convert.hf_to_jax import fill_params
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer import constrain
+    from oie_jax.infer.generate import Constraints, generate
+    from oie_jax.infer.predict import prompt_tokens
+    from oie_jax.models.checkpoint import model_from_params
+    from oie_jax.models.config import LlamaConfig
+
+    cfg = LlamaConfig.from_hf_config(config, param_dtype="float32", dtype="float32")
+    model = model_from_params(cfg, fill_params(cfg, ((n, t, None) for n, t in tensors.items()), np.float32))
+    with tempfile.TemporaryDirectory() as directory:  # our tokenizer class over the same tokenizer.json
+        hf_tokenizer.save_pretrained(directory)
+        tokenizer = load_tokenizer(directory)
+    train, test = (load_source([str(SAMPLE.with_name(f"{split}.jsonl"))])[1].records for split in ("train", "test"))
+    records = test[:16]
+    sets = constrain.label_sets(train)
+    automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(sets, r.task, r.language))
+                for r in records]
+    constraints = Constraints.of(automata, tokenizer, cfg.vocab_size)
+    prompts = prompt_tokens(records, tokenizer)
+
+    def side(constrained: bool):
+        def run(_, batch: int) -> int:
+            for start in range(0, len(prompts), batch):
+                rows = list(range(start, min(start + batch, len(prompts))))
+                chosen = dataclasses.replace(constraints, automata=[automata[i] for i in rows])
+                generate(model, [prompts[i] for i in rows], NEW_TOKENS, eos_ids=(), batch_size=batch,
+                         constraints=chosen if constrained else None)
+            return len(prompts) * NEW_TOKENS  # no end-of-sequence id: every row makes every token
+
+        return run
+
+    return {"constrained": side(True), "unconstrained": side(False)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side per batch size, in turns")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per timed run (a multiple of 16)")
+    parser.add_argument("--constrained", action="store_true",
+                        help="time constrained against unconstrained decoding (ours only)")
     args = parser.parse_args()
 
     from oie_jax.assets import smollm2_gguf
@@ -85,7 +133,11 @@ def main():
     config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompts = prompts_of(tokenizer, args.prompts)
-    sides = {"oie-jax": ours(config, tensors), "transformers": transformers_peer(config, tensors, pad_id)}
+    if args.constrained:
+        sides = constrained_sides(config, tensors, tokenizer)
+    else:
+        sides = {"oie-jax": ours(config, tensors), "transformers": transformers_peer(config, tensors, pad_id)}
+    ours_name, peer_name = sides
     ratios = []
     for batch in BATCHES:
         for run in sides.values():  # warm-up: compiles every shape of ours, warms torch's allocator
@@ -98,8 +150,8 @@ def main():
                 speeds[name].append(made / (time.perf_counter() - start))
         medians = {name: statistics.median(s) for name, s in speeds.items()}
         print(f"batch {batch:2d}: " + ", ".join(f"{name} {v:,.1f} new tokens/s" for name, v in medians.items())
-              + f" (ratio {medians['oie-jax'] / medians['transformers']:.2f})", flush=True)
-        ratios.append(medians["oie-jax"] / medians["transformers"])
+              + f" (ratio {medians[ours_name] / medians[peer_name]:.2f})", flush=True)
+        ratios.append(medians[ours_name] / medians[peer_name])
     print(f"ratio={min(ratios):.2f}")
 
 

@@ -73,6 +73,28 @@ def test_a_tiny_model_learns_an_easy_task_and_dev_f1_picks_best(learned):
     assert reference == pytest.approx(scores.metrics())
 
 
+def test_constrained_decoding_keeps_every_output_that_was_already_valid(learned):
+    """The run stores its training labels with the model; decoding constrained to them (and to entities of
+    the input) gives the outputs of free greedy decoding wherever those were valid already."""
+    from oie_jax.data import format as fmt
+    from oie_jax.infer import constrain
+
+    run_dir, _, dev = learned
+    labels = constrain.model_label_sets(run_dir / "model")
+    assert labels == constrain.label_sets(visits()[:48])
+    model = load_model(run_dir / "model")
+    free, _ = evaluate(model, ByteTokenizer(), dev, max_new_tokens=48, progress=False, log=lambda _: None)
+    constrained, _ = evaluate(model, ByteTokenizer(), dev, max_new_tokens=48, progress=False, log=lambda _: None,
+                              labels=labels)
+    automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(labels, r.task, r.language)) for r in dev]
+    valid = [constrain.accepts(auto, output.encode()) for auto, output in zip(automata, free)]
+    assert sum(valid) >= len(dev) // 2, free  # the learned model writes valid outputs on its own
+    for ok, before, after in zip(valid, free, constrained):
+        if ok:
+            assert after == before
+    assert all(fmt.parse(output, "NER").well_formed for output in constrained)
+
+
 def test_best_keeps_the_later_of_equal_values_and_never_a_worse_one(tmp_path):
     params = {"w": np.arange(4, dtype=np.float32)}
     for mode, values in (("max", (0.5, 0.5, 0.4)), ("min", (0.5, 0.5, 0.6))):

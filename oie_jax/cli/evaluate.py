@@ -1,5 +1,7 @@
 """`oie-jax score | eval | extract`: scores of saved predictions, evaluation of a model, extraction."""
 
+import argparse
+import dataclasses
 import json
 import sys
 
@@ -56,14 +58,19 @@ def cmd_eval(args):
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
     from oie_jax.files import location, prepare_output_dir
+    from oie_jax.infer import constrain
     from oie_jax.models.checkpoint import load_model
 
     golds = load_gold(args.data, args.source, args.strict)[: args.limit]
     out = prepare_output_dir(args.out or f"eval-{location(args.model).name}", args.overwrite)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, **({"dtype": args.dtype} if args.dtype else {}))
+    labels = constrain.model_label_sets(args.model, args.labels) if args.constrained else None
     outputs, scores = evaluate(model, tokenizer, golds, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, progress=not args.no_progress, log=lambda _: None)
+                               max_new_tokens=args.max_new_tokens, progress=not args.no_progress, log=lambda _: None,
+                               labels=labels)
+    if labels is not None:
+        scores = dataclasses.replace(scores, notes=(*scores.notes, constrained_note(labels)))
     write_predictions(out / "predictions.jsonl", golds, outputs)
     report.write(scores, out / "report.md", out / "scores.json", out / "f1.png",
                  title=f"Evaluation of {args.model} on {args.data}")
@@ -75,13 +82,28 @@ def cmd_eval(args):
           "errors.md/.json/.png (per-label scores, label confusion, kinds of error)", file=sys.stderr)
 
 
+def constrained_note(labels: dict) -> str:
+    known = "the label sets stored with the model or given" if labels else "no label set (any label)"
+    return f"decoding constrained to the format, {known}, and entities copied from the input (--no-constrained: free)"
+
+
 def cmd_extract(args):
+    from oie_jax.infer import constrain
     from oie_jax.infer.extract import extract
 
     texts = [args.text] if args.text is not None else read_lines(args.input, "input")
+    labels = constrain.model_label_sets(args.model, args.labels) if args.constrained else None
     for result in extract(args.model, texts, args.task, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, dtype=args.dtype):
+                          batch_size=args.batch_size, dtype=args.dtype, labels=labels):
         print(json.dumps(result.to_json(), ensure_ascii=False))
+
+
+def add_constraint_arguments(parser) -> None:
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode only outputs in the unified format, with labels from the label sets and "
+                             "entities copied from the input (default: on; --no-constrained for free decoding)")
+    parser.add_argument("--labels", help="label sets (JSON: {TASK or LANGUAGE/TASK: {text: [...], items: [...]}}); "
+                                         "default: MODEL/labels.json, written by training, else any label")
 
 
 def add_gold_arguments(parser, flag: str, help: str) -> None:
@@ -123,6 +145,7 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     evaluation.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_constraint_arguments(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
     extraction = commands.add_parser(
@@ -138,4 +161,5 @@ def add_parsers(commands) -> None:
     extraction.add_argument("--max-new-tokens", type=positive_int, default=128)
     extraction.add_argument("--batch-size", type=positive_int, default=8)
     extraction.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    add_constraint_arguments(extraction)
     extraction.set_defaults(run=cmd_extract)

@@ -44,6 +44,10 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return [self.encode(text, add_special_tokens) for text in texts]
 
+    def token_bytes(self) -> list[bytes]:
+        """Each token id's bytes as it adds them to a decoded text; b"" for special tokens."""
+        raise NotImplementedError
+
     def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
@@ -78,6 +82,24 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids, skip_special_tokens=True):
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self):
+        spec = json.loads(self._tok.to_str())
+        decoders = spec.get("decoder") or {}
+        kinds = {d.get("type") for d in decoders.get("decoders", [decoders])}
+        special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        to_byte = byte_level_alphabet() if "ByteLevel" in kinds else None
+        pieces = [b""] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i in special or i >= self.vocab_size:
+                continue
+            if to_byte is not None and all(c in to_byte for c in token):
+                pieces[i] = bytes(to_byte[c] for c in token)
+            elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):  # byte fallback
+                pieces[i] = bytes([int(token[3:5], 16)])
+            else:  # SentencePiece-style pieces: ▁ is a space
+                pieces[i] = token.replace("\u2581", " ").encode("utf-8")
+        return pieces
+
 
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece `.model` (Llama 2, the 13B OIELLM): BOS prepended, no EOS, like Llama 2."""
@@ -103,6 +125,18 @@ class SentencePieceTokenizer(Tokenizer):
         specials = {self.bos_id, self.eos_id, self.pad_id} if skip_special_tokens else set()
         return self._sp.DecodeIds([i for i in ids if i not in specials])
 
+    def token_bytes(self):
+        pieces = []
+        for i in range(self.vocab_size):
+            piece = self._sp.IdToPiece(i)
+            if self._sp.IsControl(i) or self._sp.IsUnknown(i):
+                pieces.append(b"")
+            elif self._sp.IsByte(i):
+                pieces.append(bytes([int(piece[3:5], 16)]))
+            else:
+                pieces.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return pieces
+
 
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as tokens 3..258 after pad 0, BOS 1, EOS 2: no files, any script. For random tiny
@@ -121,6 +155,18 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids, skip_special_tokens=True):
         data = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < self.vocab_size)
         return data.decode("utf-8", errors="replace")
+
+    def token_bytes(self):
+        return [b""] * self.OFFSET + [bytes([b]) for b in range(256)]
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins (GPT-2's table) back to bytes: printable Latin-1 bytes stand
+    for themselves, the other 68 for code points from 256 up, in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
 
 
 def load_tokenizer(path) -> Tokenizer:

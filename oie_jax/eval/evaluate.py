@@ -13,14 +13,15 @@ from oie_jax.infer.predict import generate_outputs
 
 
 def evaluate(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16, max_new_tokens: int = 128,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> tuple[list[str], Scores]:
-    """(outputs, scores) of greedy generation on `records`. The scores carry the generation statistics
-    (`scores.generation`: tokens/s, compilations); `log` receives their one-line summary (stderr by
-    default)."""
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             labels=None) -> tuple[list[str], Scores]:
+    """(outputs, scores) of greedy generation on `records`, constrained to the format when `labels`
+    (label sets) are given. The scores carry the generation statistics (`scores.generation`: tokens/s,
+    compilations); `log` receives their one-line summary (stderr by default)."""
     if not records:
         raise ValueError("evaluate needs at least one record")
     outputs, stats = generate_outputs(model, tokenizer, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                      progress=progress)
+                                      progress=progress, labels=labels)
     (log or (lambda line: print(line, file=sys.stderr)))(stats.summary())
     scores = score(records, outputs)
     return outputs, dataclasses.replace(scores, generation=stats)

@@ -58,9 +58,12 @@ def read_output(text: str, task: str, output: str) -> Extraction:
 
 
 def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=None, max_new_tokens: int = 128,
-            batch_size: int = 8, dtype: str | None = None, progress: bool = False) -> Extraction | list[Extraction]:
+            batch_size: int = 8, dtype: str | None = None, progress: bool = False,
+            labels=None) -> Extraction | list[Extraction]:
     """Extractions of one text (an Extraction) or of several (a list). `model` is an oie-jax model
-    directory (loaded on each call, with its tokenizer) or a loaded model with `tokenizer` given."""
+    directory (loaded on each call, with its tokenizer) or a loaded model with `tokenizer` given.
+    `labels` (label sets, `infer.constrain`) constrain decoding to the format, those labels and
+    entities copied from the text; {} constrains the format and the copies only."""
     from oie_jax.infer.predict import generate_outputs
 
     if task not in fmt.TASKS:
@@ -79,6 +82,6 @@ def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=N
         raise UserError("a loaded model needs its tokenizer (tokenizer=...)")
     records = [Record(text=text, task=task) for text in texts]
     outputs, _ = generate_outputs(model, tokenizer, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  progress=progress)
+                                  progress=progress, labels=labels)
     extractions = [read_output(text, task, output) for text, output in zip(texts, outputs)]
     return extractions[0] if single else extractions

@@ -20,6 +20,7 @@ from flax import nnx
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
+from oie_jax.infer import constrain
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama, init_cache, unstack_layers
 
@@ -99,8 +100,8 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id"))
-def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, *, max_new_tokens,
-              filters, eos_ids, pad_id):
+def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, *,
+              max_new_tokens, filters, eos_ids, pad_id):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
     key = jax.random.wrap_key_data(key_data)
@@ -111,36 +112,47 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     logits = model.logits(hidden[:, -1:])  # only the last position picks a token
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def pick(logits, key, done):
+    def pick(logits, key, done, where):
+        if constraint is not None:  # only the tokens that keep each row a valid prefix (infer/constrain.py)
+            tables, accept, _, data, lengths = constraint
+            allowed, ends = constrain.allowed(tables, accept, where, data, lengths, eos_ids)
+            logits = jnp.where(allowed, logits, -jnp.inf)
         token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
-        return token, done | jnp.isin(token, eos)
+        if constraint is not None:
+            where = jnp.where(done, where, jnp.take_along_axis(ends, token[:, None], axis=1)[:, 0])
+        return token, done | jnp.isin(token, eos), where
 
     key, first_key = jax.random.split(key)
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
-    token, done = pick(logits[:, -1], first_key, empty_row)
+    where = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
+    token, done, where = pick(logits[:, -1], first_key, empty_row, where)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
-        step, _, _, _, done, _, _ = carry
+        step, _, _, _, done, _, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def step_once(carry):
-        step, cache, token, position, done, out, key = carry
+        step, cache, token, position, done, out, key, where = carry
         key, step_key = jax.random.split(key)
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
-        token, done = pick(logits[:, 0], step_key, done)
-        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key
+        token, done, where = pick(logits[:, 0], step_key, done, where)
+        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, where
 
-    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key)
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, where)
     return jax.lax.while_loop(keep_going, step_once, carry)[5]
 
 
 def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-             eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None) -> list[list[int]]:
+             eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
+             constraints: "Constraints | None" = None) -> list[list[int]]:
     """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
     config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
-    sharded model (default: the rules of the current `sharding.activation_rules` context)."""
+    sharded model (default: the rules of the current `sharding.activation_rules` context).
+    `constraints` restricts each prompt's output to its automaton (format-constrained decoding)."""
+    if constraints is not None and len(constraints.automata) != len(prompts):
+        raise ValueError(f"{len(constraints.automata)} automata for {len(prompts)} prompts")
     if any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: every prompt needs at least one token")
     if max_new_tokens < 1 or batch_size < 1:
@@ -170,16 +182,39 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         rows = order[start:start + batch_size]
         tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
         key, batch_key = jax.random.split(key)
+        constraint = None
+        if constraints is not None:
+            tables, accept, starts = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
+            constraint = (placement.rows(tables), placement.rows(accept), placement.rows(starts),
+                          constraints.tokens.data, constraints.tokens.lengths)
         # The key and scalars as numpy: the same value on every process, replicated on the mesh.
         with placement.context():
             out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
                             np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
-                            np.float32(sampling.top_p), max_new_tokens=max_new_tokens, filters=filters,
+                            np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
                             eos_ids=eos_ids, pad_id=pad_id)
         out = placement.gather(out)
         for row, i in enumerate(rows):
             results[i] = cut_at_eos(out[row].tolist(), eos_ids)
+            if constraints is not None:
+                results[i] = constrain.complete_prefix(constraints.automata[i], results[i], constraints.pieces,
+                                                       eos_ids)
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """Format-constrained decoding for a `generate` call: one automaton per prompt, and the bytes of
+    the vocabulary's tokens."""
+
+    automata: list
+    pieces: list[bytes]  # each token id's bytes (`Tokenizer.token_bytes()`)
+    tokens: "constrain.TokenBytes"
+
+    @classmethod
+    def of(cls, automata: list, tokenizer, vocab_size: int) -> "Constraints":
+        pieces = tokenizer.token_bytes()
+        return cls(automata, pieces, constrain.TokenBytes.of(pieces, vocab_size))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from oie_jax.data.format import Record, render_input
 from oie_jax.data.tokenizer import Tokenizer
+from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
 
 
@@ -49,11 +50,19 @@ def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[
 
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
-                     max_new_tokens: int = 128, progress: bool = True) -> tuple[list[str], GenerationStats]:
+                     max_new_tokens: int = 128, progress: bool = True,
+                     labels: dict[str, constrain.LabelSet] | None = None) -> tuple[list[str], GenerationStats]:
     """Greedy output text for each record, in the records' order. Prompts are sorted by length and cut
-    into batches, so a batch pads little and most batches fall into a shape bucket compiled before."""
+    into batches, so a batch pads little and most batches fall into a shape bucket compiled before.
+    With `labels` (label sets, possibly empty: any label), decoding is constrained to the format of each
+    record's task, its labels and the entities of its text (infer/constrain.py)."""
     prompts = prompt_tokens(records, tokenizer)
     eos_ids = gen.stop_ids(model.cfg, tokenizer)
+    constraints = None
+    if labels is not None:
+        automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(labels, r.task, r.language))
+                    for r in records]
+        constraints = gen.Constraints.of(automata, tokenizer, model.cfg.vocab_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = [""] * len(prompts)
@@ -64,7 +73,10 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
         batch = [prompts[i] for i in rows]
         buckets.add((gen.bucket(len(batch)), gen.bucket(max(map(len, batch)), gen.MIN_LENGTH_BUCKET)))
         traced, began = gen.trace_count(), time.perf_counter()
-        new_tokens = gen.generate(model, batch, max_new_tokens, eos_ids=eos_ids, batch_size=batch_size)
+        rows_constraints = None if constraints is None else dataclasses.replace(
+            constraints, automata=[constraints.automata[i] for i in rows])
+        new_tokens = gen.generate(model, batch, max_new_tokens, eos_ids=eos_ids, batch_size=batch_size,
+                                  constraints=rows_constraints)
         elapsed, compiled = time.perf_counter() - began, gen.trace_count() - traced
         produced = sum(map(len, new_tokens))
         compiles, tokens = compiles + compiled, tokens + produced

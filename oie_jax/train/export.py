@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location, prepare_output_dir
+from oie_jax.infer.constrain import copy_label_sets
 from oie_jax.models import lora
 from oie_jax.models.checkpoint import abstract_params, save_model
 from oie_jax.models.config import LlamaConfig
@@ -81,4 +82,5 @@ def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | 
             params = jax.tree.map(lambda a: a.astype(jax_to_hf.NUMPY_DTYPES[dtype]), params)
         save_model(out, cfg, params)
     copy_tokenizer_files(tokenizer_source(model, model.init or None), out)
+    copy_label_sets(workdir, out)
     return out, step, f"{directory.name}/{step}"

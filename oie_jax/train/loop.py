@@ -21,6 +21,7 @@ from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location
+from oie_jax.infer import constrain
 from oie_jax.models import attention, lora
 from oie_jax.models.checkpoint import load_params, model_from_params, save_model
 from oie_jax.train import build, throughput, validate
@@ -148,6 +149,8 @@ class Run:
         self.shardings = self.make_shardings()
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.primary:  # the labels of the training data, exported with the model for constrained decoding
+            constrain.save_label_sets(constrain.label_sets(records.train), self.workdir)
         if config.checkpoint.compilation_cache:
             use_compilation_cache(self.workdir / COMPILATION_CACHE)
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint)
@@ -372,6 +375,7 @@ class Run:
         save_model(out, *self.full_params(params))
         if self.primary:
             copy_tokenizer_files(build.tokenizer_source(self.config.model, self.init), out)
+            constrain.copy_label_sets(self.workdir, out)
         self.outcome.exported_step = step
         self.say(f"wrote the model of step {step} ({origin}) to {out}")
 

@@ -1,0 +1,348 @@
+"""Format-constrained decoding: at each step only the tokens that keep the output a valid prefix of the
+unified format for the record's task.
+
+For each record an automaton over UTF-8 bytes accepts exactly the outputs the constraint allows:
+
+    pairs    TEXT_LABEL "/" TASK "/" (":" LABEL ";" ENTITY)*
+    triples  TEXT_LABEL "/" TASK "/" [(":" ENTITY ";" RELATION ";" ENTITY)+ ":"]
+    events   TEXT_LABEL "/" TASK "/" [(":" TYPE ";" ENTITY (";" ENTITY)*)+ ":"]
+
+where labels come from label sets (a trie each; any label without '/', ':' or ';' when a set is not
+known) and ENTITY is any non-empty substring of the input text (a suffix automaton of its bytes) that
+starts and ends on a character boundary and holds no ':' or ';' (the format's separators; an entity
+with one cannot be generated under the constraint). The automaton is a dense table (states x 256
+bytes) with state 0 dead; a token is allowed in a state when running its bytes through the table does
+not reach the dead state, and end-of-sequence ids are allowed in accepting states. The table of every
+record of a batch goes to the device once; each decoding step runs every vocabulary token's bytes
+(up to MAX_TOKEN_BYTES; longer tokens are never allowed) through it in one jitted gather per byte.
+"""
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+from oie_jax.data import format as fmt
+from oie_jax.data.format import Record
+from oie_jax.errors import UserError
+
+DEAD = 0
+MAX_TOKEN_BYTES = 16
+SEPARATORS = b":;"
+WHITESPACE = b" \t\n\r"
+LABELS_FILE = "labels.json"  # in a model directory: the label sets of its training data
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSet:
+    """The labels a task's outputs may use; None = any label (not known)."""
+
+    text: tuple[str, ...] | None = None
+    items: tuple[str, ...] | None = None
+
+
+def label_sets(records: Iterable[Record]) -> dict[str, LabelSet]:
+    """The text labels and item labels (relations for triples) that `records` use, per task and per
+    `LANGUAGE/TASK` (see `label_set_for`)."""
+    text: dict[str, set] = {}
+    items: dict[str, set] = {}
+    for record in records:
+        position = 1 if fmt.TASKS[record.task] == "triples" else 0
+        keys = [record.task] + ([f"{record.language}/{record.task}"] if record.language else [])
+        for key in keys:
+            text.setdefault(key, set()).add(record.label)
+            items.setdefault(key, set()).update(item[position] for item in record.items)
+    return {key: LabelSet(tuple(sorted(text[key])), tuple(sorted(items[key]))) for key in text}
+
+
+def label_set_for(sets: dict[str, LabelSet], task: str, language: str = "") -> LabelSet:
+    """The labels of a record's language and task, else of its task in any language, else any label."""
+    return sets.get(f"{language}/{task}") or sets.get(task) or LabelSet()
+
+
+def save_label_sets(sets: dict[str, LabelSet], directory) -> None:
+    value = {task: {"text": list(s.text), "items": list(s.items)} for task, s in sorted(sets.items())}
+    (epath.Path(directory) / LABELS_FILE).write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n",
+                                                     encoding="utf-8")
+
+
+def copy_label_sets(workdir, model_dir) -> None:
+    """A run's label sets into a model directory exported from it (when the run wrote them)."""
+    source = epath.Path(workdir) / LABELS_FILE
+    if source.is_file():
+        (epath.Path(model_dir) / LABELS_FILE).write_bytes(source.read_bytes())
+
+
+def load_label_sets(path) -> dict[str, LabelSet]:
+    """Label sets from a labels.json ({TASK or LANGUAGE/TASK: {"text": [...], "items": [...]}}, either
+    list optional: a missing one allows any label)."""
+    path = epath.Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        sets = {task: LabelSet(tuple(entry["text"]) if entry.get("text") is not None else None,
+                               tuple(entry["items"]) if entry.get("items") is not None else None)
+                for task, entry in value.items()}
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"not a label-set file ({exc}); expected {{task: {{text: [...], items: [...]}}}}",
+                        path) from None
+    unknown = [key for key in sets if key.rsplit("/", 1)[-1] not in fmt.TASKS]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r} in label sets", path)
+    return sets
+
+
+def model_label_sets(model_dir, path=None) -> dict[str, LabelSet]:
+    """The label sets to constrain a model's outputs to: a file's (`path`), else those stored with the
+    model (its training data's), else none known ({}: any label, the format and copies still hold)."""
+    if path is not None:
+        return load_label_sets(path)
+    stored = epath.Path(model_dir) / LABELS_FILE
+    return load_label_sets(stored) if stored.is_file() else {}
+
+
+class _Table:
+    """A growing deterministic automaton: one row of 256 next states per state; state 0 is dead."""
+
+    def __init__(self):
+        self.rows: list[list[int]] = [[DEAD] * 256]
+        self.accept: list[bool] = [False]
+
+    def new(self, accept: bool = False) -> int:
+        self.rows.append([DEAD] * 256)
+        self.accept.append(accept)
+        return len(self.rows) - 1
+
+    def edge(self, state: int, byte: int, target: int) -> None:
+        if self.rows[state][byte] not in (DEAD, target):
+            raise AssertionError(f"two ways out of state {state} on byte {byte}")  # the grammar is deterministic
+        self.rows[state][byte] = target
+
+    def chain(self, state: int, data: bytes) -> int:
+        for byte in data:
+            nxt = self.new()
+            self.edge(state, byte, nxt)
+            state = nxt
+        return state
+
+    def trie(self, root: int, words: Sequence[str]) -> list[int]:
+        """Adds the words below `root`; returns the state where each one ends."""
+        ends = []
+        for word in words:
+            state = root
+            for byte in word.encode("utf-8"):
+                nxt = self.rows[state][byte]
+                if nxt == DEAD:
+                    nxt = self.new()
+                    self.edge(state, byte, nxt)
+                state = nxt
+            ends.append(state)
+        return ends
+
+    def label(self, root: int, labels: tuple[str, ...] | None, forbidden: bytes) -> list[int]:
+        """States where a label ends: a trie of `labels`, or any non-empty run of bytes outside `forbidden`."""
+        if labels is not None:
+            return self.trie(root, [label for label in labels if not any(b in label.encode() for b in forbidden)])
+        free = self.new()
+        for byte in range(256):
+            if byte not in forbidden:
+                self.edge(root, byte, free)
+                self.edge(free, byte, free)
+        return [free]
+
+    def substrings(self, text: bytes) -> tuple[int, list[int]]:
+        """A suffix automaton of `text` limited to entity bytes: (its root, the states where an entity may
+        end, i.e. on a character boundary)."""
+        length, link, nexts, firstpos = [0], [-1], [{}], [-1]
+        last = 0
+        for position, byte in enumerate(text):
+            current = len(length)
+            length.append(length[last] + 1), link.append(0), nexts.append({}), firstpos.append(position)
+            p = last
+            while p != -1 and byte not in nexts[p]:
+                nexts[p][byte] = current
+                p = link[p]
+            if p != -1:
+                q = nexts[p][byte]
+                if length[p] + 1 == length[q]:
+                    link[current] = q
+                else:
+                    clone = len(length)
+                    length.append(length[p] + 1), link.append(link[q]), nexts.append(dict(nexts[q]))
+                    firstpos.append(firstpos[q])
+                    while p != -1 and nexts[p].get(byte) == q:
+                        nexts[p][byte] = clone
+                        p = link[p]
+                    link[q] = link[current] = clone
+            last = current
+        ids = [self.new() for _ in length]
+        ends = []
+        for s, transitions in enumerate(nexts):
+            for byte, t in transitions.items():
+                if byte in SEPARATORS or (s == 0 and (0x80 <= byte < 0xC0 or byte in WHITESPACE)):
+                    continue  # no separators; an entity starts on a character that is not a space
+                self.edge(ids[s], byte, ids[t])
+            after = firstpos[s] + 1
+            if s and (after == len(text) or not 0x80 <= text[after] < 0xC0):
+                ends.append(ids[s])
+        return ids[0], ends
+
+    def copy_edges(self, source: int, target: int) -> None:
+        for byte, nxt in enumerate(self.rows[source]):
+            if nxt != DEAD:
+                self.edge(target, byte, nxt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Automaton:
+    table: np.ndarray  # (states, 256) int32; state 0 dead
+    accept: np.ndarray  # (states,) bool: an end-of-sequence token may come here
+    start: int
+
+
+def automaton(text: str, task: str, labels: LabelSet = LabelSet()) -> Automaton:
+    """The automaton of the outputs allowed for an input `text` and `task` (module docstring)."""
+    kind = fmt.TASKS.get(task)
+    if kind is None:
+        raise UserError(f"unknown task {task!r}")
+    t = _Table()
+    start = t.new()
+    text_labels = None if labels.text is None else tuple(label for label in labels.text if "/" not in label)
+    marker = f"/{task}/".encode()
+    if text_labels is not None and "" in text_labels:
+        label_ends = [start] + t.trie(start, [label for label in text_labels if label])
+    else:
+        label_ends = t.label(start, text_labels, b"/\n")
+        if text_labels is None:
+            label_ends.append(start)  # an empty text label too
+    label_ends = label_ends or [start]  # a known set with no label at all: the empty one
+    after_slash = t.chain(label_ends[0], marker[:1])
+    for end in label_ends[1:]:
+        t.edge(end, marker[0], after_slash)
+    items = t.new(accept=True)  # after "/TASK/": the output may end here (no items)
+    t.edge(t.chain(after_slash, marker[1:-1]), marker[-1], items)
+    source = text.encode("utf-8")
+    label_bytes = b":;/\n"
+    if kind == "pairs":
+        label_root = t.new()
+        t.edge(items, ord(":"), label_root)
+        entity_root, entity_ends = t.substrings(source)
+        for end in t.label(label_root, labels.items, label_bytes):
+            t.edge(end, ord(";"), entity_root)
+        for end in entity_ends:
+            t.accept[end] = True
+            t.edge(end, ord(":"), label_root)
+    elif kind == "triples":
+        head_root, head_ends = t.substrings(source)
+        tail_root, tail_ends = t.substrings(source)
+        relation_root = t.new()
+        t.edge(items, ord(":"), head_root)
+        for end in head_ends:
+            t.edge(end, ord(";"), relation_root)
+        for end in t.label(relation_root, labels.items, label_bytes):
+            t.edge(end, ord(";"), tail_root)
+        after_item = t.new(accept=True)
+        t.copy_edges(head_root, after_item)
+        for end in tail_ends:
+            t.edge(end, ord(":"), after_item)
+    else:
+        type_root = t.new()
+        t.edge(items, ord(":"), type_root)
+        argument_root, argument_ends = t.substrings(source)
+        for end in t.label(type_root, labels.items, label_bytes):
+            t.edge(end, ord(";"), argument_root)
+        after_item = t.new(accept=True)
+        t.copy_edges(type_root, after_item)
+        for end in argument_ends:
+            t.edge(end, ord(";"), argument_root)
+            t.edge(end, ord(":"), after_item)
+    return Automaton(np.asarray(t.rows, np.int32), np.asarray(t.accept, bool), start)
+
+
+def accepts_prefix(auto: Automaton, data: bytes) -> bool:
+    """Whether `data` is a prefix of an allowed output (the plain walk through the table)."""
+    state = auto.start
+    for byte in data:
+        state = int(auto.table[state, byte])
+        if state == DEAD:
+            return False
+    return True
+
+
+def accepts(auto: Automaton, data: bytes) -> bool:
+    state = auto.start
+    for byte in data:
+        state = int(auto.table[state, byte])
+    return state != DEAD and bool(auto.accept[state])
+
+
+def complete_prefix(auto: Automaton, tokens: Sequence[int], pieces: Sequence[bytes], eos_ids) -> list[int]:
+    """`tokens` cut after the last token where the output is complete (an accepting state), so that an
+    output stopped by the token budget mid-item still reads as a well-formed one; an output that ended
+    with an end-of-sequence id is kept whole."""
+    state, complete = auto.start, 0
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return list(tokens[:i + 1]) if auto.accept[state] else list(tokens[:complete])
+        for byte in pieces[token]:
+            state = int(auto.table[state, byte])
+        if state == DEAD:
+            break
+        if auto.accept[state]:
+            complete = i + 1
+    return list(tokens[:complete])
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBytes:
+    """Every vocabulary token's bytes, padded: (vocab, MAX_TOKEN_BYTES) and their lengths; length 0 for
+    tokens that never pass (special tokens, and tokens longer than MAX_TOKEN_BYTES)."""
+
+    data: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, pieces: Sequence[bytes], vocab_size: int) -> "TokenBytes":
+        data = np.zeros((vocab_size, MAX_TOKEN_BYTES), np.int32)
+        lengths = np.zeros((vocab_size,), np.int32)
+        for i, piece in enumerate(pieces[:vocab_size]):
+            if 0 < len(piece) <= MAX_TOKEN_BYTES:
+                data[i, :len(piece)] = list(piece)
+                lengths[i] = len(piece)
+        return cls(data, lengths)
+
+
+def stack(automata: Sequence[Automaton], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tables, accept, start states) of a batch of `rows` rows, tables padded to a power-of-two state
+    count (fewer compiled shapes); rows past the automata get a dead table."""
+    states = max(64, 1 << (max(a.table.shape[0] for a in automata) - 1).bit_length())
+    tables = np.zeros((rows, states, 256), np.int32)
+    accept = np.zeros((rows, states), bool)
+    starts = np.zeros((rows,), np.int32)
+    for row, auto in enumerate(automata):
+        tables[row, :auto.table.shape[0]] = auto.table
+        accept[row, :auto.accept.shape[0]] = auto.accept
+        starts[row] = auto.start
+    return tables, accept, starts
+
+
+def token_ends(table: jax.Array, state: jax.Array, data: jax.Array, lengths: jax.Array) -> jax.Array:
+    """For one row: the state each vocabulary token's bytes lead to from `state` (DEAD where it fails)."""
+    current = jnp.full(lengths.shape, state, jnp.int32)
+    for k in range(data.shape[1]):
+        current = jnp.where(k < lengths, table[current, data[:, k]], current)
+    return jnp.where(lengths > 0, current, DEAD)
+
+
+def allowed(tables, accept, states, data, lengths, eos_ids) -> tuple[jax.Array, jax.Array]:
+    """(mask of the allowed tokens (batch, vocab), the state each token leads to). End-of-sequence ids
+    are allowed in accepting states, and also where nothing else is (a dead end never stalls a row)."""
+    ends = jax.vmap(token_ends, in_axes=(0, 0, None, None))(tables, states, data, lengths)
+    mask = ends != DEAD
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    stop = jnp.take_along_axis(accept, states[:, None], axis=1)[:, 0] | ~jnp.any(mask, axis=1)
+    mask = mask.at[:, eos].set(stop[:, None])
+    return mask, ends

@@ -1,0 +1,144 @@
+"""Format-constrained decoding: the jitted token mask against a plain-Python prefix check (a regular
+expression matched partially), and the base SmolLM2 answering in the format on the sample test split."""
+
+import random
+
+import jax
+import numpy as np
+import pytest
+import regex
+
+from oie_jax.data import format as fmt
+from oie_jax.infer import constrain
+from oie_jax.infer.constrain import LabelSet
+
+CASES = [  # (text, task, label set)
+    ("Marie Curie worked in Paris; she won: prizes.", "NER", LabelSet(("Science", ""), ("Person", "Location"))),
+    ("東京タワーは港区にある。", "NER", LabelSet(None, None)),
+    ("Soseki was born in Edo.", "Relation Extraction", LabelSet(("Literature",), ("born in", "born"))),
+    ("Tanaka won the 2020 election in Tokyo.", "Event Extraction", LabelSet(None, ("Election", "Elect"))),
+]
+
+
+def entities(text: str) -> list[bytes]:
+    """Every entity the constraint allows: substrings on character boundaries, not starting with a space,
+    without ':' or ';'."""
+    found = {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1)}
+    return sorted((e.encode() for e in found if not e[0].isspace() and ":" not in e and ";" not in e),
+                  key=len, reverse=True)
+
+
+def reference_pattern(text: str, task: str, labels: LabelSet) -> regex.Pattern:
+    """The allowed outputs as a regular expression over bytes, written from the format's definition."""
+    def choice(words, free):
+        if words is None:
+            return free
+        return b"(?:" + b"|".join(regex.escape(w.encode()) for w in sorted(words, key=len, reverse=True)) + b")"
+
+    text_label = choice(None if labels.text is None else [w for w in labels.text if "/" not in w], rb"[^/\n]*")
+    label = choice(labels.items, rb"[^:;/\n]+")
+    entity = b"(?:" + b"|".join(regex.escape(e) for e in entities(text)) + b")"
+    head = text_label + b"/" + regex.escape(task.encode()) + b"/"
+    kind = fmt.TASKS[task]
+    if kind == "pairs":
+        body = b"(?::" + label + b";" + entity + b")*"
+    elif kind == "triples":
+        body = b"(?:(?::" + entity + b";" + label + b";" + entity + b")+:)?"
+    else:
+        body = b"(?:(?::" + label + b";" + entity + b"(?:;" + entity + b")*)+:)?"
+    return regex.compile(head + body)
+
+
+def vocabulary(rng: random.Random, pieces_from: list[str]) -> list[bytes]:
+    """Single bytes, pieces of the texts, labels and markers (split anywhere, mid-character too), and a
+    few pieces longer than MAX_TOKEN_BYTES; index 0 stands for end-of-sequence (no bytes)."""
+    pieces = {bytes([b]) for b in range(256)}
+    for source in filter(None, pieces_from):
+        data = source.encode()
+        for _ in range(60):
+            i = rng.randrange(len(data))
+            pieces.add(data[i:i + rng.randint(1, 6)])
+    pieces |= {b"/NER/", b":Person;", b";born in;", b"Marie Curie worked in Paris", b"x" * 20}
+    return [b""] + sorted(pieces)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_the_mask_allows_exactly_the_tokens_that_keep_a_valid_prefix(case):
+    text, task, labels = CASES[case]
+    rng = random.Random(case)
+    auto = constrain.automaton(text, task, labels)
+    pattern = reference_pattern(text, task, labels)
+    pieces = vocabulary(rng, [text, f"/{task}/:;", *(labels.text or ()), *(labels.items or ())])
+    tokens = constrain.TokenBytes.of(pieces, len(pieces))
+    eos = (0,)
+    mask_of = jax.jit(lambda table, accept, state: constrain.allowed(table[None], accept[None], state[None],
+                                                                     tokens.data, tokens.lengths, eos))
+    table, accept = np.asarray(auto.table), np.asarray(auto.accept)
+    checked = 0
+    for _ in range(12):  # random walks: mostly allowed tokens, sometimes any token
+        state, prefix = auto.start, b""
+        for _ in range(40):
+            mask, ends = (np.asarray(x[0]) for x in mask_of(table, accept, np.int32(state)))
+            valid = pattern.fullmatch(prefix, partial=True) is not None
+            expected = np.array([0 < len(p) <= constrain.MAX_TOKEN_BYTES and valid
+                                 and pattern.fullmatch(prefix + p, partial=True) is not None for p in pieces])
+            complete = valid and pattern.fullmatch(prefix) is not None
+            expected[0] = complete or not expected[1:].any()
+            np.testing.assert_array_equal(mask, expected, err_msg=f"after {prefix!r}")
+            checked += 1
+            if complete and rng.random() < 0.1:
+                break
+            choices = np.flatnonzero(mask[1:]) + 1
+            token = int(rng.choice(choices)) if len(choices) and rng.random() < 0.9 else rng.randrange(1, len(pieces))
+            state, prefix = int(ends[token]), prefix + pieces[token]
+            assert constrain.accepts_prefix(auto, prefix) == (pattern.fullmatch(prefix, partial=True) is not None)
+    assert checked > 100
+
+
+def test_a_cut_output_ends_at_its_last_complete_item():
+    auto = constrain.automaton("Marie Curie worked in Paris.", "NER", LabelSet(None, None))
+    pieces = [b"", b"Science", b"/NER/", b":Person;", b"Marie", b" Curie", b":Loc", b"ation;"]
+    assert constrain.complete_prefix(auto, [1, 2, 3, 4, 5, 6, 7], pieces, (0,)) == [1, 2, 3, 4, 5]
+    assert constrain.complete_prefix(auto, [1, 2, 3, 4, 5, 0], pieces, (0,)) == [1, 2, 3, 4, 5, 0]
+    assert constrain.complete_prefix(auto, [1, 2], pieces, (0,)) == [1, 2]  # "Science/NER/": no items
+    assert constrain.complete_prefix(auto, [1], pieces, (0,)) == []
+
+
+def test_label_sets_of_training_data_round_trip_and_prefer_the_records_language(tmp_path):
+    from oie_jax.data.format import Record
+
+    records = [Record("a", "NER", "Sport", (("Person", "a"),), language="en"),
+               Record("b", "NER", "体育", (("人名", "b"),), language="zh"),
+               Record("c d", "Relation Extraction", "", (("c", "near", "d"),), language="en")]
+    sets = constrain.label_sets(records)
+    assert constrain.label_set_for(sets, "NER", "zh") == LabelSet(("体育",), ("人名",))
+    assert constrain.label_set_for(sets, "NER", "ja") == LabelSet(("Sport", "体育"), ("Person", "人名"))
+    assert constrain.label_set_for(sets, "Relation Extraction", "en").items == ("near",)
+    assert constrain.label_set_for(sets, "Event Extraction") == LabelSet()
+    constrain.save_label_sets(sets, tmp_path)
+    assert constrain.model_label_sets(tmp_path) == sets
+
+
+def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smollm2_dir):
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer.predict import generate_outputs
+    from oie_jax.models.checkpoint import load_model
+
+    sample = fmt.__file__.rsplit("/", 1)[0] + "/sample/"
+    train, test = (load_source([sample + f"{split}.jsonl"])[1].records for split in ("train", "test"))
+    model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)
+    free, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False)
+    outputs, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False,
+                                  labels=constrain.label_sets(train))
+    assert sum(fmt.parse(o, r.task).well_formed for r, o in zip(test, free)) < len(test) // 2  # it cannot alone
+    sets = constrain.label_sets(train)
+    for record, output in zip(test, outputs):
+        parsed = fmt.parse(output, record.task)
+        assert parsed.well_formed, (record.text, output)
+        labels = constrain.label_set_for(sets, record.task, record.language)
+        assert parsed.label in labels.text
+        position = 1 if fmt.TASKS[record.task] == "triples" else 0
+        for item in parsed.items:
+            assert item[position] in labels.items
+            assert all(value in record.text for value in fmt.text_values(record.task, item)), (record.text, output)
