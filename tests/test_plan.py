@@ -18,7 +18,8 @@ CONFIGS = ROOT / "configs"
 
 
 @pytest.mark.parametrize("name", ["llama3_8b_mmm_tpu", "llama3_8b_mmm_gpu", "llama3_8b_mmm_lora_1gpu",
-                                  "llama2_13b_mmm_tpu", "smollm2_mmm", "sample_smollm2"])
+                                  "llama2_13b_mmm_tpu", "smollm2_mmm", "sample_smollm2", "smollm2_gmner_text",
+                                  "smollm2_stockmark"])
 def test_dry_run_plans_every_config(name):
     config = load_config_file(CONFIGS / f"{name}.py")
     devices = config.mesh.devices = config.mesh.devices or 4  # the CPU configs: plan a 4-device host

@@ -112,21 +112,21 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     logits = model.logits(hidden[:, -1:])  # only the last position picks a token
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def pick(logits, key, done, where):
+    def pick(logits, key, done, at):  # at: each row's automaton state (unused without constraint)
         if constraint is not None:  # only the tokens that keep each row a valid prefix (infer/constrain.py)
             tables, accept, _, data, lengths = constraint
-            allowed, ends = constrain.allowed(tables, accept, where, data, lengths, eos_ids)
+            allowed, ends = constrain.allowed(tables, accept, at, data, lengths, eos_ids)
             logits = jnp.where(allowed, logits, -jnp.inf)
         token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
         if constraint is not None:
-            where = jnp.where(done, where, jnp.take_along_axis(ends, token[:, None], axis=1)[:, 0])
-        return token, done | jnp.isin(token, eos), where
+            at = jnp.where(done, at, jnp.take_along_axis(ends, token[:, None], axis=1)[:, 0])
+        return token, done | jnp.isin(token, eos), at
 
     key, first_key = jax.random.split(key)
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
-    where = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
-    token, done, where = pick(logits[:, -1], first_key, empty_row, where)
+    at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
+    token, done, at = pick(logits[:, -1], first_key, empty_row, at)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
@@ -134,13 +134,13 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def step_once(carry):
-        step, cache, token, position, done, out, key, where = carry
+        step, cache, token, position, done, out, key, at = carry
         key, step_key = jax.random.split(key)
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
-        token, done, where = pick(logits[:, 0], step_key, done, where)
-        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, where
+        token, done, at = pick(logits[:, 0], step_key, done, at)
+        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, at
 
-    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, where)
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, at)
     return jax.lax.while_loop(keep_going, step_once, carry)[5]
 
 
