@@ -51,7 +51,7 @@ def reference_pattern(text: str, task: str, labels: LabelSet) -> regex.Pattern:
 
 def vocabulary(rng: random.Random, pieces_from: list[str]) -> list[bytes]:
     """Single bytes, pieces of the texts, labels and markers (split anywhere, mid-character too), and a
-    few pieces longer than MAX_TOKEN_BYTES; index 0 stands for end-of-sequence (no bytes)."""
+    few long pieces; index 0 stands for end-of-sequence (no bytes)."""
     pieces = {bytes([b]) for b in range(256)}
     for source in filter(None, pieces_from):
         data = source.encode()
@@ -69,10 +69,10 @@ def test_the_mask_allows_exactly_the_tokens_that_keep_a_valid_prefix(case):
     auto = constrain.automaton(text, task, labels)
     pattern = reference_pattern(text, task, labels)
     pieces = vocabulary(rng, [text, f"/{task}/:;", *(labels.text or ()), *(labels.items or ())])
-    tokens = constrain.TokenBytes.of(pieces, len(pieces))
+    trie = constrain.TokenTrie.of(pieces, len(pieces))
     eos = (0,)
     mask_of = jax.jit(lambda table, accept, state: constrain.allowed(table[None], accept[None], state[None],
-                                                                     tokens.data, tokens.lengths, eos))
+                                                                     trie.arrays(), eos))
     table, accept = np.asarray(auto.table), np.asarray(auto.accept)
     checked = 0
     for _ in range(12):  # random walks: mostly allowed tokens, sometimes any token
@@ -80,8 +80,8 @@ def test_the_mask_allows_exactly_the_tokens_that_keep_a_valid_prefix(case):
         for _ in range(40):
             mask, ends = (np.asarray(x[0]) for x in mask_of(table, accept, np.int32(state)))
             valid = pattern.fullmatch(prefix, partial=True) is not None
-            expected = np.array([0 < len(p) <= constrain.MAX_TOKEN_BYTES and valid
-                                 and pattern.fullmatch(prefix + p, partial=True) is not None for p in pieces])
+            expected = np.array([len(p) > 0 and valid and pattern.fullmatch(prefix + p, partial=True) is not None
+                                 for p in pieces])
             complete = valid and pattern.fullmatch(prefix) is not None
             expected[0] = complete or not expected[1:].any()
             np.testing.assert_array_equal(mask, expected, err_msg=f"after {prefix!r}")

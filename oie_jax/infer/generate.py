@@ -114,8 +114,8 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
 
     def pick(logits, key, done, at):  # at: each row's automaton state (unused without constraint)
         if constraint is not None:  # only the tokens that keep each row a valid prefix (infer/constrain.py)
-            tables, accept, _, data, lengths = constraint
-            allowed, ends = constrain.allowed(tables, accept, at, data, lengths, eos_ids)
+            tables, accept, _, trie = constraint
+            allowed, ends = constrain.allowed(tables, accept, at, trie, eos_ids)
             logits = jnp.where(allowed, logits, -jnp.inf)
         token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
@@ -186,7 +186,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         if constraints is not None:
             tables, accept, starts = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
             constraint = (placement.rows(tables), placement.rows(accept), placement.rows(starts),
-                          constraints.tokens.data, constraints.tokens.lengths)
+                          constraints.tokens.arrays())
         # The key and scalars as numpy: the same value on every process, replicated on the mesh.
         with placement.context():
             out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
@@ -209,12 +209,12 @@ class Constraints:
 
     automata: list
     pieces: list[bytes]  # each token id's bytes (`Tokenizer.token_bytes()`)
-    tokens: "constrain.TokenBytes"
+    tokens: "constrain.TokenTrie"
 
     @classmethod
     def of(cls, automata: list, tokenizer, vocab_size: int) -> "Constraints":
         pieces = tokenizer.token_bytes()
-        return cls(automata, pieces, constrain.TokenBytes.of(pieces, vocab_size))
+        return cls(automata, pieces, constrain.TokenTrie.of(pieces, vocab_size))
 
 
 @dataclasses.dataclass(frozen=True)
