@@ -2,7 +2,7 @@
 300 sentences held out of ner_train.json (seeded) are the dev set; best/ keeps the step with the best dev
 WL F1 (type and entity exact; the sentences have no text label).
 
-A full run is 2 epochs of 4,509 sentences, several hours on a 2-core CPU; it resumes where it stopped:
+A full run is 2 epochs of 4,509 sentences (715 steps, about 3 hours on a 2-core CPU); it resumes where it stopped:
     oie-jax train --config configs/smollm2_stockmark.py --workdir runs/smollm2_stockmark
 A short run that shows it learning (configs/README.md gives the numbers):
     oie-jax train --config configs/smollm2_stockmark.py --workdir runs/stockmark_short \\

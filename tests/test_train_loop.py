@@ -1,6 +1,7 @@
 """The training run end to end on the tiny config: exact resume after SIGKILL and SIGTERM, partial and
 damaged checkpoints, divergence, several JAX processes, config overrides and the compilation cache."""
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ import pytest
 from etils import epath
 
 from oie_jax import sharding
+from oie_jax.data import holdout
+from oie_jax.data.format import Record
 from oie_jax.data.packing import EncodeStats, encode
 from oie_jax.data.sample import load_sample
 from oie_jax.data.sources.registry import write_jsonl
@@ -25,7 +28,7 @@ from oie_jax.models.config import preset
 from oie_jax.train import build
 from oie_jax.train.checkpointing import Checkpoints
 from oie_jax.train.config_file import apply_overrides, load_config_file, split_overrides
-from oie_jax.train.loop import Run, TrainingDiverged, train
+from oie_jax.train.loop import DEV_FILE, Run, TrainingDiverged, train
 from oie_jax.train.metrics_log import read_metrics
 from oie_jax.train.step import state_shardings
 
@@ -236,6 +239,15 @@ def test_dev_records_are_read_once_in_order_whatever_the_mixture(tmp_path):
     stats = EncodeStats()
     expected = [encode(r, ByteTokenizer(), run.config.data.seq_len, stats).tokens.tolist() for r in dev]
     assert seen == expected
+
+
+def test_a_held_out_dev_set_is_written_to_the_workdir_for_eval(tmp_path):
+    train_records = load_sample("train")
+    Run(tiny(**{"data.dev": "holdout:2"}), tmp_path)
+    written = [Record.from_json(json.loads(line)) for line in (tmp_path / DEV_FILE).read_text("utf-8").splitlines()]
+    held = holdout.split(train_records, 2, seed=0)[1]
+    assert written == held and len(held) > 2  # 2 per (subset, language) group
+    assert not set(r.id for r in written) & set(r.id for r in holdout.split(train_records, 2, seed=0)[0])
 
 
 def test_logged_loss_is_the_token_weighted_mean_of_its_steps_without_the_z_loss(tmp_path):

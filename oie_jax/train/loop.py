@@ -98,6 +98,7 @@ class Interval:
 
 
 COMPILATION_CACHE = "compilation_cache"
+DEV_FILE = "dev.jsonl"
 
 
 def use_compilation_cache(directory: epath.Path) -> None:
@@ -151,6 +152,9 @@ class Run:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.primary:  # the labels of the training data, exported with the model for constrained decoding
             constrain.save_label_sets(constrain.label_sets(records.train), self.workdir)
+            # The dev records (a holdout exists nowhere else), so that `oie-jax eval --data` can score on them.
+            (self.workdir / DEV_FILE).write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
+                                                         for r in records.dev), encoding="utf-8")
         if config.checkpoint.compilation_cache:
             use_compilation_cache(self.workdir / COMPILATION_CACHE)
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint)
