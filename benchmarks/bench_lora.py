@@ -69,9 +69,6 @@ def main():
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default="q,k,v,o,gate,up,down", help="comma-separated projections")
     args = parser.parse_args()
-    from oie_jax.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # as the oie-jax command does; both sides run under it
 
     from oie_jax.models.config import LoraConfig, preset
     from oie_jax.models.lora import num_adapter_params

@@ -21,10 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from oie_jax.host_memory import keep_freed_memory
     from oie_jax.train.config_file import split_overrides
 
-    keep_freed_memory()  # before JAX starts its threads
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
