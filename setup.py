@@ -46,5 +46,5 @@ setup(
     package_data={"oie_jax.data.sample": ["*.jsonl"], "oie_jax.translate": ["tables/*.json"]},
     install_requires=CORE,
     extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
-    entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},
+    entry_points={"console_scripts": ["oie-jax=oie_jax.cli:entry"]},
 )

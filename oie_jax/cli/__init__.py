@@ -38,3 +38,11 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"oie-jax: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def entry() -> int:
+    """The `oie-jax` command: `main` in a process whose malloc uses huge pages (oie_jax/host_memory.py)."""
+    from oie_jax.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages("oie_jax.cli", sys.argv[1:])
+    return main()

@@ -1,5 +1,5 @@
 import sys
 
-from oie_jax.cli import main
+from oie_jax.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -1,0 +1,57 @@
+"""Huge pages for malloc (oie_jax/host_memory.py): the environment the `oie-jax` command restarts
+itself with, and the reason for it: a jitted computation with large temporaries stops faulting in
+4 KB pages at every call."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from oie_jax import host_memory
+
+FAULTS_PER_CALL = textwrap.dedent("""
+    import resource
+    import jax, jax.numpy as jnp
+    x = jnp.ones((4096, 4096))
+    f = jax.jit(lambda x: ((x.T * 2.0 + x) @ jnp.ones(4096)).sum())  # a 64 MB temporary per call
+    for _ in range(3):
+        f(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        f(x).block_until_ready()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+""")
+
+
+def faults_per_call(env) -> int:
+    out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL], capture_output=True, text=True, timeout=300,
+                         env=env, check=True)
+    return int(out.stdout)
+
+
+def test_the_tunable_is_added_once_beside_other_tunables_and_can_be_refused(monkeypatch):
+    monkeypatch.setattr(host_memory, "thp_mode", lambda: "madvise")
+    monkeypatch.setattr(host_memory, "glibc_version", lambda: (2, 36))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert host_memory.huge_page_environment({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    added = host_memory.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert added == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    assert host_memory.huge_page_environment(added) is None  # a restarted process does not restart again
+    assert host_memory.huge_page_environment({"OIE_JAX_DEFAULT_MALLOC": "1"}) is None
+    monkeypatch.setattr(host_memory, "thp_mode", lambda: "never")
+    assert host_memory.huge_page_environment({}) is None
+    monkeypatch.setattr(host_memory, "thp_mode", lambda: "madvise")
+    monkeypatch.setattr(host_memory, "glibc_version", lambda: (2, 31))  # no such tunable before 2.35
+    assert host_memory.huge_page_environment({}) is None
+
+
+@pytest.mark.skipif(host_memory.huge_page_environment({}) is None,
+                    reason="needs glibc >= 2.35 on Linux with transparent huge pages in madvise mode")
+def test_huge_pages_cut_the_page_faults_of_large_temporaries():
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    default = faults_per_call(plain)
+    huge = faults_per_call(host_memory.huge_page_environment(plain))
+    assert default > 8192  # the temporary mapped afresh at every call in 4 KB pages (16,384 of them)
+    assert huge * 10 < default, (huge, default)
