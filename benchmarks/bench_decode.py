@@ -125,6 +125,9 @@ def main():
     parser.add_argument("--constrained", action="store_true",
                         help="time constrained against unconstrained decoding (ours only)")
     args = parser.parse_args()
+    from oie_jax.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
 
     from oie_jax.assets import smollm2_gguf
     from oie_jax.convert.hf_to_jax import read_gguf

@@ -69,6 +69,9 @@ def main():
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default="q,k,v,o,gate,up,down", help="comma-separated projections")
     args = parser.parse_args()
+    from oie_jax.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
 
     from oie_jax.models.config import LoraConfig, preset
     from oie_jax.models.lora import num_adapter_params

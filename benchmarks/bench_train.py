@@ -77,6 +77,9 @@ def main():
     parser.add_argument("--loss-chunk", type=int, default=0, help="our train.loss_chunk (0 = whole rows)")
     parser.add_argument("--remat", default="none", help="our model.remat")
     args = parser.parse_args()
+    from oie_jax.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
 
     from oie_jax.models.config import preset
     from oie_jax.train.throughput import matmul_peak_flops, train_flops_per_token

@@ -92,6 +92,9 @@ def main():
     parser.add_argument("--batch", type=int, default=32, help="images per forward")
     parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"comma-separated subset of {ENCODERS}")
     args = parser.parse_args()
+    from oie_jax.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
 
     images = np.random.default_rng(0).normal(size=(args.batch, 224, 224, 3)).astype(np.float32)
     with tempfile.TemporaryDirectory() as workdir:

@@ -49,11 +49,11 @@ def huge_page_environment(env: dict) -> dict | None:
     return {**env, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1"}
 
 
-def restart_with_huge_pages(module: str, argv: list[str]) -> None:
-    """Replace this process by `python -m module argv` with the tunable set (same PID, signals and
-    streams), when that changes anything; else return."""
+def restart_with_huge_pages() -> None:
+    """Start this process's command line again in its place with the tunable set (same PID, signals and
+    streams), when that changes anything; else return. Call it first thing, before any work."""
     env = huge_page_environment(dict(os.environ))
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -44,5 +44,5 @@ def entry() -> int:
     """The `oie-jax` command: `main` in a process whose malloc uses huge pages (oie_jax/host_memory.py)."""
     from oie_jax.host_memory import restart_with_huge_pages
 
-    restart_with_huge_pages("oie_jax.cli", sys.argv[1:])
+    restart_with_huge_pages()
     return main()
