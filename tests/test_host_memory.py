@@ -25,6 +25,10 @@ FAULTS_PER_CALL = textwrap.dedent("""
 """)
 
 
+def without_tunables() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+
 def faults_per_call(env) -> int:
     out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL], capture_output=True, text=True, timeout=300,
                          env=env, check=True)
@@ -50,7 +54,7 @@ def test_the_tunable_is_added_once_beside_other_tunables_and_can_be_refused(monk
 @pytest.mark.skipif(host_memory.huge_page_environment({}) is None,
                     reason="needs glibc >= 2.35 on Linux with transparent huge pages in madvise mode")
 def test_huge_pages_cut_the_page_faults_of_large_temporaries():
-    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    plain = without_tunables()
     default = faults_per_call(plain)
     huge = faults_per_call(host_memory.huge_page_environment(plain))
     assert default > 8192  # the temporary mapped afresh at every call in 4 KB pages (16,384 of them)
@@ -62,7 +66,7 @@ def test_huge_pages_cut_the_page_faults_of_large_temporaries():
 def test_a_process_restarts_itself_once_with_the_tunable_and_the_same_command_line():
     code = ("import os, sys; print('started', flush=True); from oie_jax.host_memory import restart_with_huge_pages; "
             "restart_with_huge_pages(); print(os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", code, "a", "b"], capture_output=True, text=True, env=env, timeout=60,
+    out = subprocess.run([sys.executable, "-c", code, "a", "b"], capture_output=True, text=True, env=without_tunables(),
+                         timeout=60,
                          check=True).stdout.splitlines()
     assert out == ["started", "started", "glibc.malloc.hugetlb=1 ['a', 'b']"]

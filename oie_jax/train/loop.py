@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from oie_jax import sharding
 from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
+from oie_jax.data.sources.registry import write_jsonl
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location
@@ -153,8 +154,7 @@ class Run:
         if self.primary:  # the labels of the training data, exported with the model for constrained decoding
             constrain.save_label_sets(constrain.label_sets(records.train), self.workdir)
             # The dev records (a holdout exists nowhere else), so that `oie-jax eval --data` can score on them.
-            (self.workdir / DEV_FILE).write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
-                                                         for r in records.dev), encoding="utf-8")
+            write_jsonl(records.dev, self.workdir / DEV_FILE)
         if config.checkpoint.compilation_cache:
             use_compilation_cache(self.workdir / COMPILATION_CACHE)
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from oie_jax.data.sources import LoadResult, conll, expand, load, mmm, records, stockmark
 from oie_jax.errors import UserError
+from oie_jax.files import location
 
 SOURCES = {
     "records": (records.read, (".jsonl",)),
@@ -52,11 +53,13 @@ def load_source(paths: list[str], source: str = "auto", strict: bool = False,
     return source, load(paths, reader, suffixes, strict=strict, keep_all=keep_all)
 
 
-def write_jsonl(records, out: Path) -> int:
+def write_jsonl(records, out) -> int:
+    """Records as JSON Lines at `out`, a local path or a bucket URL (a run's workdir may be either)."""
+    out = location(out)
     if out.is_dir():
         raise UserError("output is a directory; name a .jsonl file", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with out.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
     return len(records)
