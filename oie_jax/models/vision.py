@@ -178,10 +178,22 @@ class Attention(nnx.Module):
         keys = queries if keys is None else keys
         inputs = ((queries, self.q, self.q_bias), (keys, self.k, self.k_bias), (keys, self.v, self.v_bias))
         q, k, v = (project(x, w[...].astype(dtype)) + b[...].astype(dtype) for x, w, b in inputs)
-        out = jax.nn.dot_product_attention(q, k, v)  # softmax in float32 whatever the dtype
+        out = attend(q, k, v)
         b, t, h, d = out.shape
         out = project(out.reshape(b, t, h * d), self.o[...].astype(dtype).reshape(h * d, -1))
         return out + self.o_bias[...].astype(dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention (in float32) of q (batch, t, heads, d) over k, v (batch, s, heads, d). The
+    matmuls are batched over leading (batch, heads) axes and the softmax's division comes after the
+    second one (t x d quotients instead of t x s): XLA's CPU fuses that form ~2.5x faster than
+    `jax.nn.dot_product_attention`."""
+    q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))
+    scores = jnp.matmul(q * q.shape[-1] ** -0.5, k.swapaxes(2, 3), preferred_element_type=jnp.float32)
+    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    out = jnp.matmul(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / weights.sum(axis=-1, keepdims=True)).astype(v.dtype).swapaxes(1, 2)
 
 
 class MLP(nnx.Module):
