@@ -64,13 +64,14 @@ def vision_activation_bytes(cfg, images: int, size: tuple[int, int], trainable: 
     if isinstance(cfg, ViTConfig):
         tokens = (size[0] // cfg.patch_size) * (size[1] // cfg.patch_size) + cfg.class_token
         e, m = cfg.hidden_size, cfg.intermediate_size
-        attention = tokens * 6 * e * width + cfg.num_heads * tokens**2 * 4  # q k v, out, norm, residual; scores
+        residual = tokens * e * width  # one image's (tokens, embed) array
+        attention = 6 * residual + cfg.num_heads * tokens**2 * 4  # q k v, out, norm, residual; float32 scores
         mlp = tokens * 2 * m * width  # the MLP's two
         weights = (4 * e * e + 2 * e * m) * np.dtype(cfg.param_dtype).itemsize
         if not trainable:  # the attention's buffers are freed before the MLP's: the larger, beside the residual
-            return images * max(attention, mlp + tokens * e * width) + weights
+            return images * max(attention, mlp + residual) + weights
         layer = images * (attention + mlp) + weights
-        kept = images * tokens * e * width if cfg.remat == "full" else layer
+        kept = images * residual if cfg.remat == "full" else layer
         return cfg.num_layers * kept + layer
     height, wide = size[0] // 2, size[1] // 2  # after the stem
     blocks = []
