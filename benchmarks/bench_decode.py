@@ -83,6 +83,7 @@ def constrained_sides(config: dict, tensors: dict, hf_tokenizer):
     import tempfile
 
     from oie_jax.convert.hf_to_jax import fill_params
+    from oie_jax.data.labels import label_set_for, label_sets
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer import constrain
@@ -98,8 +99,8 @@ def constrained_sides(config: dict, tensors: dict, hf_tokenizer):
         tokenizer = load_tokenizer(directory)
     train, test = (load_source([str(SAMPLE.with_name(f"{split}.jsonl"))])[1].records for split in ("train", "test"))
     records = test[:16]
-    sets = constrain.label_sets(train)
-    automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(sets, r.task, r.language))
+    sets = label_sets(train)
+    automata = [constrain.automaton(r.text, r.task, label_set_for(sets, r.task, r.language))
                 for r in records]
     constraints = Constraints.of(automata, tokenizer, cfg.vocab_size)
     prompts = prompt_tokens(records, tokenizer)

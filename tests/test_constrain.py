@@ -9,8 +9,8 @@ import pytest
 import regex
 
 from oie_jax.data import format as fmt
+from oie_jax.data.labels import LabelSet, label_set_for, label_sets, model_label_sets, save_label_sets
 from oie_jax.infer import constrain
-from oie_jax.infer.constrain import LabelSet
 
 CASES = [  # (text, task, label set)
     ("Marie Curie worked in Paris; she won: prizes.", "NER", LabelSet(("Science", ""), ("Person", "Location"))),
@@ -110,13 +110,13 @@ def test_label_sets_of_training_data_round_trip_and_prefer_the_records_language(
     records = [Record("a", "NER", "Sport", (("Person", "a"),), language="en"),
                Record("b", "NER", "体育", (("人名", "b"),), language="zh"),
                Record("c d", "Relation Extraction", "", (("c", "near", "d"),), language="en")]
-    sets = constrain.label_sets(records)
-    assert constrain.label_set_for(sets, "NER", "zh") == LabelSet(("体育",), ("人名",))
-    assert constrain.label_set_for(sets, "NER", "ja") == LabelSet(("Sport", "体育"), ("Person", "人名"))
-    assert constrain.label_set_for(sets, "Relation Extraction", "en").items == ("near",)
-    assert constrain.label_set_for(sets, "Event Extraction") == LabelSet()
-    constrain.save_label_sets(sets, tmp_path)
-    assert constrain.model_label_sets(tmp_path) == sets
+    sets = label_sets(records)
+    assert label_set_for(sets, "NER", "zh") == LabelSet(("体育",), ("人名",))
+    assert label_set_for(sets, "NER", "ja") == LabelSet(("Sport", "体育"), ("Person", "人名"))
+    assert label_set_for(sets, "Relation Extraction", "en").items == ("near",)
+    assert label_set_for(sets, "Event Extraction") == LabelSet()
+    save_label_sets(sets, tmp_path)
+    assert model_label_sets(tmp_path) == sets
 
 
 def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smollm2_dir):
@@ -130,13 +130,13 @@ def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smo
     model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)
     free, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False)
     outputs, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False,
-                                  labels=constrain.label_sets(train))
+                                  labels=label_sets(train))
     assert sum(fmt.parse(o, r.task).well_formed for r, o in zip(test, free)) < len(test) // 2  # it cannot alone
-    sets = constrain.label_sets(train)
+    sets = label_sets(train)
     for record, output in zip(test, outputs):
         parsed = fmt.parse(output, record.task)
         assert parsed.well_formed, (record.text, output)
-        labels = constrain.label_set_for(sets, record.task, record.language)
+        labels = label_set_for(sets, record.task, record.language)
         assert parsed.label in labels.text
         position = 1 if fmt.TASKS[record.task] == "triples" else 0
         for item in parsed.items:

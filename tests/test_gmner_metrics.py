@@ -5,8 +5,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oie_jax.data.entities import Entity, gold_entities
 from oie_jax.data.format import Grounding, Record
-from oie_jax.eval.gmner import Entity, gold_entities, score
+from oie_jax.eval.gmner import score
 from tests.gmner_reference import reference_counts
 
 GOLD_BOX = (10.0, 10.0, 30.0, 20.0)

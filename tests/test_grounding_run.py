@@ -18,9 +18,9 @@ from oie_jax.infer.ground import load_grounder
 from oie_jax.models import encoders, lora
 from oie_jax.models.vision import ViTConfig
 from oie_jax.train.defaults import base_config
-from oie_jax.train.grounding_run import GroundingRun
-from oie_jax.train.loop import train
+from oie_jax.train.grounding.run import GroundingRun
 from oie_jax.train.metrics_log import read_metrics
+from oie_jax.train.runs import train
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_inference_grounds_an_output_where_the_training_forward_does(uninterrupt
     from oie_jax.data.sources.registry import load_source
     from oie_jax.infer.ground import ground
     from oie_jax.models.grounding import choose
-    from oie_jax.train import grounding as parts
+    from oie_jax.train.grounding import parts
 
     workdir, _ = uninterrupted
     grounder = load_grounder(workdir / "model")
@@ -235,7 +235,7 @@ def test_a_head_on_proposals_alone_chooses_among_them_in_training_and_inference(
     from oie_jax.data.sources.registry import load_source
     from oie_jax.infer.ground import ground
     from oie_jax.models.grounding import choose
-    from oie_jax.train import grounding as parts
+    from oie_jax.train.grounding import parts
 
     file = inputs / "synth" / "proposals.json"
     changes = {"grounding.cells": False, "grounding.proposals": str(file)}
@@ -291,13 +291,14 @@ def test_grounding_f1_rises_as_the_head_learns(inputs, tmp_path):
     head as initialised and after the run has trained it on 140 tweets."""
     import dataclasses
 
+    from oie_jax.data.entities import gold_entities
     from oie_jax.data.grounding import example, image_id
     from oie_jax.data.images import decode
     from oie_jax.data.packing import EncodeStats
     from oie_jax.data.sources.registry import load_source
-    from oie_jax.eval.gmner import gold_entities, score
+    from oie_jax.eval.gmner import score
     from oie_jax.infer.ground import ground
-    from oie_jax.train import grounding as parts
+    from oie_jax.train.grounding import parts
 
     synthesize(tmp_path / "synth", 200, seed=6)
     txt = tmp_path / "synth" / "txt"

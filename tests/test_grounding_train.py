@@ -17,7 +17,7 @@ from oie_jax.models.config import LoraConfig, preset
 from oie_jax.models.encoders import Preprocess
 from oie_jax.models.grounding import GroundingConfig
 from oie_jax.models.vision import ViTConfig
-from oie_jax.train import grounding as gt
+from oie_jax.train.grounding import parts as gt
 from oie_jax.train.step import jit_on_mesh
 
 VISION = ViTConfig("clip", image_size=64, patch_size=16, hidden_size=32, intermediate_size=64, num_layers=2,

@@ -23,8 +23,9 @@ from oie_jax.train import build
 from oie_jax.train.checkpointing import restore_params, shapes_by_path
 from oie_jax.train.config_file import load_config_file
 from oie_jax.train.export import export
-from oie_jax.train.loop import Run, train
+from oie_jax.train.loop import Run
 from oie_jax.train.optimizer import adamw, learning_rate_schedule
+from oie_jax.train.runs import train
 from oie_jax.train.step import (
     frozen,
     frozen_shardings,

@@ -21,8 +21,8 @@ from oie_jax.data.tokenizer import ByteTokenizer
 from oie_jax.eval.evaluate import evaluate
 from oie_jax.models.checkpoint import load_model
 from oie_jax.train.checkpointing import Checkpoints
-from oie_jax.train.loop import train
 from oie_jax.train.metrics_log import read_metrics
+from oie_jax.train.runs import train
 from tests.metrics_reference import reference_metrics
 from tests.test_train_loop import ROOT, TINY, cli, losses, tiny
 
@@ -77,16 +77,17 @@ def test_constrained_decoding_keeps_every_output_that_was_already_valid(learned)
     """The run stores its training labels with the model; decoding constrained to them (and to entities of
     the input) gives the outputs of free greedy decoding wherever those were valid already."""
     from oie_jax.data import format as fmt
+    from oie_jax.data.labels import label_set_for, label_sets, model_label_sets
     from oie_jax.infer import constrain
 
     run_dir, _, dev = learned
-    labels = constrain.model_label_sets(run_dir / "model")
-    assert labels == constrain.label_sets(visits()[:48])
+    labels = model_label_sets(run_dir / "model")
+    assert labels == label_sets(visits()[:48])
     model = load_model(run_dir / "model")
     free, _ = evaluate(model, ByteTokenizer(), dev, max_new_tokens=48, progress=False, log=lambda _: None)
     constrained, _ = evaluate(model, ByteTokenizer(), dev, max_new_tokens=48, progress=False, log=lambda _: None,
                               labels=labels)
-    automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(labels, r.task, r.language)) for r in dev]
+    automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language)) for r in dev]
     valid = [constrain.accepts(auto, output.encode()) for auto, output in zip(automata, free)]
     assert sum(valid) >= len(dev) // 2, free  # the learned model writes valid outputs on its own
     for ok, before, after in zip(valid, free, constrained):

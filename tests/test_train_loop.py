@@ -28,8 +28,9 @@ from oie_jax.models.config import preset
 from oie_jax.train import build
 from oie_jax.train.checkpointing import Checkpoints
 from oie_jax.train.config_file import apply_overrides, load_config_file, split_overrides
-from oie_jax.train.loop import DEV_FILE, Run, TrainingDiverged, train
+from oie_jax.train.loop import DEV_FILE, Run, TrainingDiverged
 from oie_jax.train.metrics_log import read_metrics
+from oie_jax.train.runs import train
 from oie_jax.train.step import state_shardings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ TINY = ROOT / "configs" / "tiny_debug.py"
 SIGNAL_AFTER_STEP = textwrap.dedent("""
     import os, signal, sys, time
     from oie_jax.train.config_file import load_config_file
-    from oie_jax.train.loop import train
+    from oie_jax.train.runs import train
     workdir, step, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     def on_step(done, metrics):
         if done == step:

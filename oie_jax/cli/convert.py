@@ -1,7 +1,7 @@
 """`oie-jax convert hf-to-jax | jax-to-hf | vision-to-jax | vision-to-hf`: LLaMA and vision encoder
 weights between Hugging Face (or torchvision) and oie-jax."""
 
-from oie_jax.models.config import DTYPES
+from oie_jax.models.policies import DTYPES
 
 
 def cmd_hf_to_jax(args):

@@ -11,7 +11,7 @@ from oie_jax.data import format as fmt
 from oie_jax.errors import UserError
 from oie_jax.eval import DEFAULT_METRIC
 from oie_jax.files import read_lines
-from oie_jax.models.config import DTYPES
+from oie_jax.models.policies import DTYPES
 
 
 def load_gold(path: str, source: str, strict: bool) -> list:
@@ -53,19 +53,19 @@ def cmd_score(args):
 
 
 def cmd_eval(args):
+    from oie_jax.data.labels import model_label_sets
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.eval import errors, report
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
     from oie_jax.files import location, prepare_output_dir
-    from oie_jax.infer import constrain
     from oie_jax.models.checkpoint import load_model
 
     golds = load_gold(args.data, args.source, args.strict)[: args.limit]
     out = prepare_output_dir(args.out or f"eval-{location(args.model).name}", args.overwrite)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, **({"dtype": args.dtype} if args.dtype else {}))
-    labels = constrain.model_label_sets(args.model, args.labels) if args.constrained else None
+    labels = model_label_sets(args.model, args.labels) if args.constrained else None
     outputs, scores = evaluate(model, tokenizer, golds, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, progress=not args.no_progress, log=lambda _: None,
                                labels=labels)
@@ -88,11 +88,11 @@ def constrained_note(labels: dict) -> str:
 
 
 def cmd_extract(args):
-    from oie_jax.infer import constrain
+    from oie_jax.data.labels import model_label_sets
     from oie_jax.infer.extract import extract
 
     texts = [args.text] if args.text is not None else read_lines(args.input, "input")
-    labels = constrain.model_label_sets(args.model, args.labels) if args.constrained else None
+    labels = model_label_sets(args.model, args.labels) if args.constrained else None
     for result in extract(args.model, texts, args.task, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, dtype=args.dtype, labels=labels):
         print(json.dumps(result.to_json(), ensure_ascii=False))

@@ -3,7 +3,7 @@
 import json
 
 from oie_jax.files import read_lines
-from oie_jax.models.config import DTYPES
+from oie_jax.models.policies import DTYPES
 
 
 def cmd_generate(args):

@@ -95,7 +95,8 @@ def cmd_eval_gmner(args):
 
 
 def cmd_score_gmner(args):
-    from oie_jax.eval.gmner import gold_entities, score
+    from oie_jax.data.entities import gold_entities
+    from oie_jax.eval.gmner import score
     from oie_jax.eval.grounded import pair, read_grounded_predictions
     from oie_jax.files import location
 

@@ -1,7 +1,7 @@
 """`oie-jax serve`: an OpenAI-compatible HTTP server for a model directory."""
 
 from oie_jax.cli.arguments import positive_int
-from oie_jax.models.config import DTYPES
+from oie_jax.models.policies import DTYPES
 
 
 def cmd_serve(args):

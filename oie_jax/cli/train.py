@@ -15,7 +15,7 @@ def cmd_train(args):
         print(plan(config))
         return 0
     start_distributed(args)
-    from oie_jax.train.loop import train
+    from oie_jax.train.runs import train
 
     outcome = train(config, args.workdir)
     if outcome.stopped_by:  # the exit status of a process ended by that signal, for job schedulers

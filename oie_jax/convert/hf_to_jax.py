@@ -7,50 +7,19 @@ near the size of the output. GGUF files go through `transformers` (dequantized, 
 from collections.abc import Iterator
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from oie_jax.convert import layout
+from oie_jax.convert.tensors import NUMPY_DTYPES, allocated_at, iter_safetensors, safetensors_files, set_at
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir, read_json, staged
 from oie_jax.models import checkpoint
 from oie_jax.models.config import LlamaConfig
 
-INDEX_FILE = "model.safetensors.index.json"
 GENERATION_CONFIG = "generation_config.json"
-NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-
-
-def safetensors_files(src: Path) -> list[Path]:
-    """The weight files of a checkpoint directory: the index's shards, or the single file."""
-    if (src / INDEX_FILE).is_file():
-        weight_map = read_json(src / INDEX_FILE).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise UserError("no weight_map in the index", src / INDEX_FILE)
-        files = [src / name for name in dict.fromkeys(weight_map.values())]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise UserError(f"shards named by the index are missing: {missing}", src / INDEX_FILE)
-        return files
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise UserError("no *.safetensors files (and no index) in this directory", src)
-    return files
-
-
-def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray, Path]]:
-    from safetensors import SafetensorError, safe_open
-
-    for path in files:
-        try:
-            with safe_open(str(path), framework="np") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name), path
-        except SafetensorError as exc:
-            raise UserError(f"corrupt safetensors file ({exc})", path) from None
 
 
 def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]], dtype, total: int | None = None):
@@ -75,9 +44,9 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
             raise UserError(f"tensor {name!r} appears twice", path)
         value = entry.to_ours(tensor, cfg)
         if layer is None:
-            _set(out, entry.path, np.ascontiguousarray(value, dtype=dtype))
+            set_at(out, entry.path, np.ascontiguousarray(value, dtype=dtype))
         else:
-            _get_or_alloc(out, entry.path, (cfg.num_layers, *want), dtype)[layer] = value
+            allocated_at(out, entry.path, (cfg.num_layers, *want), dtype)[layer] = value
         seen.add(name)
     missing = [name for name, _, _ in layout.hf_names(cfg) if name not in seen]
     if missing:
@@ -87,21 +56,6 @@ def fill_params(cfg: LlamaConfig, tensors: Iterator[tuple[str, np.ndarray, Path]
 
 def _hf_shape(entry: layout.Entry, ours, cfg) -> tuple:
     return tuple(entry.to_hf(np.empty(ours, np.int8), cfg).shape)
-
-
-def _set(tree, path, value):
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get_or_alloc(tree, path, shape, dtype) -> np.ndarray:
-    node = tree
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    if path[-1] not in node:
-        node[path[-1]] = np.empty(shape, dtype)
-    return node[path[-1]]
 
 
 def stop_token_overrides(src: Path, hf_config: dict) -> dict:

@@ -12,7 +12,8 @@ from etils import epath
 from tqdm import tqdm
 
 from oie_jax.convert import layout
-from oie_jax.convert.hf_to_jax import GENERATION_CONFIG, INDEX_FILE, NUMPY_DTYPES
+from oie_jax.convert.hf_to_jax import GENERATION_CONFIG
+from oie_jax.convert.tensors import INDEX_FILE, NUMPY_DTYPES
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir, staged

@@ -12,7 +12,7 @@ import json
 import numpy as np
 from etils import epath
 
-from oie_jax.convert.hf_to_jax import NUMPY_DTYPES
+from oie_jax.convert.tensors import NUMPY_DTYPES
 from oie_jax.files import staged
 from oie_jax.models.config import LlamaConfig
 

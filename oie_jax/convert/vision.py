@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from oie_jax.convert import vision_layout
-from oie_jax.convert.hf_to_jax import NUMPY_DTYPES, _get_or_alloc, _set, iter_safetensors, safetensors_files
+from oie_jax.convert.tensors import NUMPY_DTYPES, allocated_at, iter_safetensors, safetensors_files, set_at
 from oie_jax.errors import UserError
 from oie_jax.files import prepare_output_dir, read_json, staged
 from oie_jax.models import encoders
@@ -96,9 +96,9 @@ def fill_vit(cfg: ViTConfig, tensors) -> dict:
                             path)
         for p, value in zip(entry.paths, parts):
             if layer is None:
-                _set(out, p, np.ascontiguousarray(value, dtype=dtype))
+                set_at(out, p, np.ascontiguousarray(value, dtype=dtype))
             else:
-                _get_or_alloc(out, p, (cfg.num_layers, *value.shape), dtype)[layer] = value
+                allocated_at(out, p, (cfg.num_layers, *value.shape), dtype)[layer] = value
         seen.add(name)
     missing = [name for name, _, _ in vision_layout.hf_names(cfg) if name not in seen]
     if missing:

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oie_jax.data.format import Record, normalize
+from oie_jax.data.entities import Entity
+from oie_jax.data.format import normalize
 from oie_jax.eval.encode import power_of_two
 from oie_jax.eval.metrics import COUNTS, STATS, matched_items, precision_recall_f1
 from oie_jax.models.boxes import iou
@@ -29,24 +30,6 @@ from oie_jax.models.boxes import iou
 GMNER_METRICS = ("gmner", "mner", "eeg")
 IOU_THRESHOLD = 0.5
 NONE = -1  # padding id
-
-
-@dataclasses.dataclass(frozen=True)
-class Entity:
-    text: str
-    type: str
-    boxes: tuple[tuple[float, float, float, float], ...] = ()  # gold: every box; a prediction: at most one
-
-    @property
-    def in_image(self) -> bool:
-        return bool(self.boxes)
-
-
-def gold_entities(record: Record) -> list[Entity]:
-    """The entities of a Twitter-GMNER record (items are (type, text); boxes aligned with the items)."""
-    boxes = record.grounding.boxes if record.grounding is not None else ((),) * len(record.items)
-    return [Entity(text, label, tuple(tuple(map(float, box)) for box in item_boxes))
-            for (label, text), item_boxes in zip(record.items, boxes)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from oie_jax.data.entities import Entity, gold_entities
 from oie_jax.data.format import Record
 from oie_jax.data.grounding import image_id
 from oie_jax.data.images import ImageSource
 from oie_jax.data.proposals import Proposals
 from oie_jax.errors import UserError, shown
-from oie_jax.eval.gmner import GMNER_METRICS, Entity, GroundingScores, gold_entities, score
+from oie_jax.eval.gmner import GMNER_METRICS, GroundingScores, score
 from oie_jax.eval.metrics import STATS
 from oie_jax.eval.predictions import json_lines
 from oie_jax.eval.report import output_path

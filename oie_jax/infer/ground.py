@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from oie_jax.data.entities import Entity
 from oie_jax.data.format import Record
 from oie_jax.data.grounding import item_tokens
 from oie_jax.data.images import Placement, prepare, to_original
 from oie_jax.data.proposals import in_fractions
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
 from oie_jax.errors import UserError
-from oie_jax.eval.gmner import Entity
 from oie_jax.infer import generate as gen
 from oie_jax.infer.predict import prompt_tokens
 from oie_jax.models import encoders

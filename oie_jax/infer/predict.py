@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 
 from oie_jax.data.format import Record, render_input
+from oie_jax.data.labels import LabelSet, label_set_for
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
@@ -51,7 +52,7 @@ def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
                      max_new_tokens: int = 128, progress: bool = True,
-                     labels: dict[str, constrain.LabelSet] | None = None) -> tuple[list[str], GenerationStats]:
+                     labels: dict[str, LabelSet] | None = None) -> tuple[list[str], GenerationStats]:
     """Greedy output text for each record, in the records' order. Prompts are sorted by length and cut
     into batches, so a batch pads little and most batches fall into a shape bucket compiled before.
     With `labels` (label sets, possibly empty: any label), decoding is constrained to the format of each
@@ -60,7 +61,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     eos_ids = gen.stop_ids(model.cfg, tokenizer)
     constraints = None
     if labels is not None:
-        automata = [constrain.automaton(r.text, r.task, constrain.label_set_for(labels, r.task, r.language))
+        automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language))
                     for r in records]
         constraints = gen.Constraints.of(automata, tokenizer, model.cfg.vocab_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -5,10 +5,9 @@ import json
 from typing import Any
 
 from oie_jax.errors import UserError
+from oie_jax.models.policies import DTYPES, check_policies
 
 SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see layers.CHECKPOINT_POLICIES
 ATTENTION = ("auto", "xla", "cudnn", "splash")  # see attention.py
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections an adapter can sit on
 
@@ -74,11 +73,7 @@ class LlamaConfig:
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.num_heads % self.num_kv_heads:
             raise UserError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
-        for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise UserError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
-        if self.remat not in REMAT_POLICIES:
-            raise UserError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        check_policies(self)
         if self.attention not in ATTENTION:
             raise UserError(f"attention={self.attention!r} is not one of {ATTENTION}")
         if self.rope_scaling is not None and self.rope_scaling.get("rope_type", "llama3") != "llama3":

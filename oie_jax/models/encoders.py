@@ -17,7 +17,7 @@ from flax import nnx
 from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.files import location
-from oie_jax.models.checkpoint import PARAMS_DIR, config_file, restore_params, save_params
+from oie_jax.models.directory import PARAMS_DIR, config_file, restore_params, save_params
 from oie_jax.models.mobilenet import MobileNetV2, MobileNetV2Config
 from oie_jax.models.vision import ViT, ViTConfig
 

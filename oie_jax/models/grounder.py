@@ -19,7 +19,8 @@ from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models import encoders
-from oie_jax.models.checkpoint import config_file, load_model, restore_params, save_model, save_params
+from oie_jax.models.checkpoint import load_model, save_model
+from oie_jax.models.directory import config_file, restore_params, save_params
 from oie_jax.models.grounding import GroundingConfig, GroundingHead
 
 CONFIG_FILE = "oie_grounding.json"

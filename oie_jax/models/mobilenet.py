@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from oie_jax.errors import UserError
-from oie_jax.models.config import DTYPES
 from oie_jax.models.layers import param
+from oie_jax.models.policies import check_policies
 from oie_jax.models.vision import VisionOutput
 
 # (expansion, output channels, repeats, stride of the first repeat): the paper's table 2.
@@ -33,9 +33,7 @@ class MobileNetV2Config:
     remat: str = "none"  # kept for a common interface with the ViT; the network is too small to need it
 
     def __post_init__(self):
-        for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise UserError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
+        check_policies(self)
 
     @property
     def blocks(self) -> list[tuple[int, int, int, int]]:

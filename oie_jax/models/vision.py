@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 
 from oie_jax.errors import UserError
-from oie_jax.models.config import DTYPES, REMAT_POLICIES
 from oie_jax.models.layers import param, project, scan_layers, stacked
+from oie_jax.models.policies import check_policies
 from oie_jax.sharding import constrain
 
 LAYOUTS = ("clip", "siglip")
@@ -56,11 +56,7 @@ class ViTConfig:
             raise UserError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
             raise UserError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
-        for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise UserError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
-        if self.remat not in REMAT_POLICIES:
-            raise UserError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        check_policies(self)
 
     @property
     def head_dim(self) -> int:

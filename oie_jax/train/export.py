@@ -8,10 +8,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
+from oie_jax.data.labels import copy_label_sets
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location, prepare_output_dir
-from oie_jax.infer.constrain import copy_label_sets
 from oie_jax.models import lora
 from oie_jax.models.checkpoint import abstract_params, save_model
 from oie_jax.models.config import LlamaConfig
@@ -54,6 +54,7 @@ def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | 
     or, of a LoRA run, the adapters alone in peft's layout ("peft"); a LoRA run's adapters are merged into
     their base for the first two. Returns (out, step, where they came from)."""
     from oie_jax.convert import jax_to_hf, peft
+    from oie_jax.convert.tensors import NUMPY_DTYPES
 
     workdir = location(workdir)
     jax_to_hf.check_dtype(dtype)
@@ -79,7 +80,7 @@ def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | 
     else:
         if dtype:
             cfg = cfg.replace(param_dtype=dtype)
-            params = jax.tree.map(lambda a: a.astype(jax_to_hf.NUMPY_DTYPES[dtype]), params)
+            params = jax.tree.map(lambda a: a.astype(NUMPY_DTYPES[dtype]), params)
         save_model(out, cfg, params)
     copy_tokenizer_files(tokenizer_source(model, model.init or None), out)
     copy_label_sets(workdir, out)

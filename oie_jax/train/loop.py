@@ -1,7 +1,8 @@
-"""The training run: config -> model, data, mesh and state -> jitted steps with checkpoints, dev loss and
-F1, logs and a progress bar. Re-running with the same workdir resumes from the latest checkpoint.
+"""The text training run: config -> model, data, mesh and state -> jitted steps with checkpoints, dev loss
+and F1, logs and a progress bar. Re-running with the same workdir resumes from the latest checkpoint.
+Another kind of run (grounding) subclasses `Run` and overrides what it builds; `train/runs.py` chooses.
 
-    Run(config, workdir).run()      or      train(config, workdir)
+    Run(config, workdir).run()      or, any kind,      oie_jax.train.runs.train(config, workdir)
 """
 
 import dataclasses
@@ -17,12 +18,12 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from oie_jax import sharding
+from oie_jax.data.labels import copy_label_sets, label_sets, save_label_sets
 from oie_jax.data.pipeline import Pipeline, PipelineConfig, to_global
 from oie_jax.data.sources.registry import write_jsonl
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location
-from oie_jax.infer import constrain
 from oie_jax.models import attention, lora
 from oie_jax.models.checkpoint import load_params, model_from_params, save_model
 from oie_jax.train import build, throughput, validate
@@ -152,7 +153,7 @@ class Run:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.primary:  # the labels of the training data, exported with the model for constrained decoding
-            constrain.save_label_sets(constrain.label_sets(records.train), self.workdir)
+            save_label_sets(label_sets(records.train), self.workdir)
             # The dev records (a holdout exists nowhere else), so that `oie-jax eval --data` can score on them.
             write_jsonl(records.dev, self.workdir / DEV_FILE)
         if config.checkpoint.compilation_cache:
@@ -170,7 +171,7 @@ class Run:
         self.interval = Interval()
         self.bar = None
 
-    # ---- what a kind of run builds (text here; grounding in `grounding_run.py`) -------------------
+    # ---- what a kind of run builds (text here; grounding in `grounding/run.py`) -------------------
 
     def make_pipelines(self, records, mine: slice):
         """(training pipeline, dev pipeline or None); evaluation reads every dev example once, in order,
@@ -379,7 +380,7 @@ class Run:
         save_model(out, *self.full_params(params))
         if self.primary:
             copy_tokenizer_files(build.tokenizer_source(self.config.model, self.init), out)
-            constrain.copy_label_sets(self.workdir, out)
+            copy_label_sets(self.workdir, out)
         self.outcome.exported_step = step
         self.say(f"wrote the model of step {step} ({origin}) to {out}")
 
@@ -426,16 +427,6 @@ class Run:
             + (f"resumed at step {self.start}" if self.start else "fresh start"),
             "",
         ]
-
-
-def train(config: ConfigDict, workdir, on_step=None) -> Outcome:
-    """Trains as `config` says, in `workdir`. `on_step(step, metrics)` is called with each step's host
-    metrics (for notebooks and tests)."""
-    if config.grounding.enabled:
-        from oie_jax.train.grounding_run import GroundingRun
-
-        return GroundingRun(config, workdir, on_step).run()
-    return Run(config, workdir, on_step).run()
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -9,8 +9,9 @@ from ml_collections import ConfigDict
 from oie_jax.data import holdout
 from oie_jax.data.sources.registry import SOURCES
 from oie_jax.errors import UserError
-from oie_jax.models.config import ATTENTION, DTYPES, LORA_TARGETS, PRESETS, REMAT_POLICIES, LlamaConfig
+from oie_jax.models.config import ATTENTION, LORA_TARGETS, PRESETS, LlamaConfig
 from oie_jax.models.encoders import PRESETS as VISION_PRESETS
+from oie_jax.models.policies import DTYPES, REMAT_POLICIES
 from oie_jax.sharding import MESH_AXES
 
 LR_FLOOR_FOR_BF16_WEIGHTS = 1e-4

@@ -1,6 +1,6 @@
 """A grounding run: the training loop of `loop.Run` (steps, checkpoints, resume, dev evaluation, best/,
-signals, logs) over the grounding parts (`train/grounding.py`): the LLaMA of `model`, the encoder of
-`vision`, a new head, and batches of tweets with their images. Chosen by `grounding.enabled`."""
+signals, logs) over the grounding parts (`parts.py`): the LLaMA of `model`, the encoder of `vision`, a
+new head, and batches of tweets with their images. Chosen by `grounding.enabled` (`train/runs.py`)."""
 
 import dataclasses
 
@@ -18,7 +18,7 @@ from oie_jax.models.checkpoint import load_params, model_from_params
 from oie_jax.models.grounder import PARTS_DIRS, save_grounder
 from oie_jax.models.grounding import GroundingConfig
 from oie_jax.train import build
-from oie_jax.train import grounding as parts
+from oie_jax.train.grounding import parts
 from oie_jax.train.loop import Run
 from oie_jax.train.step import jit_on_mesh
 

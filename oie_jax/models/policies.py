@@ -1,0 +1,17 @@
+"""The dtype and rematerialisation policies every model family's config accepts (the LLaMA, the vision
+encoders, the grounding head). No JAX here: the command line offers them as choices without importing it;
+`layers.CHECKPOINT_POLICIES` says what each remat policy keeps."""
+
+from oie_jax.errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+def check_policies(cfg) -> None:
+    """A config's `param_dtype`, `dtype` and `remat`, each one of the known names, or a one-line error."""
+    for name in ("param_dtype", "dtype"):
+        if getattr(cfg, name) not in DTYPES:
+            raise UserError(f"{name}={getattr(cfg, name)!r} is not one of {DTYPES}")
+    if cfg.remat not in REMAT_POLICIES:
+        raise UserError(f"remat={cfg.remat!r} is not one of {REMAT_POLICIES}")
