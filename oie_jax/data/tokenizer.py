@@ -51,6 +51,13 @@ class Tokenizer:
     def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
+    def strips_leading_space(self) -> bool:
+        """Whether decoding drops the space that the first token's bytes start with: SentencePiece's dummy
+        prefix ("Person" is encoded "▁Person", and decodes back to "Person" at the start of a text)."""
+        ids = self.encode("a", add_special_tokens=False)
+        pieces = self.token_bytes()
+        return b"".join(pieces[i] for i in ids).startswith(b" ") and not self.decode(ids).startswith(" ")
+
 
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json` (Llama 3, SmolLM2, ...) through the `tokenizers` library."""

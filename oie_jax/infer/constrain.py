@@ -132,8 +132,10 @@ class Automaton:
     start: int
 
 
-def automaton(text: str, task: str, labels: LabelSet = LabelSet()) -> Automaton:
-    """The automaton of the outputs allowed for an input `text` and `task` (module docstring)."""
+def automaton(text: str, task: str, labels: LabelSet = LabelSet(), leading_space: bool = False) -> Automaton:
+    """The automaton of the outputs allowed for an input `text` and `task` (module docstring). With
+    `leading_space`, one space may come first: the tokenizer's decoding drops it
+    (`Tokenizer.strips_leading_space`: a SentencePiece model writes its first word "▁Person")."""
     kind = fmt.TASKS.get(task)
     if kind is None:
         raise UserError(f"unknown task {task!r}")
@@ -188,6 +190,11 @@ def automaton(text: str, task: str, labels: LabelSet = LabelSet()) -> Automaton:
         for end in argument_ends:
             t.edge(end, ord(";"), argument_root)
             t.edge(end, ord(":"), after_item)
+    if leading_space and t.rows[start][ord(" ")] == DEAD:  # (a label that may start with a space allows it already)
+        first = t.new()
+        t.copy_edges(start, first)
+        t.edge(first, ord(" "), start)
+        start = first
     return Automaton(np.asarray(t.rows, np.int32), np.asarray(t.accept, bool), start)
 
 

@@ -50,6 +50,16 @@ def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[
     return tokenizer.encode_batch([render_input(r.text, r.task) for r in records], add_special_tokens=True)
 
 
+def record_constraints(records: Sequence[Record], tokenizer: Tokenizer, labels: dict[str, LabelSet],
+                       vocab_size: int) -> gen.Constraints:
+    """Each record's output automaton (its task, its labels, the entities of its text), allowing the space
+    a SentencePiece tokenizer puts before the first word and drops when decoding."""
+    leading_space = tokenizer.strips_leading_space()
+    automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language), leading_space)
+                for r in records]
+    return gen.Constraints.of(automata, tokenizer, vocab_size)
+
+
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
                      max_new_tokens: int = 128, progress: bool = True,
                      labels: dict[str, LabelSet] | None = None) -> tuple[list[str], GenerationStats]:
@@ -59,11 +69,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     record's task, its labels and the entities of its text (infer/constrain.py)."""
     prompts = prompt_tokens(records, tokenizer)
     eos_ids = gen.stop_ids(model.cfg, tokenizer)
-    constraints = None
-    if labels is not None:
-        automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language))
-                    for r in records]
-        constraints = gen.Constraints.of(automata, tokenizer, model.cfg.vocab_size)
+    constraints = None if labels is None else record_constraints(records, tokenizer, labels, model.cfg.vocab_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = [""] * len(prompts)

@@ -6,10 +6,15 @@
 
 Paths are `etils.epath` paths, so WORKDIR may be a bucket (gs://...). Orbax writes each step into a
 temporary directory and renames it when complete, so a save cut off by a crash is never listed as a
-step. On resume, a step that is incomplete or damaged (unreadable metadata, missing or corrupt array
-data) is skipped with a warning; a step that does not fit the run (another architecture) stops the
-run, as does any other error (I/O, a timeout, memory), on every process.
+step. On resume, a step that is incomplete (an item missing) or provably damaged (metadata that does
+not parse, array data missing or corrupt inside a step directory that is there) is skipped with a
+warning. Anything else stops the run with a line naming the step, on every process: a step that does not
+fit the run (another architecture), and any error that says nothing of the step itself (a timeout, a
+permission error, a step directory that vanished while it was read, memory), since falling back to an
+older step, or to a fresh start, would throw away good work and the best/ steps after it.
 """
+
+import json
 
 import jax
 import numpy as np
@@ -130,7 +135,7 @@ class Checkpoints:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 # Several processes cannot agree to skip a step safely; and an error that is not damage
                 # (an I/O error, a bucket timeout, out of memory) would skip good steps.
-                if jax.process_count() > 1 or not is_damage(exc):
+                if jax.process_count() > 1 or not self.damaged(step, exc):
                     raise UserError(f"checkpoint step {step} cannot be restored ({reason}); fix the cause and run "
                                     "again, or delete the step to resume from the one before",
                                     self.directory / str(step)) from None
@@ -148,15 +153,22 @@ class Checkpoints:
         run is an error, not a reason to fall back (every older step would not fit either)."""
         expected = shapes_by_path(target)
         for step in steps:
+            if not self.step_is_there(step):
+                raise UserError(f"checkpoint step {step} was listed and is gone (a bucket or mount that went away?); "
+                                "fix the cause and run again", self.directory / str(step))
             missing = [item for item in STATE_ITEMS if not (self.directory / str(step) / item).is_dir()]
             if missing:
                 say(f"checkpoint step {step} is incomplete (no {', '.join(missing)}); trying the one before")
                 continue
             try:
                 saved = shapes_by_path(self.manager.item_metadata(step)["state"].tree)
-            except Exception as exc:  # unreadable metadata: a damaged step
-                say(f"checkpoint step {step} is damaged: its state cannot be read ({type(exc).__name__}: "
-                    f"{str(exc)[:160]}); trying the one before")
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:160]}"
+                if not self.damaged(step, exc):
+                    raise UserError(f"checkpoint step {step}: its metadata cannot be read ({reason}); fix the cause "
+                                    "and run again, or delete the step to resume from the one before",
+                                    self.directory / str(step)) from None
+                say(f"checkpoint step {step} is damaged: its state cannot be read ({reason}); trying the one before")
                 continue
             if saved != expected:
                 raise UserError(f"checkpoint step {step} does not fit this run: {mismatch(saved, expected)}. The "
@@ -164,6 +176,18 @@ class Checkpoints:
                                 "config", self.directory / str(step))
             return step
         return None
+
+    def step_is_there(self, step: int) -> bool:
+        try:
+            return (self.directory / str(step)).is_dir()
+        except Exception:  # the filesystem cannot even say: nothing is proven about the step
+            return False
+
+    def damaged(self, step: int, exc: Exception) -> bool:
+        """Whether `exc`, raised while reading `step`, proves the step damaged: the error says a file of
+        the step is missing or does not decode, and the step's directory is there (had it gone, or could
+        it not be listed, the storage failed, not the step)."""
+        return is_damage(exc) and self.step_is_there(step)
 
     def close(self) -> None:
         """Waits for background saves to finish."""
@@ -196,13 +220,16 @@ def mismatch(saved: dict, expected: dict) -> str:
 
 
 # How tensorstore and Orbax report array data that is missing or does not decode; anything else (an I/O
-# error, a timeout, memory) is not damage of the step.
+# error, a timeout, a permission, memory) is not damage of the step.
 DAMAGE_MARKS = ("NOT_FOUND", "DATA_LOSS", "checksum", "corrupt")
 MESSAGE_BYTES = 1024
 
 
 def is_damage(exc: Exception) -> bool:
-    return isinstance(exc, FileNotFoundError) or any(mark in str(exc) for mark in DAMAGE_MARKS)
+    """A missing file, metadata that is not JSON, or array data tensorstore finds missing or corrupt."""
+    if isinstance(exc, (FileNotFoundError, json.JSONDecodeError)):
+        return True
+    return not isinstance(exc, OSError) and any(mark in str(exc) for mark in DAMAGE_MARKS)
 
 
 def agreed(pick) -> int | None:
