@@ -1,5 +1,6 @@
 """`oie-jax train` and `oie-jax export`: a run from a config file, and a model out of any step of it."""
 
+import os
 import signal
 
 from oie_jax.cli.convert import add_hf_export_arguments
@@ -28,12 +29,31 @@ def start_distributed(args) -> None:
     given explicitly (any cluster, or several CPU processes on one machine over gloo)."""
     import jax
 
-    if args.coordinator_address or args.num_processes:
+    if args.coordinator_address or args.num_processes or args.distributed:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
+    if args.coordinator_address or args.num_processes:
         jax.distributed.initialize(args.coordinator_address, num_processes=args.num_processes,
                                    process_id=args.process_id)
     elif args.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(local_device_ids=slurm_node_devices(os.environ))
+
+
+def slurm_node_devices(env) -> list[int] | None:
+    """Every GPU of the node when a SLURM job step runs one task per node; None otherwise (JAX decides).
+    Detecting SLURM, JAX gives each process the one GPU of its local rank (SLURM_LOCALID), right for one
+    task per GPU, but a task that owns its node's 8 GPUs would drive GPU 0 alone (`local_device_ids` in
+    the documentation of jax.distributed.initialize)."""
+    if "SLURM_LOCALID" not in env:
+        return None
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
+    if nodes is None or tasks != nodes:
+        return None
+    if env.get("SLURM_GPUS_ON_NODE"):
+        count = int(env["SLURM_GPUS_ON_NODE"])
+    else:
+        count = len([d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])
+    return list(range(count)) or None
 
 
 def cmd_export(args):
@@ -60,7 +80,8 @@ def add_parsers(commands) -> None:
                        help="plan only: mesh and shardings for mesh.devices devices, memory per device; no data read")
     cluster = train.add_argument_group("several processes (multi-host)")
     cluster.add_argument("--distributed", action="store_true",
-                         help="call jax.distributed.initialize() with its auto-detection (TPU pods, SLURM)")
+                         help="call jax.distributed.initialize() with its auto-detection (TPU pods, SLURM: with one "
+                              "task per node, the node's GPUs are all its local devices)")
     cluster.add_argument("--coordinator-address", help="HOST:PORT of process 0")
     cluster.add_argument("--num-processes", type=positive_int)
     cluster.add_argument("--process-id", type=int)
