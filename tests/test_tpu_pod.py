@@ -118,3 +118,18 @@ def test_stop_saves_the_step_and_exits_0(pod):
     assert worker(root, env, "status") == "exited 143"  # 128 + SIGTERM, for schedulers
     user.communicate(timeout=60)
     assert user.returncode == 1  # the attached run reports that it ended short
+
+
+@pytest.mark.parametrize("queue,message", [
+    ("FAILED", "slice n: its queued resource is FAILED (gcloud compute tpus queued-resources describe n-qr)"),
+    ("WAITING_FOR_RESOURCES", "slice n is still WAITING_FOR_RESOURCES after 0 minutes (--wait-minutes)"),
+])
+def test_a_queued_slice_that_does_not_come_is_said_in_one_line(tmp_path, queue, message):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").symlink_to(ROOT / "tests" / "fakes" / "gcloud")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_GCLOUD=str(tmp_path),
+               FAKE_QUEUED_STATE=queue, POLL_SECONDS="0")
+    result = tpu_pod(env, "--queued", "--spot", "--wait-minutes", "0", "create")
+    out, err = result.communicate(timeout=60)
+    assert result.returncode == 2 and err.strip().splitlines()[-1] == f"tpu_pod.sh: {message}", err
