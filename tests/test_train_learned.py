@@ -96,6 +96,25 @@ def test_constrained_decoding_keeps_every_output_that_was_already_valid(learned)
     assert all(fmt.parse(output, "NER").well_formed for output in constrained)
 
 
+@pytest.mark.parametrize("constrained", [True, False])
+def test_dev_f1_decodes_as_eval_will(tmp_path, capsys, constrained):
+    """A random model writes no text label of the training data when it decodes freely; constrained to the
+    run's label sets (one text label here) it can only write that one, so dev TL F1 is 1 exactly when dev F1
+    decodes as `oie-jax eval` does by default."""
+    records = visits()
+    write_jsonl(records[:48], tmp_path / "train.jsonl")
+    write_jsonl(records[48:], tmp_path / "dev.jsonl")
+    config = tiny(**{"data.train": str(tmp_path / "train.jsonl"), "data.dev": str(tmp_path / "dev.jsonl"),
+                     "train.steps": 1, "eval.every": 0, "eval.f1_every": 1, "eval.max_new_tokens": 16,
+                     "eval.constrained": constrained})
+    train(config, tmp_path / "run")
+    f1 = {m["step"]: m["macro/tl/f1"] for m in read_metrics(tmp_path / "run") if "macro/tl/f1" in m}
+    assert sorted(f1) == [0, 1]
+    assert (f1[0] == 1.0) == constrained, f1
+    shown = "constrained to the format and the training labels" if constrained else "free (eval.constrained=False)"
+    assert f"records, decoding {shown}" in capsys.readouterr().out
+
+
 def test_best_keeps_the_later_of_equal_values_and_never_a_worse_one(tmp_path):
     params = {"w": np.arange(4, dtype=np.float32)}
     for mode, values in (("max", (0.5, 0.5, 0.4)), ("min", (0.5, 0.5, 0.6))):

@@ -106,6 +106,8 @@ def base_config() -> ConfigDict:
         f1_examples=0,  # dev records generated for F1 (the first N; 0 = all)
         max_new_tokens=128,
         batch_size=16,  # generation batch
+        constrained=True,  # dev F1 decodes as `oie-jax eval` does by default: constrained to the format and
+        # the training data's label sets (infer/constrain.py); False: free decoding (`eval --no-constrained`)
     ))
     c.log = ConfigDict(dict(
         every=10,  # steps between metrics lines (means over those steps: JSONL, TensorBoard, progress bar)

@@ -152,8 +152,9 @@ class Run:
         self.shardings = self.make_shardings()
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.primary:  # the labels of the training data, exported with the model for constrained decoding
-            save_label_sets(label_sets(records.train), self.workdir)
+        self.label_sets = label_sets(records.train)  # what constrained decoding allows, in dev F1 and after
+        if self.primary:  # exported with the model
+            save_label_sets(self.label_sets, self.workdir)
             # The dev records (a holdout exists nowhere else), so that `oie-jax eval --data` can score on them.
             write_jsonl(records.dev, self.workdir / DEV_FILE)
         if config.checkpoint.compilation_cache:
@@ -348,7 +349,7 @@ class Run:
 
     def dev_f1(self, step: int) -> dict:
         """Greedy generation on the dev records, its rows split over the mesh's batch axes (every process
-        takes part), scored by the evaluation code."""
+        takes part), decoded as `oie-jax eval` will (`f1_decoding`), scored by the evaluation code."""
         from oie_jax.eval.evaluate import evaluate
 
         records = self.dev_records[: self.config.eval.f1_examples or None]
@@ -356,8 +357,14 @@ class Run:
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
                                  max_new_tokens=self.config.eval.max_new_tokens, progress=False,
-                                 log=lambda line: self.write(f"step {step}: {line}"))
+                                 log=lambda line: self.write(f"step {step}: {line}"),
+                                 labels=self.label_sets if self.config.eval.constrained else None)
         return scores.metrics()
+
+    def f1_decoding(self) -> str:
+        if self.config.eval.constrained:
+            return "constrained to the format and the training labels, as `oie-jax eval`"
+        return "free (eval.constrained=False), as `oie-jax eval --no-constrained`"
 
     def save(self, step: int) -> None:
         self.checkpoints.save(step, self.state, self.pipeline.state(), self.run_config)
@@ -421,6 +428,11 @@ class Run:
             + f", {self.total_steps * tokens:,} tokens; lr {train.lr:g}, {train.decay} decay, warmup "
             f"{train.warmup_fraction:.0%}",
             memory,
+            "eval     " + ("no dev set" if self.dev is None else
+                               f"dev loss every {config.eval.every or self.total_steps} steps; " + (
+                                   f"dev F1 every {config.eval.f1_every} steps on {config.eval.f1_examples or 'all'} "
+                                   f"records, decoding {self.f1_decoding()}" if config.eval.f1_every
+                                   else "no dev F1 (eval.f1_every=0)")),
             f"saving   every {config.checkpoint.every} steps (keep {config.checkpoint.keep}"
             + (f", best by {config.checkpoint.best_metric} ({config.checkpoint.best_mode})"
                if config.checkpoint.best_metric else "") + "); "

@@ -131,6 +131,9 @@ class GroundingRun(Run):
                                     self.config.eval.max_new_tokens, progress=False, proposals=self.proposals)
         return scores.metrics()
 
+    def f1_decoding(self) -> str:
+        return "free, as `oie-jax eval-gmner`"
+
     def export(self) -> None:
         """WORKDIR/model: a grounding model directory (`models/grounder.py`) of best/, else the final step."""
         params, step, origin = self.exported_params()
