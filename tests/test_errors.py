@@ -56,6 +56,18 @@ def test_each_kind_of_error_is_found_and_explained_once(tmp_path):
     assert (tmp_path / "errors.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_prediction_pairs_with_the_gold_label_it_matches_on_a_span_with_two():
+    """"Jordan" is a person and a place in the gold; predicted a place (right) and a team (confused with the
+    person, the label left on the span), and "Bulls" predicted a team under a gold organization."""
+    gold = ner("Jordan left Jordan for the Bulls.", [("Person", "Jordan"), ("Location", "Jordan"),
+                                                   ("Organization", "Bulls")])
+    predicted = output([("Location", "Jordan"), ("Team", "Jordan"), ("Team", "Bulls")])
+    analysis = errors.analyse([gold], [predicted])
+    assert analysis.confusion == {("en", "Location", "Location"): 1, ("en", "Person", "Team"): 1,
+                                  ("en", "Organization", "Team"): 1}
+    assert dict(analysis.kinds) == {"wrong label": 2}
+
+
 def test_per_label_counts_add_up_to_the_word_level_counts_of_the_metrics():
     rng = random.Random(0)
     _, loaded = load_source([str(SAMPLE / name) for name in ("train.jsonl", "dev.jsonl", "test.jsonl")])

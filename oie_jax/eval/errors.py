@@ -80,6 +80,26 @@ def explain(text: str, missed: list, spurious: list) -> collections.Counter:
     return +kinds  # without the kinds that did not occur
 
 
+def paired_labels(gold: collections.Counter, pred: collections.Counter) -> list[tuple[str, str]]:
+    """(gold label, predicted label) of the predicted items whose span a gold item holds. A prediction
+    pairs with the gold label it matches when its span has that one among others ("Jordan" a person and
+    a place, predicted a place: right, not confused); the rest pair with the span's labels left, in order."""
+    gold_spans = collections.defaultdict(list)
+    for label, span in gold.elements():
+        gold_spans[span].append(label)
+    pairs, unmatched = [], []
+    for label, span in pred.elements():
+        if label in gold_spans[span]:
+            gold_spans[span].remove(label)
+            pairs.append((label, label))
+        else:
+            unmatched.append((label, span))
+    for label, span in unmatched:
+        if gold_spans[span]:
+            pairs.append((gold_spans[span].pop(0), label))
+    return pairs
+
+
 def analyse(golds: Sequence[Record], outputs: Sequence[str], shown: int = 3) -> ErrorAnalysis:
     counts: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0, 0])
     confusion, kinds = collections.Counter(), collections.Counter()
@@ -95,12 +115,7 @@ def analyse(golds: Sequence[Record], outputs: Sequence[str], shown: int = 3) -> 
             counts[(language, label)][1] += n
         for (label, _), n in matched.items():
             counts[(language, label)][0] += n
-        gold_spans = collections.defaultdict(list)
-        for label, span in gold.elements():
-            gold_spans[span].append(label)
-        for label, span in pred.elements():
-            if gold_spans.get(span):
-                confusion[(language, gold_spans[span].pop(0), label)] += 1
+        confusion.update((language, g, p) for g, p in paired_labels(gold, pred))
         found = explain(fmt.normalize(gold_record.text), list((gold - matched).elements()),
                         list((pred - matched).elements()))
         kinds.update(found)
