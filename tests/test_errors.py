@@ -97,3 +97,17 @@ def test_per_label_counts_add_up_to_the_word_level_counts_of_the_metrics():
     kinds = analysis.kinds
     assert kinds["missed entity"] + kinds["wrong label"] + kinds["boundary error"] == totals[2] - totals[0]
     assert kinds["spurious entity"] + kinds["wrong label"] + kinds["boundary error"] == totals[1] - totals[0]
+
+
+def test_labels_the_plot_font_cannot_draw_are_numbered_and_listed(tmp_path):
+    import warnings
+
+    gold = ner("田中さんは東京に住んでいる。", [("人名", "田中"), ("地名", "東京")], language="ja")
+    analysis = errors.analyse([gold, ner("Ann met Bob.", [("Person", "Ann")])],
+                              [output([("人名", "田中")]), output([("Person", "Ann")])])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        errors.write(analysis, tmp_path, title="t")
+    assert not [w for w in caught if "Glyph" in str(w.message)]  # nothing drawn as an empty box
+    text = (tmp_path / "errors.md").read_text()
+    assert "| #1 (ja) | 人名 |" in text and "| #2 (ja) | 地名 |" in text and "| Person (en) |" not in text

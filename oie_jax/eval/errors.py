@@ -139,6 +139,10 @@ def markdown(analysis: ErrorAnalysis, title: str = "Error analysis", top: int = 
     for language, label, tp, pred, gold, p, r, f1 in analysis.per_label():
         lines.append(f"| {language or '-'} | {label} | {gold:,} | {pred:,} | {tp:,} | {100 * p:.1f} | {100 * r:.1f} | "
                      f"{100 * f1:.1f} |")
+    numbered = [(name, label) for name, label, by_number in plotted_names(analysis) if by_number]
+    if numbered:
+        lines += ["", "## Labels drawn by number in errors.png (its font has no glyphs for them)", "",
+                  "| in errors.png | label |", "|---|---|", *(f"| {name} | {label} |" for name, label in numbered)]
     lines += ["", f"## Labels on spans both sides hold (the {top} most frequent pairs)", "",
               "| language | gold label | predicted label | items |", "|---|---|---|---:|"]
     for (language, gold, pred), n in analysis.confusion.most_common(top):
@@ -164,29 +168,49 @@ def write(analysis: ErrorAnalysis, out, title: str = "Error analysis") -> None:
     plot(analysis, out / "errors.png")
 
 
-def plot(analysis: ErrorAnalysis, path, top: int = 20) -> None:
-    """Two panels: items per kind of error, and F1 of the labels with the most gold items. Labels in
-    scripts the default font lacks (Japanese, Chinese) show as boxes; the Markdown has them all."""
-    import warnings
+PLOTTED = 20  # labels in the F1 panel of errors.png: those with the most gold items
 
+
+def plotted_rows(analysis: ErrorAnalysis) -> list:
+    return sorted(analysis.per_label(), key=lambda row: -row[4])[:PLOTTED]
+
+
+def plotted_names(analysis: ErrorAnalysis) -> list[tuple[str, str, bool]]:
+    """(name in errors.png, label, whether by number) of the plotted labels: the label and its language, or
+    "#k" for a label the plot's font cannot draw (Japanese, Chinese in matplotlib's DejaVu Sans), listed in
+    errors.md."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    glyphs = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
+    names, numbered = [], 0
+    for language, label, *_ in plotted_rows(analysis):
+        suffix = f" ({language})" if language else ""
+        drawable = all(ord(c) in glyphs for c in label + suffix)
+        numbered += not drawable
+        names.append((f"{label}{suffix}" if drawable else f"#{numbered}{suffix}", label, not drawable))
+    return names
+
+
+def plot(analysis: ErrorAnalysis, path) -> None:
+    """Two panels: items per kind of error, and F1 of the labels with the most gold items (by number where
+    the font has no glyphs for them: `plotted_names`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(analysis.per_label(), key=lambda row: -row[4])[:top]
+    rows = plotted_rows(analysis)
     figure, (kinds_ax, labels_ax) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.3 * len(rows) + 1.5)))
     kinds_ax.barh(list(KINDS)[::-1], [analysis.kinds.get(kind, 0) for kind in KINDS][::-1], color="tab:red")
     kinds_ax.set_xlabel("items")
     kinds_ax.set_title("Kinds of error")
-    names = [f"{label} ({language})" if language else label for language, label, *_ in rows][::-1]
+    names = [name for name, _, _ in plotted_names(analysis)][::-1]
     labels_ax.barh(names, [100 * row[7] for row in rows][::-1])
     labels_ax.set_xlim(0, 100)
     labels_ax.set_xlabel("F1 (%)")
     labels_ax.set_title(f"F1 of the {len(rows)} most frequent gold labels")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        figure.tight_layout()
-        with path.open("wb") as f:
-            figure.savefig(f, format="png", dpi=110)
+    figure.tight_layout()
+    with path.open("wb") as f:
+        figure.savefig(f, format="png", dpi=110)
     plt.close(figure)
