@@ -22,7 +22,7 @@ def region_right(pred, gold) -> bool:
 
 def agrees(metric: str, pred, gold) -> bool:
     text = normalize(pred.text) == normalize(gold.text)
-    typed = text and normalize(pred.type) == normalize(gold.type)
+    typed = text and normalize(pred.type).casefold() == normalize(gold.type).casefold()
     return {"mner": typed, "eeg": text and region_right(pred, gold),
             "gmner": typed and region_right(pred, gold)}[metric]
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from oie_jax.data.entities import Entity, gold_entities
 from oie_jax.data.format import Grounding, Record
-from oie_jax.eval.gmner import score
+from oie_jax.eval.gmner import breakdown, score
 from tests.gmner_reference import reference_counts
 
 GOLD_BOX = (10.0, 10.0, 30.0, 20.0)
@@ -18,6 +18,36 @@ def counts_of(golds, preds) -> dict[str, list[int]]:
     ours = {metric: [int(v) for v in row] for metric, row in zip(("gmner", "mner", "eeg"), scores.counts)}
     assert ours == reference_counts(golds, preds)
     return ours
+
+
+def test_types_compare_ignoring_case():
+    gold = [[Entity("Obama", "PER", (GOLD_BOX,))]]
+    assert counts_of(gold, [[Entity("Obama", "per", (GOLD_BOX,))]]) == {
+        "gmner": [1, 1, 1], "mner": [1, 1, 1], "eeg": [1, 1, 1]}
+
+
+def test_slices_by_gold_type_and_by_region():
+    """Obama (in the image) found with its box; Paris (not in the image) given a box; NBA spurious, no box."""
+    golds = [[Entity("Obama", "PER", (GOLD_BOX,)), Entity("Paris", "LOC")]]
+    preds = [[Entity("Obama", "per", (GOLD_BOX,)), Entity("Paris", "LOC", (GOLD_BOX,)), Entity("NBA", "ORG")]]
+    slices = breakdown(golds, preds)
+    assert list(slices) == ["type/LOC", "type/PER", "groundable", "ungroundable"]  # gold types, spelled as there
+    counts = {name: {m: [int(v) for v in row] for m, row in zip(("gmner", "mner", "eeg"), part.counts)}
+              for name, part in slices.items()}
+    assert counts["type/PER"] == {"gmner": [1, 1, 1], "mner": [1, 1, 1], "eeg": [1, 1, 1]}
+    assert counts["type/LOC"] == {"gmner": [0, 1, 1], "mner": [1, 1, 1], "eeg": [0, 1, 1]}
+    assert counts["groundable"] == {"gmner": [1, 1, 1], "mner": [1, 1, 1], "eeg": [1, 1, 1]}
+    # Paris counts where its gold entity is; NBA, with no gold entity, where its own region (none) puts it.
+    assert counts["ungroundable"] == {"gmner": [0, 2, 1], "mner": [1, 2, 1], "eeg": [0, 2, 1]}
+    ungroundable = ([[golds[0][1]]], [[preds[0][1], preds[0][2]]])
+    assert counts["ungroundable"] == reference_counts(*ungroundable)
+
+    from oie_jax.eval.grounded import markdown, to_json
+
+    text = markdown(score(golds, preds), "t", slices=slices)
+    assert "| type/PER | 1 | 1 | 100.0 / 100.0 / 100.0 |" in text
+    assert "| ungroundable | 1 | 2 | 0.0 / 0.0 / 0.0 | 50.0 / 100.0 / 66.7 |" in text
+    assert to_json(score(golds, preds), slices=slices)["slices"]["ungroundable"]["counts"]["mner/tp"] == 1
 
 
 def test_iou_of_exactly_one_half_is_not_enough():

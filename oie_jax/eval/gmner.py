@@ -7,7 +7,8 @@ An entity is (text, type, region); its region is a box, or "not in the image" (N
     GMNER  (text, type, region) right
 
 A predicted region is right when it is a box whose IoU with any gold box of the entity exceeds 0.5,
-or when both prediction and gold say "not in the image". Texts are compared after `normalize`. Each
+or when both prediction and gold say "not in the image". Texts are compared after `normalize`, types
+after `normalize` and ignoring case (`type_key`: other systems write PER, per or Per). Each
 gold entity is matched at most once, so an entity predicted twice counts once (the second copy is a
 false positive). Gold boxes belong to an entity's surface string (the Twitter-GMNER box files name
 them so), so two mentions of one text share their boxes. Boxes are (x1, y1, x2, y2) in pixels of
@@ -30,6 +31,11 @@ from oie_jax.models.boxes import iou
 GMNER_METRICS = ("gmner", "mner", "eeg")
 IOU_THRESHOLD = 0.5
 NONE = -1  # padding id
+
+
+def type_key(name: str) -> str:
+    """How entity types compare: after `normalize`, ignoring case."""
+    return normalize(name).casefold()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +75,14 @@ def encode(golds: Sequence[Sequence[Entity]], preds: Sequence[Sequence[Entity]])
         for column, entity in enumerate(pred):
             text = normalize(entity.text)
             arrays.pred_text[row, column] = key(("text", text))
-            arrays.pred_typed[row, column] = key(("typed", text, normalize(entity.type)))
+            arrays.pred_typed[row, column] = key(("typed", text, type_key(entity.type)))
             if entity.boxes:
                 arrays.pred_box[row, column] = entity.boxes[0]
                 arrays.pred_in_image[row, column] = True
         for column, entity in enumerate(gold):
             text = normalize(entity.text)
             arrays.gold_text[row, column] = key(("text", text))
-            arrays.gold_typed[row, column] = key(("typed", text, normalize(entity.type)))
+            arrays.gold_typed[row, column] = key(("typed", text, type_key(entity.type)))
             for k, box in enumerate(entity.boxes):
                 arrays.gold_boxes[row, column, k] = box
                 arrays.gold_box_mask[row, column, k] = True
@@ -141,3 +147,29 @@ def score(golds: Sequence[Sequence[Entity]], preds: Sequence[Sequence[Entity]]) 
         raise ValueError(f"{len(golds)} gold examples but {len(preds)} predictions")
     counts = np.asarray(count(encode(golds, preds)))
     return GroundingScores(counts, np.asarray(precision_recall_f1(jnp.asarray(counts))))
+
+
+def region_slice(pred: Entity, gold: Sequence[Entity]) -> bool:
+    """Whether a prediction counts among the groundable entities: as the gold entity of its tweet with its
+    text is, else as it claims itself (a box: groundable)."""
+    text = normalize(pred.text)
+    return next((g.in_image for g in gold if normalize(g.text) == text), pred.in_image)
+
+
+def breakdown(golds: Sequence[Sequence[Entity]], preds: Sequence[Sequence[Entity]]) -> dict[str, GroundingScores]:
+    """Scores of slices of the set, as the GMNER papers report them: `type/T` for each gold type T (gold
+    and predicted entities of that type, compared by `type_key`; T spelled as the gold first does), then
+    `groundable` and `ungroundable` (gold entities in the image or not; predictions by `region_slice`)."""
+    spellings: dict[str, str] = {}
+    for gold in golds:
+        for entity in gold:
+            spellings.setdefault(type_key(entity.type), entity.type)
+    slices = {}
+    for key, spelling in sorted(spellings.items(), key=lambda item: item[1]):
+        slices[f"type/{spelling}"] = score([[e for e in gold if type_key(e.type) == key] for gold in golds],
+                                           [[e for e in pred if type_key(e.type) == key] for pred in preds])
+    for name, in_image in (("groundable", True), ("ungroundable", False)):
+        slices[name] = score([[e for e in gold if e.in_image == in_image] for gold in golds],
+                             [[e for e in pred if region_slice(e, gold) == in_image]
+                              for gold, pred in zip(golds, preds)])
+    return slices

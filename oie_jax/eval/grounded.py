@@ -102,7 +102,8 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
     return results, scores, notes
 
 
-def markdown(scores: GroundingScores, title: str, notes: Sequence[str] = ()) -> str:
+def markdown(scores: GroundingScores, title: str, notes: Sequence[str] = (),
+             slices: dict[str, GroundingScores] | None = None) -> str:
     lines = [f"# {title}", "", "| metric | P | R | F1 | TP | predicted | gold |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, name in enumerate(GMNER_METRICS):
         p, r, f1 = (100 * scores.prf[m, s] for s in range(len(STATS)))
@@ -110,23 +111,39 @@ def markdown(scores: GroundingScores, title: str, notes: Sequence[str] = ()) -> 
         lines.append(f"| {name.upper()} | {p:.2f} | {r:.2f} | {f1:.2f} | {tp} | {predicted} | {gold} |")
     lines += ["", "GMNER: span, type and region right; MNER: span and type; EEG: span and region. A region is "
               "right when IoU > 0.5 with a gold box of the entity, or both say not in the image (docs/metrics.md)."]
+    if slices:
+        lines += ["", "## By type and by region (P / R / F1 in %)", "",
+                  "| slice | gold | predicted | " + " | ".join(m.upper() for m in GMNER_METRICS) + " |",
+                  "|---|---:|---:|" + "---|" * len(GMNER_METRICS)]
+        for name, part in slices.items():
+            cells = [" / ".join(f"{100 * v:.1f}" for v in part.prf[m]) for m in range(len(GMNER_METRICS))]
+            lines.append(f"| {name} | {part.counts[0, 2]} | {part.counts[0, 1]} | " + " | ".join(cells) + " |")
+        lines += ["", "Types compare ignoring case; a prediction counts as groundable as the gold entity of its "
+                  "tweet with its text is, else as its own region says (docs/metrics.md)."]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
-def to_json(scores: GroundingScores, notes: Sequence[str] = ()) -> dict:
-    return {"metrics": {name: round(value, 6) for name, value in scores.metrics().items()},
-            "counts": scores.counts_by_name(), "notes": list(notes)}
+def to_json(scores: GroundingScores, notes: Sequence[str] = (),
+            slices: dict[str, GroundingScores] | None = None) -> dict:
+    def entry(part: GroundingScores) -> dict:
+        return {"metrics": {name: round(value, 6) for name, value in part.metrics().items()},
+                "counts": part.counts_by_name()}
+
+    return {**entry(scores), "slices": {name: entry(part) for name, part in (slices or {}).items()},
+            "notes": list(notes)}
 
 
-def plot(scores: GroundingScores, path, title: str) -> None:
+def plot(scores: GroundingScores, path, title: str, slices: dict[str, GroundingScores] | None = None) -> None:
+    """P/R/F1 of the three metrics; with `slices`, a second panel of their F1 per slice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(6, 3.5))
+    figure, axes = plt.subplots(1, 2 if slices else 1, figsize=(12 if slices else 6, 3.5), squeeze=False)
+    ax = axes[0, 0]
     width = 0.26
     for s, stat in enumerate(STATS):
         ax.bar(np.arange(len(GMNER_METRICS)) + (s - 1) * width, 100 * scores.prf[:, s], width, label=stat.upper())
@@ -136,6 +153,16 @@ def plot(scores: GroundingScores, path, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title(title)
+    if slices:
+        by_slice, names = axes[0, 1], list(slices)
+        for m, metric in enumerate(GMNER_METRICS):
+            by_slice.bar(np.arange(len(names)) + (m - 1) * width, [100 * slices[n].prf[m, 2] for n in names], width,
+                         label=f"{metric.upper()} F1")
+        by_slice.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize="small")
+        by_slice.set_ylim(0, 100)
+        by_slice.grid(axis="y", alpha=0.3)
+        by_slice.legend(fontsize="small")
+        by_slice.set_title("By type and by region")
     figure.tight_layout()
     with output_path(path).open("wb") as f:
         figure.savefig(f, format="png", dpi=120)
@@ -143,15 +170,16 @@ def plot(scores: GroundingScores, path, title: str) -> None:
 
 
 def write_reports(scores: GroundingScores, title: str, notes: Sequence[str] = (), markdown_path=None, json_path=None,
-                  plot_path=None) -> list:
+                  plot_path=None, slices: dict[str, GroundingScores] | None = None) -> list:
     written = []
     if markdown_path:
-        output_path(markdown_path).write_text(markdown(scores, title, notes), encoding="utf-8")
+        output_path(markdown_path).write_text(markdown(scores, title, notes, slices), encoding="utf-8")
         written.append(markdown_path)
     if json_path:
-        output_path(json_path).write_text(json.dumps(to_json(scores, notes), indent=2) + "\n", encoding="utf-8")
+        output_path(json_path).write_text(json.dumps(to_json(scores, notes, slices), indent=2, ensure_ascii=False)
+                                          + "\n", encoding="utf-8")
         written.append(json_path)
     if plot_path:
-        plot(scores, plot_path, title)
+        plot(scores, plot_path, title, slices)
         written.append(plot_path)
     return written
