@@ -192,11 +192,20 @@ def test_cli_ground_eval_gmner_and_score_gmner(uninterrupted, inputs, tmp_path, 
                      "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "report.md", "scores.json", "scores.png"}
+    assert "| type/" in printed and "| groundable |" in printed and "| ungroundable |" in printed
     assert cli.main(["score-gmner", "--gold", dev,
                      "--pred", str(out / "predictions.jsonl")]) == 0
     rescored = capsys.readouterr().out
     pick = lambda text: [line for line in text.splitlines() if line.startswith("| ") or "gmner/f1" in line]  # noqa: E731
     assert pick(rescored) == pick(printed)
+    # The grounding alone: the gold entities stand for the tiny LLaMA's output, so span and type are all right.
+    assert cli.main(["eval-gmner", "--model", str(workdir / "model"), "--data", dev, "--images",
+                     str(inputs / "synth" / "images"), "--out", str(tmp_path / "gold"), "--gold-entities",
+                     "--no-progress"]) == 0
+    alone = json.loads((tmp_path / "gold" / "scores.json").read_text())
+    assert alone["metrics"]["mner/f1"] == 1.0 and json.loads((out / "scores.json").read_text())["metrics"][
+        "mner/f1"] < 1.0
+    assert any("--gold-entities" in note for note in alone["notes"])
     assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(tmp_path / "none.jpg"), "--text",
                      "x"]) == 2
     assert "none.jpg: image not found" in capsys.readouterr().err

@@ -88,7 +88,9 @@ def cmd_eval_gmner(args):
     images = ImageSource(args.images, grounder.preprocess, strict=args.strict)
     out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
     results, _, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
-                                      progress=not args.no_progress, proposals=proposals)
+                                 progress=not args.no_progress, proposals=proposals, gold_output=args.gold_entities)
+    if args.gold_entities:
+        notes.append("the gold entities stood for the LLaMA's output (--gold-entities): the grounding alone")
     if args.strict and images.problems:
         raise UserError(f"image problem (--strict): {images.problems[0]}")
     with (out / "predictions.jsonl").open("w") as f:
@@ -144,6 +146,9 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--batch-size", type=positive_int, default=8)
     evaluation.add_argument("--max-new-tokens", type=positive_int, default=64)
     evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N tweets only")
+    evaluation.add_argument("--gold-entities", action="store_true",
+                            help="ground the gold entities instead of the LLaMA's: scores the grounding alone (EEG "
+                                 "and GMNER without the extraction's errors)")
     evaluation.add_argument("--out", help="output directory (default: eval-gmner-<model directory name>)")
     evaluation.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -30,12 +30,16 @@ class EncodeStats:
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
-def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats) -> Sequence | None:
+def answer_tokens(record: Record, tokenizer: Tokenizer) -> list[int]:
+    """The record's output as training encodes it, after its prompt: the rendered output alone, then EOS."""
     if tokenizer.eos_id is None:
         raise UserError("the tokenizer names no EOS token (add eos_token to its tokenizer_config.json)")
-    source, target = render(record)
-    prompt = tokenizer.encode(source, add_special_tokens=True)
-    answer = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_id]
+    return tokenizer.encode(render(record)[1], add_special_tokens=False) + [tokenizer.eos_id]
+
+
+def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats) -> Sequence | None:
+    answer = answer_tokens(record, tokenizer)
+    prompt = tokenizer.encode(render(record)[0], add_special_tokens=True)
     keep = len(prompt) > 0 and prompt[0] == tokenizer.bos_id  # BOS survives any cut
     room = max_length - len(answer) - int(keep)
     if room < 1:

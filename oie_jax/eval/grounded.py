@@ -65,10 +65,13 @@ def pair(golds: Sequence[Record], predictions: dict[str, list[Entity]]) -> tuple
 
 
 def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_size: int = 8,
-             max_new_tokens: int = 64, progress: bool = True, proposals: Proposals | None = None):
+             max_new_tokens: int = 64, progress: bool = True, proposals: Proposals | None = None,
+             gold_output: bool = False):
     """(grounded results, scores, notes) of a grounding model on GMNER records, with the user's
     `proposals` as candidates when given. A tweet whose image cannot be read is reported by `images` and
-    its entities predicted "not in the image"; the proposals' problems are notes."""
+    its entities predicted "not in the image"; the proposals' problems are notes. With `gold_output`,
+    the gold output stands for the LLaMA's, so the scores are the grounding's alone (no extraction errors)."""
+    from oie_jax.data.packing import answer_tokens
     from oie_jax.infer.ground import ground
 
     results = []
@@ -84,8 +87,9 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
         regions = None
         if proposals is not None:
             regions = [proposals.original(image_id(r), p.width, p.height) for r, (_, p, _) in zip(part, loaded)]
+        outputs = [answer_tokens(r, grounder.tokenizer) for r in part] if gold_output else None
         found = ground(grounder, part, [image for image, _, _ in loaded], placements=[p for _, p, _ in loaded],
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, proposals=regions)
+                       outputs=outputs, max_new_tokens=max_new_tokens, batch_size=batch_size, proposals=regions)
         for result, (_, _, ok) in zip(found, loaded):
             if not ok:
                 result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
