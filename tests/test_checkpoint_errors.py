@@ -4,10 +4,7 @@ and on two, and leaves checkpoints/ and best/ as they were; only a step that is 
 metadata does not parse) is skipped. Errors are injected by a flaky filesystem (tests/flaky_fs.py) or by
 really moving the directory away."""
 
-import os
 import shutil
-import subprocess
-import sys
 
 import orbax.checkpoint as ocp
 import pytest
@@ -16,7 +13,7 @@ from oie_jax.errors import UserError
 from oie_jax.train.loop import Run
 from oie_jax.train.runs import train
 from tests import flaky_fs
-from tests.test_train_loop import ROOT, TINY, tiny
+from tests.test_train_loop import tiny, two_processes
 
 STEPS = {"train.steps": 4, "checkpoint.every": 2, "eval.every": 2}
 
@@ -74,16 +71,9 @@ def test_a_step_whose_metadata_does_not_parse_is_damaged_and_skipped(workdir, ca
 def test_on_two_processes_a_timeout_stops_both_with_the_step_named(tmp_path):
     assert train(tiny(**{"train.steps": 2, "checkpoint.every": 2}), tmp_path).step == 2
     best = steps_of(tmp_path / "best")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    port = 21000 + (os.getpid() + 3100) % 9000
-    flaky = ["-m", "tests.flaky_fs", r"checkpoints/2/state/_METADATA$", "timeout"]
-    procs = [subprocess.Popen(
-        [sys.executable, *flaky, "train", "--config", str(TINY), "--workdir", str(tmp_path),
-         "--config.train.steps=4", "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)",
-         "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], [e[-2000:] for e in errors]
+    flaky = ("-m", "tests.flaky_fs", r"checkpoints/2/state/_METADATA$", "timeout")
+    statuses, errors = two_processes(tmp_path, "--config.train.steps=4", command=flaky, offset=3100)
+    assert statuses == [2, 2], [e[-2000:] for e in errors]
     for error in errors:
         assert "checkpoint step 2: its metadata cannot be read (TimeoutError" in error.strip().splitlines()[-1]
     assert "on process 0: " in errors[1]

@@ -72,6 +72,20 @@ def cli(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     return run(["-m", "oie_jax.cli", "train", *map(str, args)], env=env, cwd=cwd)
 
 
+def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: int = 0) -> tuple[list, list]:
+    """`COMMAND train` of the tiny config on `workdir` in two CPU processes of two devices each (fsdp over the
+    four, two per process), run to their end: (exit statuses, stderrs)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port = 21000 + (os.getpid() + offset) % 9000
+    procs = [subprocess.Popen(
+        [sys.executable, *command, "train", "--config", str(TINY), "--workdir", str(workdir), *args,
+         "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)",
+         "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    return [p.returncode for p in procs], errors
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
@@ -161,15 +175,9 @@ def test_a_restore_error_that_is_not_damage_stops_and_names_the_step(uninterrupt
 
 def test_when_process_0_cannot_pick_a_step_every_process_stops_with_its_error(tmp_path):
     assert train(tiny(**{"train.steps": 2, "checkpoint.every": 2}), tmp_path).step == 2
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    port = 21000 + (os.getpid() + 4500) % 9000
-    procs = [subprocess.Popen(  # another architecture on the same workdir: the checkpoint does not fit
-        [sys.executable, "-m", "oie_jax.cli", "train", "--config", str(TINY), "--workdir", str(tmp_path),
-         "--config.model.preset=smollm2-135m", "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)",
-         "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], [e[-2000:] for e in errors]
+    # another architecture on the same workdir: the checkpoint does not fit
+    statuses, errors = two_processes(tmp_path, "--config.model.preset=smollm2-135m", offset=4500)
+    assert statuses == [2, 2], [e[-2000:] for e in errors]
     for error in errors:
         assert "checkpoint step 2 does not fit this run" in error.strip().splitlines()[-1], error[-2000:]
     assert "on process 0: " in errors[1]
