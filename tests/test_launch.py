@@ -131,7 +131,8 @@ def test_worker_setup_stops_with_one_line_when_python_is_too_old(tmp_path):
 @pytest.mark.parametrize("how", ["found", "installed by apt-get"])
 def test_worker_setup_installs_oie_jax_into_a_venv_with_a_supported_python(tmp_path, how):
     """With this machine's Python 3.11+ on PATH, or with only a 3.10 until a (fake) apt-get installs
-    python3.11: a venv that imports oie_jax either way (installed without dependencies, from this checkout)."""
+    python3.11: a venv that imports oie_jax either way (installed without dependencies, from a copy of this
+    checkout)."""
     path = fake_bin(tmp_path / "bin", "mkdir", "rm", "cat", "ln")
     real = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     if how == "found":
@@ -144,8 +145,11 @@ def test_worker_setup_installs_oie_jax_into_a_venv_with_a_supported_python(tmp_p
         (path / "apt-get").chmod(0o755)
         (path / "sudo").write_text('#!/bin/bash\nexec "$@"\n')
         (path / "sudo").chmod(0o755)
+    source = tmp_path / "oie-jax"  # what setup unpacks on a worker; a build there leaves the checkout clean
+    shutil.copytree(ROOT / "oie_jax", source / "oie_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", source)
     env = {"PATH": str(path), "HOME": str(tmp_path), "EXTRA": "", "VENV": str(tmp_path / "venv")}
-    result = subprocess.run(["bash", str(LAUNCH / "worker_setup.sh"), str(ROOT), "--no-deps"],
+    result = subprocess.run(["bash", str(LAUNCH / "worker_setup.sh"), str(source), "--no-deps"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("installing Ubuntu's python3.11" in result.stderr) == (how != "found")

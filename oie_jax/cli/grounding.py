@@ -57,13 +57,11 @@ def load_gmner_gold(path: str, strict: bool) -> list:
     return load_gold(path, "gmner", strict)
 
 
-def report_and_print(golds, predicted, notes, title: str, out=None) -> None:
-    """The scores of `predicted` against `golds` (entities per tweet), with their slices by type and by
-    region, printed and, with `out`, written as report.md, scores.json and scores.png."""
-    from oie_jax.eval.gmner import breakdown, score
+def report_and_print(scores, slices, notes, title: str, out=None) -> None:
+    """Scores and their slices by type and by region (`gmner.breakdown`), printed and, with `out`, written as
+    report.md, scores.json and scores.png."""
     from oie_jax.eval.grounded import markdown, write_reports
 
-    scores, slices = score(golds, predicted), breakdown(golds, predicted)
     print(markdown(scores, title, notes, slices), end="")
     print(f"{METRIC} = {scores.metrics()[METRIC]:.4f}")
     if out is not None:
@@ -73,6 +71,7 @@ def report_and_print(golds, predicted, notes, title: str, out=None) -> None:
 def cmd_eval_gmner(args):
     from oie_jax.data.entities import gold_entities
     from oie_jax.data.images import ImageSource
+    from oie_jax.eval.gmner import breakdown
     from oie_jax.eval.grounded import evaluate
     from oie_jax.files import location, prepare_output_dir
     from oie_jax.infer.ground import load_grounder
@@ -87,7 +86,7 @@ def cmd_eval_gmner(args):
     grounder = load_grounder(args.model)
     images = ImageSource(args.images, grounder.preprocess, strict=args.strict)
     out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
-    results, _, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
+    results, scores, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
                                  progress=not args.no_progress, proposals=proposals, gold_output=args.gold_entities)
     if args.gold_entities:
         notes.append("the gold entities stood for the LLaMA's output (--gold-entities): the grounding alone")
@@ -96,14 +95,15 @@ def cmd_eval_gmner(args):
     with (out / "predictions.jsonl").open("w") as f:
         for result in results:
             f.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-    report_and_print([gold_entities(r) for r in golds], [[e.as_entity() for e in r.entities] for r in results],
-                     notes, f"Grounded NER of {args.model} on {args.data}", out)
+    slices = breakdown([gold_entities(r) for r in golds], [[e.as_entity() for e in r.entities] for r in results])
+    report_and_print(scores, slices, notes, f"Grounded NER of {args.model} on {args.data}", out)
     print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score-gmner`), report.md, scores.json, "
           "scores.png", file=sys.stderr)
 
 
 def cmd_score_gmner(args):
     from oie_jax.data.entities import gold_entities
+    from oie_jax.eval.gmner import breakdown, score
     from oie_jax.eval.grounded import pair, read_grounded_predictions
     from oie_jax.files import location
 
@@ -112,7 +112,9 @@ def cmd_score_gmner(args):
     out = location(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    report_and_print([gold_entities(r) for r in golds], predicted, notes, f"Grounded NER scores of {args.pred}", out)
+    gold = [gold_entities(r) for r in golds]
+    report_and_print(score(gold, predicted), breakdown(gold, predicted), notes, f"Grounded NER scores of {args.pred}",
+                     out)
 
 
 def add_parsers(commands) -> None:

@@ -43,19 +43,21 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray, Path]
             raise UserError(f"corrupt safetensors file ({exc})", path) from None
 
 
-def set_at(tree: dict, path, value) -> None:
-    """tree[path[0]][path[1]]... = value, making the dicts on the way."""
+def parent_of(tree: dict, path) -> dict:
+    """The dict that holds `path`'s last key, made on the way."""
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+    return tree
+
+
+def set_at(tree: dict, path, value) -> None:
+    parent_of(tree, path)[path[-1]] = value
 
 
 def allocated_at(tree: dict, path, shape, dtype) -> np.ndarray:
     """The array at `path` of `tree`, allocated (uninitialised) the first time: stacked layers are filled
     one slice at a time."""
-    node = tree
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
+    node = parent_of(tree, path)
     if path[-1] not in node:
         node[path[-1]] = np.empty(shape, dtype)
     return node[path[-1]]

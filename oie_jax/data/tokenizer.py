@@ -51,11 +51,12 @@ class Tokenizer:
     def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
-    def strips_leading_space(self) -> bool:
+    def strips_leading_space(self, pieces: list[bytes] | None = None) -> bool:
         """Whether decoding drops the space that the first token's bytes start with: SentencePiece's dummy
-        prefix ("Person" is encoded "▁Person", and decodes back to "Person" at the start of a text)."""
+        prefix ("Person" is encoded "▁Person", and decodes back to "Person" at the start of a text).
+        `pieces`: `token_bytes()`, when the caller has them already."""
         ids = self.encode("a", add_special_tokens=False)
-        pieces = self.token_bytes()
+        pieces = self.token_bytes() if pieces is None else pieces
         return b"".join(pieces[i] for i in ids).startswith(b" ") and not self.decode(ids).startswith(" ")
 
 

@@ -139,7 +139,7 @@ def markdown(analysis: ErrorAnalysis, title: str = "Error analysis", top: int = 
     for language, label, tp, pred, gold, p, r, f1 in analysis.per_label():
         lines.append(f"| {language or '-'} | {label} | {gold:,} | {pred:,} | {tp:,} | {100 * p:.1f} | {100 * r:.1f} | "
                      f"{100 * f1:.1f} |")
-    numbered = [(name, label) for name, label, by_number in plotted_names(analysis) if by_number]
+    numbered = [(name, label) for name, label, by_number in plotted_names(plotted_rows(analysis)) if by_number]
     if numbered:
         lines += ["", "## Labels drawn by number in errors.png (its font has no glyphs for them)", "",
                   "| in errors.png | label |", "|---|---|", *(f"| {name} | {label} |" for name, label in numbered)]
@@ -175,8 +175,8 @@ def plotted_rows(analysis: ErrorAnalysis) -> list:
     return sorted(analysis.per_label(), key=lambda row: -row[4])[:PLOTTED]
 
 
-def plotted_names(analysis: ErrorAnalysis) -> list[tuple[str, str, bool]]:
-    """(name in errors.png, label, whether by number) of the plotted labels: the label and its language, or
+def plotted_names(rows: list) -> list[tuple[str, str, bool]]:
+    """(name in errors.png, label, whether by number) of the plotted rows: the label and its language, or
     "#k" for a label the plot's font cannot draw (Japanese, Chinese in matplotlib's DejaVu Sans), listed in
     errors.md."""
     from matplotlib import font_manager
@@ -184,7 +184,7 @@ def plotted_names(analysis: ErrorAnalysis) -> list[tuple[str, str, bool]]:
 
     glyphs = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
     names, numbered = [], 0
-    for language, label, *_ in plotted_rows(analysis):
+    for language, label, *_ in rows:
         suffix = f" ({language})" if language else ""
         drawable = all(ord(c) in glyphs for c in label + suffix)
         numbered += not drawable
@@ -205,7 +205,7 @@ def plot(analysis: ErrorAnalysis, path) -> None:
     kinds_ax.barh(list(KINDS)[::-1], [analysis.kinds.get(kind, 0) for kind in KINDS][::-1], color="tab:red")
     kinds_ax.set_xlabel("items")
     kinds_ax.set_title("Kinds of error")
-    names = [name for name, _, _ in plotted_names(analysis)][::-1]
+    names = [name for name, _, _ in plotted_names(rows)][::-1]
     labels_ax.barh(names, [100 * row[7] for row in rows][::-1])
     labels_ax.set_xlim(0, 100)
     labels_ax.set_xlabel("F1 (%)")

@@ -212,8 +212,8 @@ class Constraints:
     tokens: "constrain.TokenTrie"
 
     @classmethod
-    def of(cls, automata: list, tokenizer, vocab_size: int) -> "Constraints":
-        pieces = tokenizer.token_bytes()
+    def of(cls, automata: list, tokenizer, vocab_size: int, pieces: list[bytes] | None = None) -> "Constraints":
+        pieces = tokenizer.token_bytes() if pieces is None else pieces
         return cls(automata, pieces, constrain.TokenTrie.of(pieces, vocab_size))
 
 

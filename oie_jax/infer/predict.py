@@ -54,10 +54,11 @@ def record_constraints(records: Sequence[Record], tokenizer: Tokenizer, labels: 
                        vocab_size: int) -> gen.Constraints:
     """Each record's output automaton (its task, its labels, the entities of its text), allowing the space
     a SentencePiece tokenizer puts before the first word and drops when decoding."""
-    leading_space = tokenizer.strips_leading_space()
+    pieces = tokenizer.token_bytes()  # the whole vocabulary's: read once
+    leading_space = tokenizer.strips_leading_space(pieces)
     automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language), leading_space)
                 for r in records]
-    return gen.Constraints.of(automata, tokenizer, vocab_size)
+    return gen.Constraints.of(automata, tokenizer, vocab_size, pieces)
 
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,

@@ -136,9 +136,7 @@ class Checkpoints:
                 # Several processes cannot agree to skip a step safely; and an error that is not damage
                 # (an I/O error, a bucket timeout, out of memory) would skip good steps.
                 if jax.process_count() > 1 or not self.damaged(step, exc):
-                    raise UserError(f"checkpoint step {step} cannot be restored ({reason}); fix the cause and run "
-                                    "again, or delete the step to resume from the one before",
-                                    self.directory / str(step)) from None
+                    raise self.unreadable(step, " cannot be restored", reason) from None
                 say(f"checkpoint step {step} is damaged: its state cannot be read ({reason[:160]}); trying the "
                     "one before")
                 steps = [s for s in steps if s < step]
@@ -165,9 +163,7 @@ class Checkpoints:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:160]}"
                 if not self.damaged(step, exc):
-                    raise UserError(f"checkpoint step {step}: its metadata cannot be read ({reason}); fix the cause "
-                                    "and run again, or delete the step to resume from the one before",
-                                    self.directory / str(step)) from None
+                    raise self.unreadable(step, ": its metadata cannot be read", reason) from None
                 say(f"checkpoint step {step} is damaged: its state cannot be read ({reason}); trying the one before")
                 continue
             if saved != expected:
@@ -176,6 +172,11 @@ class Checkpoints:
                                 "config", self.directory / str(step))
             return step
         return None
+
+    def unreadable(self, step: int, what: str, reason: str) -> UserError:
+        """The error of a step that could not be read (`what` follows "checkpoint step N")."""
+        return UserError(f"checkpoint step {step}{what} ({reason}); fix the cause and run again, or delete the "
+                         "step to resume from the one before", self.directory / str(step))
 
     def step_is_there(self, step: int) -> bool:
         try:
