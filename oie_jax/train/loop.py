@@ -361,6 +361,16 @@ class Run:
                                  labels=self.label_sets if self.config.eval.constrained else None)
         return scores.metrics()
 
+    def evaluation_plan(self) -> str:
+        evaluation = self.config.eval
+        if self.dev is None:
+            return "no dev set"
+        f1 = "no dev F1 (eval.f1_every=0)"
+        if evaluation.f1_every:
+            f1 = (f"dev F1 every {evaluation.f1_every} steps on {evaluation.f1_examples or 'all'} records, decoding "
+                  f"{self.f1_decoding()}")
+        return f"dev loss every {evaluation.every or self.total_steps} steps; {f1}"
+
     def f1_decoding(self) -> str:
         if self.config.eval.constrained:
             return "constrained to the format and the training labels, as `oie-jax eval`"
@@ -428,11 +438,7 @@ class Run:
             + f", {self.total_steps * tokens:,} tokens; lr {train.lr:g}, {train.decay} decay, warmup "
             f"{train.warmup_fraction:.0%}",
             memory,
-            "eval     " + ("no dev set" if self.dev is None else
-                               f"dev loss every {config.eval.every or self.total_steps} steps; " + (
-                                   f"dev F1 every {config.eval.f1_every} steps on {config.eval.f1_examples or 'all'} "
-                                   f"records, decoding {self.f1_decoding()}" if config.eval.f1_every
-                                   else "no dev F1 (eval.f1_every=0)")),
+            f"eval     {self.evaluation_plan()}",
             f"saving   every {config.checkpoint.every} steps (keep {config.checkpoint.keep}"
             + (f", best by {config.checkpoint.best_metric} ({config.checkpoint.best_mode})"
                if config.checkpoint.best_metric else "") + "); "
