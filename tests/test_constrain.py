@@ -95,6 +95,35 @@ def test_the_mask_allows_exactly_the_tokens_that_keep_a_valid_prefix(case):
     assert checked > 100
 
 
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_an_output_closes_within_any_budget_that_can_hold_one(case):
+    """Random walks that never choose to stop (end-of-sequence only where nothing else is allowed), with the
+    budget in the mask: at the budget's end every output is complete."""
+    text, task, labels = CASES[case]
+    rng = random.Random(100 + case)
+    pieces = vocabulary(rng, [text, f"/{task}/:;", *(labels.text or ()), *(labels.items or ())])
+    trie = constrain.TokenTrie.of(pieces, len(pieces))
+    auto = constrain.finishing(constrain.automaton(text, task, labels), trie)
+    pattern = reference_pattern(text, task, labels)
+    needed = int(auto.finish[auto.start])
+    assert 1 <= needed <= constrain.shortest_ways(auto)[0][auto.start]  # every byte is a token here
+    table, accept, finish = (np.asarray(x)[None] for x in (auto.table, auto.accept, auto.finish))
+    mask_of = jax.jit(lambda state, left: constrain.allowed(table, accept, state[None], trie.arrays(), (0,),
+                                                            finish, left))
+    for budget in sorted({needed, needed + 1, needed + 2, 12, 20, 33}):
+        for _ in range(3):
+            state, prefix = auto.start, b""
+            for left in range(budget, 0, -1):
+                mask, ends = (np.asarray(x[0]) for x in mask_of(np.int32(state), np.int32(left)))
+                choices = np.flatnonzero(mask[1:]) + 1
+                if not len(choices):
+                    assert mask[0]
+                    break
+                token = int(rng.choice(choices))
+                state, prefix = int(ends[token]), prefix + pieces[token]
+            assert pattern.fullmatch(prefix) is not None, (budget, prefix)
+
+
 def test_a_cut_output_ends_at_its_last_complete_item():
     auto = constrain.automaton("Marie Curie worked in Paris.", "NER", LabelSet(None, None))
     pieces = [b"", b"Science", b"/NER/", b":Person;", b"Marie", b" Curie", b":Loc", b"ation;"]
@@ -142,3 +171,66 @@ def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smo
         for item in parsed.items:
             assert item[position] in labels.items
             assert all(value in record.text for value in fmt.text_values(record.task, item)), (record.text, output)
+
+
+SAMPLE = fmt.__file__.rsplit("/", 1)[0] + "/sample/"
+
+
+def budget_outputs(model_dir, budgets, records=16) -> dict:
+    """Constrained outputs of the first `records` sample test records (every task and language among them),
+    without label sets and with the training data's: {(labelled, budget): [(record, output)]}."""
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer.predict import generate_outputs
+    from oie_jax.models.checkpoint import load_model
+
+    train, test = (load_source([SAMPLE + f"{split}.jsonl"])[1].records for split in ("train", "test"))
+    test = sorted(test, key=lambda r: (r.task, r.language))[::max(1, len(test) // records)][:records]
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    results = {}
+    for labelled, sets in ((False, {}), (True, label_sets(train))):
+        for budget in budgets:
+            outputs, _ = generate_outputs(model, tokenizer, test, batch_size=16, max_new_tokens=budget,
+                                          progress=False, labels=sets)
+            results[labelled, budget] = list(zip(test, outputs))
+    return results
+
+
+def assert_every_output_parses(results, budget_for_all=32):
+    """Every output parses where its record's shortest complete output fits the budget, and from
+    `budget_for_all` tokens on, that is every record."""
+    for (labelled, budget), pairs in results.items():
+        for record, output in pairs:
+            if fmt.parse(output, record.task).well_formed:
+                continue
+            assert output == "" and budget < budget_for_all, (labelled, budget, record.text, output)
+
+
+@pytest.fixture(scope="module")
+def tiny_smollm2_vocabulary(smollm2_hf_dir, tmp_path_factory):
+    """A random tiny LLaMA with SmolLM2's tokenizer: it never closes an output by itself."""
+    import shutil
+
+    from oie_jax.convert import hf_to_jax
+    from tests.helpers import llama31_hf_config, save_random_hf_llama
+
+    hf = tmp_path_factory.mktemp("tiny-smollm2-hf")
+    save_random_hf_llama(hf, llama31_hf_config(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                                               max_position_embeddings=1024))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_hf_dir / name, hf / name)
+    out = tmp_path_factory.mktemp("tiny-smollm2")
+    hf_to_jax.convert(hf, out)
+    return out
+
+
+def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm2_vocabulary, capfd):
+    results = budget_outputs(tiny_smollm2_vocabulary, (8, 16, 32, 64, 96))
+    assert_every_output_parses(results)
+    assert "shortest complete output" in capfd.readouterr().err  # budget 8 is too short for some: said
+    lengths = [len(output) for pairs in results.values() for _, output in pairs]
+    assert max(lengths) > 100  # it does talk on until the budget ends
+
+
+def test_constrained_outputs_of_the_base_model_parse_at_every_budget(smollm2_dir):
+    assert_every_output_parses(budget_outputs(smollm2_dir, (8, 96), records=8))

@@ -15,6 +15,11 @@ bytes) with state 0 dead; a token is allowed in a state when running its bytes t
 not reach the dead state, and end-of-sequence ids are allowed in accepting states. The table of every
 record of a batch goes to the device once; each decoding step runs every vocabulary token's bytes
 through it, one jitted gather per level of a trie of the vocabulary (TokenTrie).
+
+The token budget is part of the constraint: each state knows how many tokens at most close the output
+from there (`finishing`), and a token is allowed only where the tokens left after it still suffice, so
+an output cut by `max_new_tokens` ends in an accepting state (it parses) whenever the budget could hold
+a complete output at all.
 """
 
 import dataclasses
@@ -29,6 +34,7 @@ from oie_jax.data.labels import LabelSet
 from oie_jax.errors import UserError
 
 DEAD = 0
+UNREACHABLE = np.iinfo(np.int32).max // 2  # a state from which no output can be closed
 SEPARATORS = b":;"
 WHITESPACE = b" \t\n\r"
 
@@ -130,6 +136,7 @@ class Automaton:
     table: np.ndarray  # (states, 256) int32; state 0 dead
     accept: np.ndarray  # (states,) bool: an end-of-sequence token may come here
     start: int
+    finish: np.ndarray | None = None  # (states,) int32: tokens that close the output from here (`finishing`)
 
 
 def automaton(text: str, task: str, labels: LabelSet = LabelSet(), leading_space: bool = False) -> Automaton:
@@ -232,6 +239,56 @@ def complete_prefix(auto: Automaton, tokens: Sequence[int], pieces: Sequence[byt
     return list(tokens[:complete])
 
 
+def shortest_ways(auto: Automaton) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes from each state to the nearest accepting state, the first byte of one shortest way there).
+    Following the first bytes from any state walks a shortest way whose every state continues it."""
+    table = auto.table
+    distance = np.where(auto.accept, 0, UNREACHABLE).astype(np.int64)
+    distance[DEAD] = UNREACHABLE
+    while True:  # shortest distances backwards, one byte further per round
+        through = np.minimum(distance[table] + 1, UNREACHABLE)
+        nearer = np.minimum(distance, through.min(axis=1))
+        nearer[DEAD] = UNREACHABLE
+        if np.array_equal(nearer, distance):
+            return distance, np.argmin(through, axis=1)
+        distance = nearer
+
+
+def finishing(auto: Automaton, trie: "TokenTrie", longest: int = 32) -> Automaton:
+    """`auto` with `finish`: for each state, a number of tokens that surely closes the output from there.
+    It is the fewest tokens (of at most `longest` bytes) that spell the state's shortest way in bytes
+    (`shortest_ways`); every state on that way has its rest, so a token allowed because the tokens left
+    after it suffice always leaves a state from which a next token is allowed for the same reason."""
+    distance, first_byte = shortest_ways(auto)
+    states = np.arange(len(distance))
+    after_byte = auto.table[states, first_byte]
+    offsets = trie.levels_offsets()
+    is_token = np.zeros(offsets[-1] + 1, bool)
+    is_token[trie.nodes] = True
+    is_token[-1] = False  # the dead node of the tokens without bytes
+    steps = []  # (state after k bytes of each state's way, whether those k bytes are one token)
+    state, node, on_way = states, np.zeros(len(states), np.int64), distance < UNREACHABLE
+    for k in range(1, min(longest, len(trie.parents)) + 1):
+        byte = first_byte[state]
+        keys = trie.parents[k - 1].astype(np.int64) * 256 + trie.last_bytes[k - 1]
+        wanted = node * 256 + byte
+        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        on_way &= (keys[position] == wanted) & (k <= distance)
+        if not on_way.any():
+            break
+        node, state = np.where(on_way, position, 0), after_byte[state]
+        steps.append((state, on_way & is_token[offsets[k] + node]))
+    finish = np.where(auto.accept, 0, UNREACHABLE).astype(np.int64)
+    finish[DEAD] = UNREACHABLE
+    while True:
+        fewer = finish.copy()
+        for after, one_token in steps:
+            fewer = np.minimum(fewer, np.where(one_token, finish[after] + 1, UNREACHABLE))
+        if np.array_equal(fewer, finish):
+            return dataclasses.replace(auto, finish=np.minimum(finish, UNREACHABLE).astype(np.int32))
+        finish = fewer
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenTrie:
     """The vocabulary's token bytes as a trie, level by level, so that a prefix shared by many tokens is
@@ -262,19 +319,27 @@ class TokenTrie:
         """The trie as a pytree of arrays, the form jitted code takes."""
         return self.parents, self.last_bytes, self.nodes
 
+    def levels_offsets(self) -> np.ndarray:
+        """Where each level starts in the concatenation `nodes` indexes (the last entry: the dead node)."""
+        return np.cumsum([0, 1] + [len(level) for level in self.parents])
 
-def stack(automata: Sequence[Automaton], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tables, accept, start states) of a batch of `rows` rows, tables padded to a power-of-two state
-    count (fewer compiled shapes); rows past the automata get a dead table."""
+
+def stack(automata: Sequence[Automaton], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tables, accept, start states, finish) of a batch of `rows` rows, tables padded to a power-of-two
+    state count (fewer compiled shapes); rows past the automata get a dead table. An automaton without
+    `finish` does not limit its tokens by the budget (0 everywhere)."""
     states = max(64, 1 << (max(a.table.shape[0] for a in automata) - 1).bit_length())
     tables = np.zeros((rows, states, 256), np.int32)
     accept = np.zeros((rows, states), bool)
     starts = np.zeros((rows,), np.int32)
+    finish = np.zeros((rows, states), np.int32)
     for row, auto in enumerate(automata):
         tables[row, :auto.table.shape[0]] = auto.table
         accept[row, :auto.accept.shape[0]] = auto.accept
         starts[row] = auto.start
-    return tables, accept, starts
+        if auto.finish is not None:
+            finish[row, :auto.finish.shape[0]] = auto.finish
+    return tables, accept, starts, finish
 
 
 def token_ends(table: jax.Array, state: jax.Array, trie: tuple) -> jax.Array:
@@ -290,12 +355,19 @@ def token_ends(table: jax.Array, state: jax.Array, trie: tuple) -> jax.Array:
     return jnp.concatenate(levels)[nodes]
 
 
-def allowed(tables, accept, states, trie, eos_ids) -> tuple[jax.Array, jax.Array]:
-    """(mask of the allowed tokens (batch, vocab), the state each token leads to). End-of-sequence ids
-    are allowed in accepting states, and also where nothing else is (a dead end never stalls a row)."""
+def allowed(tables, accept, states, trie, eos_ids, finish=None, left=None) -> tuple[jax.Array, jax.Array]:
+    """(mask of the allowed tokens (batch, vocab), the state each token leads to). With `finish` (batch,
+    states) and `left` (tokens left in the budget, this one included), only tokens after which the rest
+    of the budget can close the output, unless none is (a budget too small for any complete output).
+    End-of-sequence ids are allowed in accepting states, and also where nothing else is (a dead end
+    never stalls a row)."""
     ends = jax.vmap(token_ends, in_axes=(0, 0, None))(tables, states, trie)
     mask = ends != DEAD
+    complete = jnp.take_along_axis(accept, states[:, None], axis=1)[:, 0]
+    if finish is not None:  # (where the output is complete, stopping is in time)
+        in_time = mask & (jnp.take_along_axis(finish, ends, axis=1) < left)
+        mask = jnp.where((jnp.any(in_time, axis=1) | complete)[:, None], in_time, mask)
     eos = jnp.asarray(eos_ids, jnp.int32)
-    stop = jnp.take_along_axis(accept, states[:, None], axis=1)[:, 0] | ~jnp.any(mask, axis=1)
+    stop = complete | ~jnp.any(mask, axis=1)
     mask = mask.at[:, eos].set(stop[:, None])
     return mask, ends

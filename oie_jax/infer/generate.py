@@ -112,10 +112,10 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     logits = model.logits(hidden[:, -1:])  # only the last position picks a token
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def pick(logits, key, done, at):  # at: each row's automaton state (unused without constraint)
+    def pick(logits, key, done, at, step):  # at: each row's automaton state (unused without constraint)
         if constraint is not None:  # only the tokens that keep each row a valid prefix (infer/constrain.py)
-            tables, accept, _, trie = constraint
-            allowed, ends = constrain.allowed(tables, accept, at, trie, eos_ids)
+            tables, accept, _, finish, trie = constraint
+            allowed, ends = constrain.allowed(tables, accept, at, trie, eos_ids, finish, max_new_tokens - step)
             logits = jnp.where(allowed, logits, -jnp.inf)
         token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
@@ -126,7 +126,7 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     key, first_key = jax.random.split(key)
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
-    token, done, at = pick(logits[:, -1], first_key, empty_row, at)
+    token, done, at = pick(logits[:, -1], first_key, empty_row, at, 0)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
@@ -137,7 +137,7 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
         step, cache, token, position, done, out, key, at = carry
         key, step_key = jax.random.split(key)
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
-        token, done, at = pick(logits[:, 0], step_key, done, at)
+        token, done, at = pick(logits[:, 0], step_key, done, at, step)
         return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, at
 
     carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, at)
@@ -184,9 +184,8 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         key, batch_key = jax.random.split(key)
         constraint = None
         if constraints is not None:
-            tables, accept, starts = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
-            constraint = (placement.rows(tables), placement.rows(accept), placement.rows(starts),
-                          constraints.tokens.arrays())
+            stacked = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
+            constraint = (*map(placement.rows, stacked), constraints.tokens.arrays())
         # The key and scalars as numpy: the same value on every process, replicated on the mesh.
         with placement.context():
             out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
@@ -213,8 +212,10 @@ class Constraints:
 
     @classmethod
     def of(cls, automata: list, tokenizer, vocab_size: int, pieces: list[bytes] | None = None) -> "Constraints":
+        """With each automaton's `finish` in this vocabulary's tokens: outputs close within the budget."""
         pieces = tokenizer.token_bytes() if pieces is None else pieces
-        return cls(automata, pieces, constrain.TokenTrie.of(pieces, vocab_size))
+        tokens = constrain.TokenTrie.of(pieces, vocab_size)
+        return cls([constrain.finishing(auto, tokens) for auto in automata], pieces, tokens)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 KV-cache `generate`, decoded text, and what it cost (compilations, tokens/s)."""
 
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -71,6 +72,8 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     prompts = prompt_tokens(records, tokenizer)
     eos_ids = gen.stop_ids(model.cfg, tokenizer)
     constraints = None if labels is None else record_constraints(records, tokenizer, labels, model.cfg.vocab_size)
+    if constraints is not None:
+        warn_short_budget(constraints.automata, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = [""] * len(prompts)
@@ -100,6 +103,16 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     stats = GenerationStats(len(prompts), batch_size, max_new_tokens, len(batches), tokens, time.perf_counter() - start,
                             compiles, len(buckets), steady_tokens, steady_seconds)
     return outputs, stats
+
+
+def warn_short_budget(automata: Sequence[constrain.Automaton], max_new_tokens: int) -> None:
+    """Says when some records cannot hold even their shortest complete output in the budget (their
+    outputs come back empty and count as malformed)."""
+    needed = [int(auto.finish[auto.start]) for auto in automata]
+    short = sum(n > max_new_tokens for n in needed)
+    if short:
+        print(f"warning: {short} of {len(needed)} records need more than max_new_tokens={max_new_tokens} tokens for "
+              f"their shortest complete output (up to {max(needed)}): their outputs will be empty", file=sys.stderr)
 
 
 def progress_bar(total: int, enabled: bool):
