@@ -29,7 +29,7 @@ from tests.test_train_loop import ROOT, TINY, tiny
     ("data.dev", "holdout:0", "data.dev: dev spec 'holdout:0': expected holdout:N with N >= 1"),
     ("mesh.dcn_shape", (1, 0, 1), "mesh.dcn_shape = \\(1, 0, 1\\): needs 3 positive sizes"),
     ("checkpoint.keep", 0, "checkpoint.keep = 0: needs >= 1"),
-    ("eval.max_new_tokens", 0, "eval.max_new_tokens = 0: needs >= 1"),
+    ("eval.max_new_tokens", -1, "eval.max_new_tokens = -1: needs >= 0 \\(0 = from the data\\)"),
     ("model.remat", "some", "model.remat = 'some': needs one of"),
     ("data.source", "csv", "config field data.source = 'csv': needs auto or one of records, mmm, stockmark"),
     ("train.steps", True, "config field train.steps = True: needs an int, not a bool"),

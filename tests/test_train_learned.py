@@ -21,6 +21,7 @@ from oie_jax.data.tokenizer import ByteTokenizer
 from oie_jax.eval.evaluate import evaluate
 from oie_jax.models.checkpoint import load_model
 from oie_jax.train.checkpointing import Checkpoints
+from oie_jax.train.loop import Run
 from oie_jax.train.metrics_log import read_metrics
 from oie_jax.train.runs import train
 from tests.metrics_reference import reference_metrics
@@ -115,6 +116,42 @@ def test_dev_f1_decodes_as_eval_will(tmp_path, capsys, constrained):
     assert f"records, decoding {shown}" in capsys.readouterr().out
 
 
+def reference_budget(lengths: list[int], cut: float = 0.005) -> int:
+    """The least multiple of 8 (at least 8) that at most `cut` of the lengths exceed, by counting."""
+    budget = 8
+    while sum(n > budget for n in lengths) > cut * len(lengths):
+        budget += 8
+    return budget
+
+
+def test_the_generation_budget_comes_from_the_data_and_travels_with_the_model(tmp_path, capsys):
+    from oie_jax.data.format import render
+    from oie_jax.infer.budget import OutputLengths, model_budget
+
+    records = visits()
+    write_jsonl(records[:48], tmp_path / "train.jsonl")
+    write_jsonl(records[48:], tmp_path / "dev.jsonl")
+    lengths = [len(render(r)[1].encode()) for r in records]  # the tiny config's tokenizer: one token per byte
+    expected = reference_budget(lengths)
+    overrides = {"data.train": str(tmp_path / "train.jsonl"), "data.dev": str(tmp_path / "dev.jsonl"),
+                 "train.steps": 1, "eval.every": 0, "eval.f1_every": 1, "export.model": True}
+    train(tiny(**overrides, **{"eval.max_new_tokens": 0}), tmp_path / "run")
+    assert (f"generate at most {expected} new tokens (eval.max_new_tokens=0: the fewest that hold 99.5% of the 64 "
+            "train+dev gold outputs") in capsys.readouterr().out
+    assert model_budget(tmp_path / "run" / "model") == expected
+    spread = lengths * 4 + list(range(1, 300, 7))  # the budget of any share, against counting
+    for n in (0, 1, 5, 8, 33, 40, 47, 300):
+        assert OutputLengths(np.sort(spread), "").budget(n / 1000) == reference_budget(spread, n / 1000)
+
+    run = Run(tiny(**overrides, **{"eval.max_new_tokens": 16}), tmp_path / "short")
+    assert "warning: 64 of 64 train+dev gold outputs (100.0%) need more than max_new_tokens=16" in run.budget_line()
+    lines = []
+    evaluate(load_model(tmp_path / "run" / "model"), ByteTokenizer(), records[48:52], max_new_tokens=16,
+             progress=False, log=lines.append)
+    assert lines[0].startswith("warning: 4 of 4 gold outputs (100.0%) need more than max_new_tokens=16 tokens")
+    assert "4 outputs ended by the budget, not the model" in lines[1]
+
+
 def test_best_keeps_the_later_of_equal_values_and_never_a_worse_one(tmp_path):
     params = {"w": np.arange(4, dtype=np.float32)}
     for mode, values in (("max", (0.5, 0.5, 0.4)), ("min", (0.5, 0.5, 0.6))):
@@ -147,7 +184,6 @@ def test_best_and_model_hold_the_step_where_dev_f1_peaked_before_the_end(learned
 
 
 def test_export_any_step_of_a_run(learned, tmp_path, capsys):
-    from oie_jax import cli
     from oie_jax.models.checkpoint import load_config, load_params
 
     run_dir, outcome, _ = learned

@@ -59,16 +59,18 @@ def cmd_eval(args):
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
     from oie_jax.files import location, prepare_output_dir
+    from oie_jax.infer.budget import model_budget
     from oie_jax.models.checkpoint import load_model
 
     golds = load_gold(args.data, args.source, args.strict)[: args.limit]
     out = prepare_output_dir(args.out or f"eval-{location(args.model).name}", args.overwrite)
     tokenizer = load_tokenizer(args.model)
+    max_new_tokens = args.max_new_tokens or model_budget(args.model)
     model = load_model(args.model, **({"dtype": args.dtype} if args.dtype else {}))
     labels = model_label_sets(args.model, args.labels) if args.constrained else None
     outputs, scores = evaluate(model, tokenizer, golds, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, progress=not args.no_progress, log=lambda _: None,
-                               labels=labels)
+                               max_new_tokens=max_new_tokens, progress=not args.no_progress,
+                               log=print_warning, labels=labels)
     if labels is not None:
         scores = dataclasses.replace(scores, notes=(*scores.notes, constrained_note(labels)))
     write_predictions(out / "predictions.jsonl", golds, outputs)
@@ -82,6 +84,12 @@ def cmd_eval(args):
           "errors.md/.json/.png (per-label scores, label confusion, kinds of error)", file=sys.stderr)
 
 
+def print_warning(line: str) -> None:
+    """Of evaluate's lines, the warnings (the generation summary is printed after the table)."""
+    if line.startswith("warning:"):
+        print(line, file=sys.stderr)
+
+
 def constrained_note(labels: dict) -> str:
     known = "the label sets stored with the model or given" if labels else "no label set (any label)"
     return f"decoding constrained to the format, {known}, and entities copied from the input (--no-constrained: free)"
@@ -89,13 +97,19 @@ def constrained_note(labels: dict) -> str:
 
 def cmd_extract(args):
     from oie_jax.data.labels import model_label_sets
+    from oie_jax.infer.budget import model_budget
     from oie_jax.infer.extract import extract
 
     texts = [args.text] if args.text is not None else read_lines(args.input, "input")
     labels = model_label_sets(args.model, args.labels) if args.constrained else None
-    for result in extract(args.model, texts, args.task, max_new_tokens=args.max_new_tokens,
+    max_new_tokens = args.max_new_tokens or model_budget(args.model)
+    for result in extract(args.model, texts, args.task, max_new_tokens=max_new_tokens,
                           batch_size=args.batch_size, dtype=args.dtype, labels=labels):
         print(json.dumps(result.to_json(), ensure_ascii=False))
+
+
+BUDGET_HELP = ("the most tokens generated per output (default: the budget the model's training run chose from its "
+               "data, MODEL/generation.json, else 128)")
 
 
 def add_constraint_arguments(parser) -> None:
@@ -139,7 +153,8 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--model", required=True, help="oie-jax model directory")
     add_gold_arguments(evaluation, "--data", "records to evaluate on (unified JSONL or any corpus format)")
     evaluation.add_argument("--batch-size", type=positive_int, default=16)
-    evaluation.add_argument("--max-new-tokens", type=positive_int, default=128)
+    evaluation.add_argument("--max-new-tokens", type=positive_int,
+help=BUDGET_HELP)
     evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
     evaluation.add_argument("--out", help="output directory (default: eval-<model directory name>)")
     evaluation.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
@@ -158,7 +173,8 @@ def add_parsers(commands) -> None:
     texts = extraction.add_mutually_exclusive_group(required=True)
     texts.add_argument("--text", help="one text")
     texts.add_argument("--input", help="a UTF-8 file with one text per non-empty line")
-    extraction.add_argument("--max-new-tokens", type=positive_int, default=128)
+    extraction.add_argument("--max-new-tokens", type=positive_int,
+help=BUDGET_HELP)
     extraction.add_argument("--batch-size", type=positive_int, default=8)
     extraction.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
     add_constraint_arguments(extraction)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from oie_jax.data.format import Record
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.eval.metrics import Scores, score
+from oie_jax.infer.budget import OutputLengths
 from oie_jax.infer.predict import generate_outputs
 
 
@@ -17,11 +18,16 @@ def evaluate(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size:
              labels=None) -> tuple[list[str], Scores]:
     """(outputs, scores) of greedy generation on `records`, constrained to the format when `labels`
     (label sets) are given. The scores carry the generation statistics (`scores.generation`: tokens/s,
-    compilations); `log` receives their one-line summary (stderr by default)."""
+    compilations); `log` receives their one-line summary (stderr by default), and a warning first when
+    some gold outputs need more than `max_new_tokens`."""
     if not records:
         raise ValueError("evaluate needs at least one record")
+    log = log or (lambda line: print(line, file=sys.stderr))
+    cut = OutputLengths.of(records, tokenizer, "gold outputs").cut_by(max_new_tokens)
+    if cut:
+        log(f"warning: {cut}")
     outputs, stats = generate_outputs(model, tokenizer, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                       progress=progress, labels=labels)
-    (log or (lambda line: print(line, file=sys.stderr)))(stats.summary())
+    log(stats.summary())
     scores = score(records, outputs)
     return outputs, dataclasses.replace(scores, generation=stats)

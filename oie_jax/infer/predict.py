@@ -25,6 +25,7 @@ class GenerationStats:
     buckets: int  # distinct (batch, prompt length) shapes met; compiles <= buckets means no recompilation
     steady_tokens: int  # tokens and time of the batches that compiled nothing
     steady_seconds: float
+    budget_ended: int = 0  # outputs that the budget ended, not an end-of-sequence token
 
     @property
     def tokens_per_second(self) -> float:
@@ -39,7 +40,8 @@ class GenerationStats:
                 f"of up to {self.batch_size} (at most {self.max_new_tokens} new tokens each), "
                 f"{self.seconds:.1f} s: {self.tokens_per_second:,.1f} tokens/s overall, "
                 f"{self.steady_tokens_per_second:,.1f} tokens/s in batches that compiled nothing; "
-                f"{self.compiles} compilations for {self.buckets} shape buckets")
+                f"{self.compiles} compilations for {self.buckets} shape buckets"
+                + (f"; {self.budget_ended:,} outputs ended by the budget, not the model" if self.budget_ended else ""))
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "tokens_per_second": round(self.tokens_per_second, 2),
@@ -77,7 +79,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = [""] * len(prompts)
-    buckets, compiles, tokens, steady_tokens, steady_seconds = set(), 0, 0, 0, 0.0
+    buckets, compiles, tokens, steady_tokens, steady_seconds, budget_ended = set(), 0, 0, 0, 0.0, 0
     bar = progress_bar(len(prompts), progress)
     start = time.perf_counter()
     for rows in batches:
@@ -95,13 +97,14 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
             steady_tokens, steady_seconds = steady_tokens + produced, steady_seconds + elapsed
         for i, generated in zip(rows, new_tokens):
             outputs[i] = tokenizer.decode(generated, skip_special_tokens=True)
+            budget_ended += not generated or generated[-1] not in eos_ids
         if bar is not None:
             bar.update(len(rows))
             bar.set_postfix(compiles=compiles, tokens_per_s=f"{tokens / (time.perf_counter() - start):.1f}")
     if bar is not None:
         bar.close()
     stats = GenerationStats(len(prompts), batch_size, max_new_tokens, len(batches), tokens, time.perf_counter() - start,
-                            compiles, len(buckets), steady_tokens, steady_seconds)
+                            compiles, len(buckets), steady_tokens, steady_seconds, budget_ended)
     return outputs, stats
 
 

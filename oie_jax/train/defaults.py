@@ -104,7 +104,8 @@ def base_config() -> ConfigDict:
         every=100,  # steps between dev-loss evaluations (and at the end); 0 = only at the end
         f1_every=0,  # steps between generation-based F1 evaluations on dev (and at the end); 0 = never
         f1_examples=0,  # dev records generated for F1 (the first N; 0 = all)
-        max_new_tokens=128,
+        max_new_tokens=0,  # generation budget of dev F1, saved with the model for `eval`/`extract`; 0 = from the
+        # data: the fewest tokens (a multiple of 8) that hold 99.5% of the train+dev gold outputs
         batch_size=16,  # generation batch
         constrained=True,  # dev F1 decodes as `oie-jax eval` does by default: constrained to the format and
         # the training data's label sets (infer/constrain.py); False: free decoding (`eval --no-constrained`)

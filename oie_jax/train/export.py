@@ -12,6 +12,7 @@ from oie_jax.data.labels import copy_label_sets
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location, prepare_output_dir
+from oie_jax.infer.budget import copy_budget
 from oie_jax.models import lora
 from oie_jax.models.checkpoint import abstract_params, save_model
 from oie_jax.models.config import LlamaConfig
@@ -84,4 +85,5 @@ def export(workdir, out, which: str = "best", format: str = "oie", dtype: str | 
         save_model(out, cfg, params)
     copy_tokenizer_files(tokenizer_source(model, model.init or None), out)
     copy_label_sets(workdir, out)
+    copy_budget(workdir, out)
     return out, step, f"{directory.name}/{step}"

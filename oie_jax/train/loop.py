@@ -24,6 +24,7 @@ from oie_jax.data.sources.registry import write_jsonl
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
 from oie_jax.files import location
+from oie_jax.infer.budget import CUT, OutputLengths, copy_budget, save_budget
 from oie_jax.models import attention, lora
 from oie_jax.models.checkpoint import load_params, model_from_params, save_model
 from oie_jax.train import build, throughput, validate
@@ -153,8 +154,12 @@ class Run:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.label_sets = label_sets(records.train)  # what constrained decoding allows, in dev F1 and after
+        # The generation budget: set, or (0) the fewest tokens that hold 99.5% of the gold outputs.
+        self.output_lengths = OutputLengths.of(records.train + records.dev, self.tokenizer, "train+dev gold outputs")
+        self.max_new_tokens = config.eval.max_new_tokens or self.output_lengths.budget()
         if self.primary:  # exported with the model
             save_label_sets(self.label_sets, self.workdir)
+            save_budget(self.workdir, self.max_new_tokens, self.output_lengths)
             # The dev records (a holdout exists nowhere else), so that `oie-jax eval --data` can score on them.
             write_jsonl(records.dev, self.workdir / DEV_FILE)
         if config.checkpoint.compilation_cache:
@@ -356,7 +361,7 @@ class Run:
         model = model_from_params(*self.full_params(self.state.params))
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
-                                 max_new_tokens=self.config.eval.max_new_tokens, progress=False,
+                                 max_new_tokens=self.max_new_tokens, progress=False,
                                  log=lambda line: self.write(f"step {step}: {line}"),
                                  labels=self.label_sets if self.config.eval.constrained else None)
         return scores.metrics()
@@ -370,6 +375,16 @@ class Run:
             f1 = (f"dev F1 every {evaluation.f1_every} steps on {evaluation.f1_examples or 'all'} records, decoding "
                   f"{self.f1_decoding()}")
         return f"dev loss every {evaluation.every or self.total_steps} steps; {f1}"
+
+    def budget_line(self) -> str:
+        """The generation budget and where it comes from; a warning when it cuts more than 0.5% of the gold outputs."""
+        lengths = self.output_lengths
+        if not self.config.eval.max_new_tokens:
+            return (f"at most {self.max_new_tokens} new tokens (eval.max_new_tokens=0: the fewest that hold "
+                    f"{1 - CUT:.1%} of the {lengths.describe()})")
+        cut = lengths.cut_by(self.max_new_tokens, tolerated=CUT)
+        return (f"at most {self.max_new_tokens} new tokens (eval.max_new_tokens); {lengths.describe()}"
+                + (f"\nwarning: {cut}" if cut else ""))
 
     def f1_decoding(self) -> str:
         if self.config.eval.constrained:
@@ -398,6 +413,7 @@ class Run:
         if self.primary:
             copy_tokenizer_files(build.tokenizer_source(self.config.model, self.init), out)
             copy_label_sets(self.workdir, out)
+            copy_budget(self.workdir, out)
         self.outcome.exported_step = step
         self.say(f"wrote the model of step {step} ({origin}) to {out}")
 
@@ -439,6 +455,7 @@ class Run:
             f"{train.warmup_fraction:.0%}",
             memory,
             f"eval     {self.evaluation_plan()}",
+            f"generate {self.budget_line()}",
             f"saving   every {config.checkpoint.every} steps (keep {config.checkpoint.keep}"
             + (f", best by {config.checkpoint.best_metric} ({config.checkpoint.best_mode})"
                if config.checkpoint.best_metric else "") + "); "

@@ -75,7 +75,7 @@ RULES = (
     ("eval.every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     ("eval.f1_every", lambda v: v >= 0, ">= 0 (0 = never)"),
     ("eval.f1_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
-    ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("eval.max_new_tokens", lambda v: v >= 0, ">= 0 (0 = from the data)"),
     ("eval.batch_size", lambda v: v >= 1, ">= 1"),
     ("log.every", lambda v: v >= 1, ">= 1"),
 )

@@ -128,7 +128,7 @@ class GroundingRun(Run):
         records = self.dev_records[: self.config.eval.f1_examples or None]
         with sharding.activation_rules(self.rules):
             _, scores, _ = evaluate(grounder, records, self.images, self.config.eval.batch_size,
-                                    self.config.eval.max_new_tokens, progress=False, proposals=self.proposals)
+                                    self.max_new_tokens, progress=False, proposals=self.proposals)
         return scores.metrics()
 
     def f1_decoding(self) -> str:
