@@ -133,6 +133,24 @@ def test_sigterm_saves_the_current_step_and_resumes_from_it(uninterrupted, tmp_p
     assert losses(tmp_path) == losses(uninterrupted)
 
 
+def test_a_limited_run_is_the_start_of_the_full_run_and_resumes_into_it(uninterrupted, tmp_path, capsys):
+    limited = train(tiny(**{"train.steps_limit": 5}), tmp_path)
+    assert limited.step == 5 and limited.stopped_by is None
+    assert "this run stops at step 5 (train.steps_limit), on the full run's schedule" in capsys.readouterr().out
+    def by_step(workdir) -> dict:
+        steps = {}
+        for m in read_metrics(workdir):
+            steps.setdefault(m["step"], {}).update({k: m[k] for k in ("lr", "loss", "dev_loss") if k in m})
+        return steps
+
+    full, short = by_step(uninterrupted), by_step(tmp_path)
+    assert sorted(short) == list(range(6))
+    assert short == {step: full[step] for step in short}  # the full run's rates, losses and dev losses
+    assert max(losses(tmp_path)) == 5 and 5 in ocp.CheckpointManager(tmp_path / "checkpoints").all_steps()
+    train(tiny(), tmp_path)  # the same command without the limit goes on to the end
+    assert losses(tmp_path) == losses(uninterrupted)
+
+
 def test_cut_off_and_damaged_checkpoints_are_skipped_and_other_errors_stop(uninterrupted, tmp_path, capsys):
     shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
     checkpoints = tmp_path / "checkpoints"

@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     except UserError as exc:
         parser.error(str(exc))
     args = parser.parse_args(argv)
-    if overrides and args.command != "train":
-        parser.error("--config.FIELD=VALUE overrides belong to `oie-jax train`")
+    if overrides and args.command not in ("train", "sweep"):
+        parser.error("--config.FIELD=VALUE overrides belong to `oie-jax train` and `oie-jax sweep`")
     args.overrides = overrides
     try:
         return args.run(args) or 0

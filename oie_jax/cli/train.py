@@ -56,6 +56,13 @@ def slurm_node_devices(env) -> list[int] | None:
     return list(range(count)) or None
 
 
+def cmd_sweep(args):
+    from oie_jax.train.sweep import sweep
+
+    results = sweep(args.config, args.workdir, args.overrides, args.grid, args.run_settings)
+    return 1 if any(r.status for r in results) else 0
+
+
 def cmd_export(args):
     from oie_jax.train.export import export
 
@@ -86,6 +93,21 @@ def add_parsers(commands) -> None:
     cluster.add_argument("--num-processes", type=positive_int)
     cluster.add_argument("--process-id", type=int)
     train.set_defaults(run=cmd_train, overrides=[])
+
+    sweeping = commands.add_parser(
+        "sweep", help="short runs side by side (learning rates, LoRA or full, ...): a table of their dev scores",
+        description="Runs `oie-jax train` once per setting, one after the other, each in its own process and in "
+                    "WORKDIR/SETTING, and prints (and writes to WORKDIR/sweep.md) the step each reached, its last dev "
+                    "loss and the last and best value of the config's checkpoint.best_metric. --config.FIELD=VALUE "
+                    "applies to every run; with --config.train.steps_limit=N each run is the first N steps of its "
+                    "full run (the same schedule). Running the same command again resumes unfinished runs.")
+    sweeping.add_argument("--config", required=True, help="a Python file defining get_config()")
+    sweeping.add_argument("--workdir", required=True, help="the sweep's directory: one run directory per setting")
+    sweeping.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                          help="a field and its values; several make every combination (e.g. train.lr=1e-4,3e-4)")
+    sweeping.add_argument("--run", dest="run_settings", action="append", default=[], metavar="'FIELD=V FIELD=V'",
+                          help="one more run with these fields (e.g. 'train.lora.rank=16 train.lr=1e-3')")
+    sweeping.set_defaults(run=cmd_sweep, overrides=[])
 
     export = commands.add_parser(
         "export", help="a model directory (oie-jax or Hugging Face) from a run: best, latest or any step",

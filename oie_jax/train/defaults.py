@@ -60,6 +60,8 @@ def base_config() -> ConfigDict:
     c.train = ConfigDict(dict(
         epochs=1,
         steps=0,  # 0 = as many as `epochs` take; otherwise this many, whatever the epochs
+        steps_limit=0,  # stop (evaluate, save, export) after this many steps, the schedule still the full
+        # run's: a short run that is the start of the full one, which the same command without it resumes
         lr=1e-5,
         warmup_fraction=0.03,  # of the total steps
         decay="cosine",  # cosine, linear or constant after warmup

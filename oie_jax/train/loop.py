@@ -146,7 +146,8 @@ class Run:
         self.pipeline, self.dev = self.make_pipelines(records, mine)
         data = config.data
         self.epoch_steps = [self.pipeline.steps_in_epoch(e) for e in range(max(config.train.epochs, 1))]
-        self.total_steps = config.train.steps or sum(self.epoch_steps)
+        self.total_steps = config.train.steps or sum(self.epoch_steps)  # what the schedule spans
+        self.end_step = min(self.total_steps, config.train.steps_limit or self.total_steps)  # where this run stops
         self.optimizer, schedule = build.make_optimizer(config.train, self.total_steps)
         # On the host, once: evaluating the schedule in the loop would queue behind the running step.
         self.learning_rates = np.asarray(jax.vmap(schedule)(np.arange(self.total_steps)))
@@ -255,14 +256,14 @@ class Run:
             self.say(line)
         step, pending = self.start, None
         signals = StopSignals()
-        self.bar = tqdm(total=self.total_steps, initial=step, unit="step", disable=not self.primary,
+        self.bar = tqdm(total=self.end_step, initial=step, unit="step", disable=not self.primary,
                         dynamic_ncols=True)
         try:
             with signals:
                 if step == 0 and self.dev is not None:
                     self.evaluate(0)
                 batches = iter(self.pipeline)
-                while step < self.total_steps and not signals.stop_requested(step):
+                while step < self.end_step and not signals.stop_requested(step):
                     self.state, metrics = self.train_step(self.state, to_global(next(batches), self.rows))
                     step += 1
                     # The metrics of the step before are fetched while this one runs (no host stall); a
@@ -279,7 +280,7 @@ class Run:
                             self.save(step)
                 if pending is not None:
                     self.finish_step(*pending)
-                if step < self.total_steps:  # stopped by a signal: keep the work done
+                if step < self.end_step:  # stopped by a signal: keep the work done
                     self.save(step)
                     self.outcome.stopped_by = signals.name
                     self.write(f"{signals.name} received: saved step {step} in {self.checkpoints.directory}; "
@@ -289,7 +290,7 @@ class Run:
             self.checkpoints.close()
             self.log.close()
         self.outcome.step = step
-        if step == self.total_steps and self.config.export.model:
+        if step == self.end_step and self.config.export.model:
             self.export()
         return self.outcome
 
@@ -306,7 +307,7 @@ class Run:
         self.outcome.losses[step] = metrics["loss"]
         self.interval.add(metrics, timed=step > self.start + 1)  # a process's first step compiles
         self.bar.update(1)
-        if step % self.config.log.every == 0 or step == self.total_steps:
+        if step % self.config.log.every == 0 or step == self.end_step:
             logged = self.interval.summary(self.tokens_to_flops)
             logged["lr"] = float(self.learning_rates[step - 1])  # the rate this step's update used
             self.log.write(step, logged)
@@ -322,7 +323,7 @@ class Run:
             self.bar.write(line)
 
     def due(self, every: int, step: int) -> bool:
-        return bool(every) and step % every == 0 or step == self.total_steps
+        return bool(every) and step % every == 0 or step == self.end_step
 
     def evaluation_due(self, step: int) -> bool:
         return self.dev is not None and (self.due(self.config.eval.every, step)
@@ -452,7 +453,9 @@ class Run:
             + ("(fixed)" if train.steps else
                f"({train.epochs} epoch(s) of {', '.join(map(str, self.epoch_steps))})")
             + f", {self.total_steps * tokens:,} tokens; lr {train.lr:g}, {train.decay} decay, warmup "
-            f"{train.warmup_fraction:.0%}",
+            f"{train.warmup_fraction:.0%}"
+            + (f"; this run stops at step {self.end_step} (train.steps_limit), on the full run's schedule"
+               if self.end_step < self.total_steps else ""),
             memory,
             f"eval     {self.evaluation_plan()}",
             f"generate {self.budget_line()}",

@@ -34,6 +34,7 @@ RULES = (
     ("data.mixture_temperature", lambda v: v > 0, "> 0"),
     ("train.epochs", lambda v: v >= 0, ">= 0"),
     ("train.steps", lambda v: v >= 0, ">= 0"),
+    ("train.steps_limit", lambda v: v >= 0, ">= 0 (0 = no limit)"),
     ("train.lr", lambda v: v > 0, "> 0"),
     ("train.warmup_fraction", _between(0, 1), "between 0 and 1"),
     ("train.decay", lambda v: v in ("cosine", "linear", "constant"), "cosine, linear or constant"),
