@@ -206,6 +206,24 @@ def test_cli_ground_eval_gmner_and_score_gmner(uninterrupted, inputs, tmp_path, 
     assert alone["metrics"]["mner/f1"] == 1.0 and json.loads((out / "scores.json").read_text())["metrics"][
         "mner/f1"] < 1.0
     assert any("--gold-entities" in note for note in alone["notes"])
+    # The same for one image from the command line: the entities given are grounded where eval-gmner put them.
+    from oie_jax.cli.grounding import load_gmner_gold
+
+    first = json.loads((tmp_path / "gold" / "predictions.jsonl").read_text().splitlines()[0])
+    tweet = next(r for r in load_gmner_gold(dev, False) if r.id == first["id"])
+    given = [arg for e in first["entities"] for arg in ("--entity", e["type"], e["text"])]
+    assert cli.main(["ground", "--model", str(workdir / "model"), "--image",
+                     str(inputs / "synth" / "images" / f"{first['id']}.jpg"), "--text", tweet.text, "--json",
+                     *given]) == 0
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(e["text"], e["type"]) for e in single["entities"]] == [(e["text"], e["type"]) for e in first["entities"]]
+    for mine, theirs in zip(single["entities"], first["entities"]):
+        assert (mine["box"] is None) == (theirs["box"] is None)
+        if mine["box"] is not None:
+            np.testing.assert_allclose(mine["box"], theirs["box"], atol=0.5)
+    assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(image), "--text", "a b",
+                     "--entity", "PER:X", "a"]) == 2
+    assert "--entity: item" in capsys.readouterr().err
     assert cli.main(["ground", "--model", str(workdir / "model"), "--image", str(tmp_path / "none.jpg"), "--text",
                      "x"]) == 2
     assert "none.jpg: image not found" in capsys.readouterr().err

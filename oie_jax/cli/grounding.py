@@ -34,8 +34,19 @@ def cmd_ground(args):
         for problem in proposals.problems:
             print(f"warning: {problem}", file=sys.stderr)
     grounder = load_grounder(args.model)
-    (result,) = ground(grounder, [Record(text=args.text, task="NER", id=str(args.image))], [image],
-                       proposals=regions, max_new_tokens=args.max_new_tokens, batch_size=1)
+    record = Record(text=args.text, task="NER", items=tuple((kind, text) for kind, text in args.entity or ()),
+                    id=str(args.image))
+    outputs = None
+    if args.entity:  # the user's entities stand for the LLaMA's: the grounding alone
+        from oie_jax.data.format import unrenderable
+        from oie_jax.data.packing import answer_tokens
+
+        problem = unrenderable(record)
+        if problem:
+            raise UserError(f"--entity: {problem}")
+        outputs = [answer_tokens(record, grounder.tokenizer)]
+    (result,) = ground(grounder, [record], [image], proposals=regions, outputs=outputs,
+                       max_new_tokens=args.max_new_tokens, batch_size=1)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
@@ -131,6 +142,9 @@ def add_parsers(commands) -> None:
     grounding.add_argument("--json", action="store_true", help="print the result as one JSON line")
     grounding.add_argument("--proposals", help=f"candidate boxes, JSON {PROPOSALS} in image pixels; the image's "
                                                "file name without extension is its id")
+    grounding.add_argument("--entity", nargs=2, action="append", metavar=("TYPE", "TEXT"),
+                           help="ground this entity of the text instead of extracting them (repeat for several): "
+                                "the grounding alone, on gold entities, as eval-gmner --gold-entities")
     grounding.add_argument("--max-new-tokens", type=positive_int, default=64)
     grounding.set_defaults(run=cmd_ground)
 
