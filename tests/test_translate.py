@@ -4,6 +4,7 @@ its parser, the filters and their reason codes, the answer cache, calibration.""
 import asyncio
 import dataclasses
 import json
+import sqlite3
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
 from oie_jax.errors import UserError
 from oie_jax.translate import filters
+from oie_jax.translate.backends import MAX_RETRY_AFTER_S, Answer, retry_after
 from oie_jax.translate.cache import AnswerCache, answer_key
 from oie_jax.translate.calibration import read_calibrated
 from oie_jax.translate.labels import LabelTables, UnknownLabel
@@ -150,24 +152,41 @@ def test_the_answer_cache_is_keyed_by_backend_model_prompt_and_sampling(tmp_path
     cache = AnswerCache(tmp_path / "cache.sqlite")
     key = answer_key("openai:http://x/v1", "m", "prompt", {"temperature": 0.0})
     assert cache.get(key) is None
-    cache.put(key, "openai:http://x/v1", "m", "prompt", {"temperature": 0.0}, "TEXT: a")
+    cache.put(key, "openai:http://x/v1", "m", "prompt", {"temperature": 0.0}, Answer("TEXT: a", truncated=True))
     cache.close()
     reopened = AnswerCache(tmp_path / "cache.sqlite")
-    assert reopened.get(key) == "TEXT: a" and len(reopened) == 1
+    assert reopened.get(key) == Answer("TEXT: a", truncated=True) and len(reopened) == 1
     for other in (answer_key("openai:http://y/v1", "m", "prompt", {"temperature": 0.0}),
                   answer_key("openai:http://x/v1", "n", "prompt", {"temperature": 0.0}),
                   answer_key("openai:http://x/v1", "m", "prompt ", {"temperature": 0.0}),
                   answer_key("openai:http://x/v1", "m", "prompt", {"temperature": 0.5})):
         assert reopened.get(other) is None
+    old = sqlite3.connect(str(tmp_path / "old.sqlite"))  # a cache of the version before `truncated`
+    old.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, backend TEXT, model TEXT, prompt TEXT, sampling TEXT, "
+                "answer TEXT, created REAL)")
+    old.execute("INSERT INTO answers VALUES ('k', 'b', 'm', 'p', '{}', 'TEXT: old', 0)")
+    old.commit()
+    old.close()
+    assert AnswerCache(tmp_path / "old.sqlite").get("k") == Answer("TEXT: old", truncated=False)
     (tmp_path / "bad.sqlite").write_text("not a database")
     with pytest.raises(UserError, match="not a usable answer cache"):
         AnswerCache(tmp_path / "bad.sqlite")
 
 
+def test_retry_after_takes_seconds_or_a_date_and_is_bounded():
+    import email.utils
+    import time
+
+    assert retry_after("2") == 2.0 and retry_after("0.5") == 0.5 and retry_after("-3") == 0.0
+    assert retry_after("86400") == MAX_RETRY_AFTER_S
+    assert 8 <= retry_after(email.utils.formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert retry_after(None) is None and retry_after("soon") is None
+
+
 class ScriptedBackend:
     """Answers from a table (prompt's record text -> answer): the stages after the request, without HTTP."""
 
-    name, model, concurrency, sampling = "scripted", "table", 4, {"temperature": 0.0}
+    name, model, concurrency, max_tokens = "scripted", "table", 4, 512
 
     def __init__(self, answers):
         self.answers, self.requests = answers, 0
@@ -178,11 +197,11 @@ class ScriptedBackend:
     async def __aexit__(self, *exc):
         pass
 
-    async def ask(self, prompt):
+    async def ask(self, prompt, max_tokens):
         self.requests += 1
         text = prompt.rsplit("Japanese text: ", 1)[1].split("\n", 1)[0]
         target = "en" if "into English" in prompt else "zh"
-        return self.answers[(text, target)]
+        return Answer(self.answers[(text, target)])
 
 
 def test_calibration_round_trip_fixes_rejected_records(tmp_path):

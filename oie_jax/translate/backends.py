@@ -1,17 +1,22 @@
-"""Where translations come from, behind one small interface: `await backend.ask(prompt)` gives the
-answer text or raises `RequestFailed` (the record is rejected for this run and asked again on the
-next); an endpoint that refuses every request (bad key, unknown model) stops the run (UserError).
+"""Where translations come from, behind one small interface: `await backend.ask(prompt, max_tokens)`
+gives an `Answer` (its text, and whether the token budget ended it) or raises `RequestFailed` (the
+record is rejected for this run and asked again on the next); an endpoint that refuses every request
+(bad key, unknown model) stops the run (UserError).
 
 - `OpenAIBackend`: any OpenAI-compatible chat-completions endpoint, with bounded concurrency,
   timeouts, and retries with exponential backoff on 429, 5xx, timeouts, dropped connections and
-  bodies that are not the JSON of an answer.
+  bodies that are not the JSON of an answer; a `Retry-After` header sets the wait instead (at most
+  MAX_RETRY_AFTER_S).
 - `LocalBackend`: an oie-jax model directory in this process; concurrent asks share generation
   batches (the batcher of `oie-jax serve`).
 """
 
 import asyncio
+import dataclasses
+import email.utils
 import json
 import os
+import time
 
 import aiohttp
 
@@ -19,6 +24,32 @@ from oie_jax.errors import UserError
 
 GREEDY = {"temperature": 0.0}
 FATAL_STATUSES = (401, 403, 404)  # no request can succeed: stop the run
+MAX_RETRY_AFTER_S = 60.0  # the longest wait a server's Retry-After gets
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    text: str
+    truncated: bool = False  # the token budget ended it (finish_reason "length"), not the model
+
+
+def sampling(max_tokens: int) -> dict:
+    """The request's sampling fields, which are part of the answer's cache key."""
+    return {**GREEDY, "max_tokens": max_tokens}
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), bounded; None without one."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 class RequestFailed(Exception):
@@ -38,10 +69,6 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # HTTP requests sent, retries included
 
-    @property
-    def sampling(self) -> dict:
-        return {**GREEDY, "max_tokens": self.max_tokens}
-
     async def __aenter__(self):
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                               connector=aiohttp.TCPConnector(limit=self.concurrency))
@@ -50,19 +77,20 @@ class OpenAIBackend:
     async def __aexit__(self, *exc):
         await self._session.close()
 
-    async def ask(self, prompt: str) -> str:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **self.sampling}
-        problem = ""
+    async def ask(self, prompt: str, max_tokens: int) -> Answer:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **sampling(max_tokens)}
+        problem, wait = "", None
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) if wait is None else wait)
             self.requests += 1
             try:
                 async with self._session.post(self.url, json=body, headers=self._headers) as response:
                     text = await response.text()
                     status = response.status
+                    wait = retry_after(response.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError) as exc:
-                problem = f"{type(exc).__name__} {exc}".strip()
+                problem, wait = f"{type(exc).__name__} {exc}".strip(), None
                 continue
             if status in FATAL_STATUSES:
                 raise UserError(f"{self.url} answered {status}: {_message(text)} (check --endpoint, --model and the "
@@ -73,8 +101,9 @@ class OpenAIBackend:
             if status >= 400:  # this request is refused (too long, ...): the record, not the run
                 raise RequestFailed("request_refused", f"HTTP {status}: {_message(text)}")
             try:
-                return json.loads(text)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
+                choice = json.loads(text)["choices"][0]
+                return Answer(choice["message"]["content"], choice.get("finish_reason") == "length")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 problem = f"not the JSON of a chat completion: {text[:80]!r}"
         raise RequestFailed("request_failed", f"{problem} (after {self.retries + 1} attempts)")
 
@@ -98,10 +127,6 @@ class LocalBackend:
         self.concurrency = 2 * batch_size  # one batch generating, the next one queued
         self.requests = 0
 
-    @property
-    def sampling(self) -> dict:
-        return {**GREEDY, "max_tokens": self.max_tokens}
-
     async def __aenter__(self):
         self.server.batcher.start()
         return self
@@ -109,12 +134,12 @@ class LocalBackend:
     async def __aexit__(self, *exc):
         await asyncio.get_running_loop().run_in_executor(None, self.server.batcher.stop)
 
-    async def ask(self, prompt: str) -> str:
+    async def ask(self, prompt: str, max_tokens: int) -> Answer:
         from oie_jax.infer.generate import Sampling
 
         self.requests += 1
         ids = self.server.chat_tokens([{"role": "user", "content": prompt}])
-        if len(ids) + self.max_tokens > self.server.model.cfg.max_position_embeddings:
-            raise RequestFailed("request_refused", f"{len(ids)} prompt tokens + {self.max_tokens} exceed the context")
-        [(text, _, _)] = await self.server.generate([ids], self.max_tokens, Sampling())
-        return text
+        if len(ids) + max_tokens > self.server.model.cfg.max_position_embeddings:
+            raise RequestFailed("request_refused", f"{len(ids)} prompt tokens + {max_tokens} exceed the context")
+        [(text, finish, _)] = await self.server.generate([ids], max_tokens, Sampling())
+        return Answer(text, finish == "length")

@@ -1,6 +1,6 @@
-"""Every LLM answer, kept in SQLite under a key of (backend, model, prompt, sampling): a run that is
-killed and started again asks nothing twice. Each answer is committed when it arrives; failures are
-never stored, so the next run asks again."""
+"""Every LLM answer, kept in SQLite under a key of (backend, model, prompt, sampling) with whether the
+token budget cut it: a run that is killed and started again asks nothing twice. Each answer is
+committed when it arrives; failures are never stored, so the next run asks again."""
 
 import hashlib
 import json
@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 from oie_jax.errors import UserError
+from oie_jax.translate.backends import Answer
 
 
 def answer_key(backend: str, model: str, prompt: str, sampling: dict) -> str:
@@ -21,17 +22,22 @@ class AnswerCache:
             self._db = sqlite3.connect(str(path), isolation_level=None)  # autocommit: one answer, one commit
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, backend TEXT, model TEXT, "
-                             "prompt TEXT, sampling TEXT, answer TEXT, created REAL)")
+                             "prompt TEXT, sampling TEXT, answer TEXT, created REAL, truncated INTEGER DEFAULT 0)")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+            if "truncated" not in columns:  # a cache of an earlier version: its answers count as whole
+                self._db.execute("ALTER TABLE answers ADD COLUMN truncated INTEGER DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             raise UserError(f"not a usable answer cache ({exc})", path) from None
 
-    def get(self, key: str) -> str | None:
-        row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    def get(self, key: str) -> Answer | None:
+        row = self._db.execute("SELECT answer, truncated FROM answers WHERE key = ?", (key,)).fetchone()
+        return Answer(row[0], bool(row[1])) if row else None
 
-    def put(self, key: str, backend: str, model: str, prompt: str, sampling: dict, answer: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (key, backend, model, prompt, json.dumps(sampling, sort_keys=True), answer, time.time()))
+    def put(self, key: str, backend: str, model: str, prompt: str, sampling: dict, answer: Answer) -> None:
+        self._db.execute("INSERT OR REPLACE INTO answers (key, backend, model, prompt, sampling, answer, created, "
+                         "truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (key, backend, model, prompt, json.dumps(sampling, sort_keys=True), answer.text, time.time(),
+                          int(answer.truncated)))
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

@@ -11,7 +11,7 @@ from etils import epath
 
 from oie_jax.data.format import Record, render
 from oie_jax.translate import filters
-from oie_jax.translate.backends import RequestFailed
+from oie_jax.translate.backends import Answer, RequestFailed, sampling
 from oie_jax.translate.cache import AnswerCache, answer_key
 from oie_jax.translate.calibration import review_row, write_review
 from oie_jax.translate.labels import LabelTables, UnknownLabel
@@ -21,6 +21,7 @@ from oie_jax.translate.report import loss_report, write_report
 CACHE = "cache.sqlite"  # in OUT: every answer of the backend
 DATA = "data"  # in OUT: the release-format files of the kept records
 STAGES = ("labels", "answer", "untranslated", "alignment", "structure")
+TRUNCATED_ASKS = 2  # a cut answer is asked once more, with twice the token budget
 RELEASE_LANGUAGES = {"en": "En", "ja": "Jp", "zh": "Ch"}
 RELEASE_SPLITS = {"train": "Train", "dev": "Dev", "test": "Test"}
 RELEASE_SUBSETS = {"SCNM": "0_SCNM", "SCPOS:RW": "1_SCPOS_RW", "SCPOS:Adj&N": "2_SCPOS_Adj_N",
@@ -99,16 +100,21 @@ class Translator:
             return Outcome(source, target, None, filters.Rejection("labels", "unknown_label", str(request)), None,
                            "unasked")
         labelled, entities, prompt = request
-        key = answer_key(self.backend.name, self.backend.model, prompt, self.backend.sampling)
-        answer, how = self.cache.get(key), "cached"
-        if answer is None:
-            async with limit:
-                try:
-                    answer, how = await self.backend.ask(prompt), "asked"
-                except RequestFailed as failed:
-                    return Outcome(source, target, labelled, filters.Rejection("answer", failed.reason, failed.detail),
-                                   None, "asked")
-            self.cache.put(key, self.backend.name, self.backend.model, prompt, self.backend.sampling, answer)
+        budget = self.backend.max_tokens
+        for _ in range(TRUNCATED_ASKS):  # an answer the token budget cut is asked again with twice the budget
+            try:
+                answer, how = await self.answer(prompt, budget, limit)
+            except RequestFailed as failed:
+                return Outcome(source, target, labelled, filters.Rejection("answer", failed.reason, failed.detail),
+                               None, "asked")
+            if not answer.truncated:
+                break
+            budget *= 2
+        else:
+            return Outcome(source, target, labelled, filters.Rejection(
+                "answer", "truncated", f"the answer reached max_tokens (asked with {budget // 2} at the end)"),
+                answer.text, how)
+        answer = answer.text
         translation = parse_answer(answer, len(entities))
         if isinstance(translation, Unusable):
             return Outcome(source, target, labelled, filters.Rejection("answer", "unusable_answer", translation.reason),
@@ -116,6 +122,18 @@ class Translator:
         translated = filters.assemble(labelled, entities, translation)
         return Outcome(source, target, translated, filters.check(record, translated, translation, self.tables, target),
                        answer, how)
+
+    async def answer(self, prompt: str, max_tokens: int, limit: asyncio.Semaphore) -> tuple[Answer, str]:
+        """(the answer, "cached" or "asked"); answers are cached as they come, failures never."""
+        name, model, fields = self.backend.name, self.backend.model, sampling(max_tokens)
+        key = answer_key(name, model, prompt, fields)
+        answer = self.cache.get(key)
+        if answer is not None:
+            return answer, "cached"
+        async with limit:
+            answer = await self.backend.ask(prompt, max_tokens)
+        self.cache.put(key, name, model, prompt, fields, answer)
+        return answer, "asked"
 
     async def run(self, sources: list[Source], targets: list[str], progress=None) -> list[Outcome]:
         """Outcomes in input order, targets in the order given. `progress(outcome)` is called as each ends."""
