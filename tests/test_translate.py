@@ -16,10 +16,10 @@ from oie_jax.errors import UserError
 from oie_jax.translate import filters
 from oie_jax.translate.backends import MAX_RETRY_AFTER_S, Answer, retry_after
 from oie_jax.translate.cache import AnswerCache, answer_key
-from oie_jax.translate.calibration import read_calibrated
+from oie_jax.translate.calibration import CORRECTIONS_FILE, read_calibrated
 from oie_jax.translate.labels import LabelTables, UnknownLabel
 from oie_jax.translate.prompt import Translation, Unusable, build_prompt, entities_of, load_examples, parse_answer
-from oie_jax.translate.run import Source, Translator, release_name, write_outputs
+from oie_jax.translate.run import Source, Translator, release_name, translate, write_outputs
 from tests.translation_cases import CASES, answer
 
 TABLES = LabelTables.load("ja")
@@ -244,6 +244,36 @@ def test_calibration_round_trip_fixes_rejected_records(tmp_path):
     edited.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(UserError, match=r"edited.jsonl:2: key 2 does not name a record"):
         read_calibrated(edited, [s.record for s in sources])
+
+
+def test_fixes_are_kept_for_later_runs_even_when_made_in_the_review_file_itself(tmp_path):
+    sources = [Source(i, record, "train") for i, (record, _) in enumerate(CASES[:3])]
+    answers = {(record.text, t): answer(*translations[t]) for record, translations in CASES[:3] for t in ("en", "zh")}
+    answers[(CASES[1][0].text, "en")] = "I cannot translate this."
+    backend, out = ScriptedBackend(answers), tmp_path / "out"
+
+    def run(calibrated=None) -> dict:
+        return translate(sources, ["en", "zh"], backend, out, TABLES, load_examples("ja", ["en", "zh"]), calibrated,
+                         progress=False)["total"]
+
+    assert run() == {"in": 6, "kept": 5, "rejected": 1}
+    review = out / "review.jsonl"
+    row = json.loads(review.read_text(encoding="utf-8"))
+    row["translation"] = {"text": "Taro Yamada joined Toyota.", "label": "",
+                          "items": [["Person", "Taro Yamada"], ["Corporation", "Toyota"]]}
+    review.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")  # edited in place
+    assert run(calibrated=review) == {"in": 6, "kept": 6, "rejected": 0}
+    assert review.read_text() == ""  # nothing left for a person
+    assert run() == {"in": 6, "kept": 6, "rejected": 0}  # later runs apply the fix without being told
+    (kept,) = [json.loads(line) for line in (out / CORRECTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    assert kept["translation"]["text"] == "Taro Yamada joined Toyota."
+    row["translation"]["text"] = "Taro Yamada joined Toyota in 2020."  # a newer fix of the same record replaces it
+    (tmp_path / "newer.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    run(calibrated=tmp_path / "newer.jsonl")
+    assert [json.loads(line)["translation"]["text"] for line in (out / CORRECTIONS_FILE).read_text(
+        encoding="utf-8").splitlines()] == ["Taro Yamada joined Toyota in 2020."]
+    data = "".join(p.read_text(encoding="utf-8") for p in (out / "data").iterdir())
+    assert "Taro Yamada joined Toyota in 2020." in data and "joined Toyota./NER" not in data
 
 
 def test_release_file_names_are_those_the_mmm_reader_reads_back():

@@ -42,7 +42,8 @@ def cmd_translate(args):
     source_language = languages[0]
     tables = LabelTables.load(source_language, args.labels)
     examples = load_examples(source_language, targets, args.example)
-    calibrated = read_calibrated(args.calibrated, [s.record for s in sources]) if args.calibrated else None
+    if args.calibrated:  # checked before anything is asked
+        read_calibrated(args.calibrated, [s.record for s in sources])
     if args.estimate:
         return print_estimate(run.estimate(sources, targets, tables, examples, tokenizer=(
             load_tokenizer(location(args.estimate_tokenizer)) if args.estimate_tokenizer else None)), args.max_tokens)
@@ -55,7 +56,8 @@ def cmd_translate(args):
                                          args.concurrency, args.timeout, args.retries, args.backoff)
     print(f"translating {len(sources):,} records from {source_language} into {', '.join(targets)} with "
           f"{backend.name} ({backend.model}); answers cached in {out / run.CACHE}", file=sys.stderr)
-    report = run.translate(sources, targets, backend, out, tables, examples, calibrated, progress=not args.no_progress)
+    report = run.translate(sources, targets, backend, out, tables, examples, args.calibrated,
+                           progress=not args.no_progress)
     total = report["total"]
     print(f"kept {total['kept']:,} of {total['in']:,} (rejected {total['rejected']:,}); answers "
           + ", ".join(f"{n:,} {how}" for how, n in report["answers"].items())
@@ -87,8 +89,10 @@ def add_parsers(commands) -> None:
                     "filters: untranslated characters, entities that do not occur in the translated text, and "
                     "structure. OUT/data receives release-format files (Train_En_0_SCNM_dataset.json, ...) that "
                     "`oie-jax data inspect` and training read, review.jsonl with every rejected record (edit its "
-                    "'translation' and pass it back with --calibrated), and report.md/.json/.png. Every answer is "
-                    "cached in OUT/cache.sqlite: a stopped run started again asks nothing twice.")
+                    "'translation' and pass it back with --calibrated: the fixes are merged into "
+                    "OUT/corrections.jsonl, which every later run applies and none overwrites), and "
+                    "report.md/.json/.png. Every answer is cached in OUT/cache.sqlite: a stopped run started again "
+                    "asks nothing twice.")
     parser.add_argument("paths", nargs="+", metavar="PATHS", help="corpus files or directories")
     parser.add_argument("--from", dest="source", default="auto", choices=["auto", *SOURCES],
                         help="corpus format (default: guessed)")
@@ -102,7 +106,8 @@ def add_parsers(commands) -> None:
                         help="environment variable holding the endpoint's API key (never pass a key itself)")
     parser.add_argument("--labels", help="label tables (JSON) that extend the built-in ones")
     parser.add_argument("--example", help="one-shot examples (JSON keyed SOURCE>TARGET) that replace the built-in")
-    parser.add_argument("--calibrated", help="an edited review.jsonl: its translations replace the LLM's")
+    parser.add_argument("--calibrated", help="an edited review.jsonl (OUT/review.jsonl itself will do): its "
+                                             "translations replace the LLM's, now and in later runs")
     parser.add_argument("--limit", type=positive_int, help="translate only the first N records (trials)")
     parser.add_argument("--max-tokens", type=positive_int, default=512, help="longest answer, in tokens")
     parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at most")

@@ -13,7 +13,7 @@ from oie_jax.data.format import Record, render
 from oie_jax.translate import filters
 from oie_jax.translate.backends import Answer, RequestFailed, sampling
 from oie_jax.translate.cache import AnswerCache, answer_key
-from oie_jax.translate.calibration import review_row, write_review
+from oie_jax.translate.calibration import merge_corrections, review_row, write_review
 from oie_jax.translate.labels import LabelTables, UnknownLabel
 from oie_jax.translate.prompt import Example, Translation, Unusable, build_prompt, entities_of, parse_answer
 from oie_jax.translate.report import loss_report, write_report
@@ -190,12 +190,14 @@ def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
 
 def translate(sources: list[Source], targets: list[str], backend, out, tables: LabelTables,
               examples: dict[str, Example], calibrated=None, progress: bool = True) -> dict:
-    """Translates `sources` into `targets`, answers cached in OUT/cache.sqlite; writes the outputs
-    into `out` and returns the loss report."""
+    """Translates `sources` into `targets`, answers cached in OUT/cache.sqlite, with the fixes of
+    OUT/corrections.jsonl and of `calibrated` (an edited review file, merged into it first); writes the
+    outputs into `out` and returns the loss report."""
     from tqdm import tqdm
 
     out = epath.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    calibrated = merge_corrections(out, calibrated, [s.record for s in sources])
     cache = AnswerCache(out / CACHE)
     bar = tqdm(total=len(sources) * len(targets), unit="record", disable=not progress, dynamic_ncols=True)
     counts = {"kept": 0, "done": 0, "asked": 0}
