@@ -186,7 +186,7 @@ def test_retry_after_takes_seconds_or_a_date_and_is_bounded():
 class ScriptedBackend:
     """Answers from a table (prompt's record text -> answer): the stages after the request, without HTTP."""
 
-    name, model, concurrency, max_tokens = "scripted", "table", 4, 512
+    name, model, served, concurrency, max_tokens = "scripted", "table", "table", 4, 512
 
     def __init__(self, answers):
         self.answers, self.requests = answers, 0

@@ -173,17 +173,49 @@ def test_every_record_ends_kept_rejected_with_a_reason_or_asked_again_and_the_ou
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
 
 
-@pytest.fixture(scope="module")
-def tiny_with_real_tokenizer(smollm2_hf_dir, tmp_path_factory):
+def tiny_smollm2(smollm2_hf_dir, hf_dir: Path, ours: Path, seed: int) -> Path:
     """A random two-layer LLaMA that reads SmolLM2's tokenizer and chat template: real prompts, fast answers."""
-    hf_dir, ours = tmp_path_factory.mktemp("tiny-hf"), tmp_path_factory.mktemp("tiny-smol")
     save_random_hf_llama(hf_dir, llama31_hf_config(vocab_size=49152, num_hidden_layers=2, eos_token_id=2,
-                                                   bos_token_id=1, max_position_embeddings=4096), seed=5)
+                                                   bos_token_id=1, max_position_embeddings=4096), seed=seed)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (smollm2_hf_dir / name).is_file():
             (hf_dir / name).write_bytes((smollm2_hf_dir / name).read_bytes())
     hf_to_jax.convert(hf_dir, ours)
     return ours
+
+
+@pytest.fixture(scope="module")
+def tiny_with_real_tokenizer(smollm2_hf_dir, tmp_path_factory):
+    return tiny_smollm2(smollm2_hf_dir, tmp_path_factory.mktemp("tiny-hf"), tmp_path_factory.mktemp("tiny-smol"), 5)
+
+
+def test_the_in_process_backend_asks_cut_answers_again_and_other_weights_anew(tiny_with_real_tokenizer,
+                                                                               smollm2_hf_dir, tmp_path):
+    import shutil
+
+    corpus = write_records(tmp_path / "ja_train.jsonl", [record for record, _ in CASES[:3]])
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(tiny_with_real_tokenizer, model)
+    flags = ["translate", str(corpus), "--to", "en", "--local", str(model), "--out", str(out), "--max-tokens", "8",
+             "--no-progress"]
+
+    def answers() -> dict:
+        assert cli.main(flags) == 0
+        return json.loads((out / "report.json").read_text())["answers"]
+
+    assert answers()["asked"] == 3
+    with sqlite3.connect(out / "cache.sqlite") as db:  # a random model's answers run to the budget: asked again
+        budgets = sorted(json.loads(row[0])["max_tokens"] for row in db.execute("SELECT sampling FROM answers"))
+        (served,) = {row[0] for row in db.execute("SELECT model FROM answers")}
+    assert budgets.count(8) == 3 and budgets.count(16) >= 1 and served.startswith("model (sha256:")
+    review = [json.loads(line) for line in (out / "review.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert "truncated" in {row["reason"] for row in review}
+    assert answers() == {"asked": 0, "cached": 3, "calibrated": 0, "unasked": 0}
+    # Other weights under the same directory and name: nothing cached is theirs.
+    other = tiny_smollm2(smollm2_hf_dir, tmp_path / "other-hf", tmp_path / "other", 6)
+    shutil.rmtree(model / "params")
+    shutil.copytree(other / "params", model / "params")
+    assert answers()["asked"] == 3
 
 
 def cached_answers(out: Path) -> int:
@@ -235,6 +267,11 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
     for name in ("review.jsonl",) + tuple(f"data/{p.name}" for p in (whole / "data").iterdir()):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert sorted(p.name for p in (killed / "data").iterdir()) == sorted(p.name for p in (whole / "data").iterdir())
+    from oie_jax.models.directory import weights_fingerprint
+
+    with sqlite3.connect(killed / "cache.sqlite") as db:  # keyed by what /v1/models says is served: these weights
+        served = {row[0] for row in db.execute("SELECT model FROM answers")}
+    assert served == {f"{tiny_with_real_tokenizer.name} ({weights_fingerprint(tiny_with_real_tokenizer)})"}
     killed_report, whole_report = (json.loads((d / "report.json").read_text()) for d in (killed, whole))
     assert killed_report["groups"] == whole_report["groups"]
     assert killed_report["total"]["in"] == 100

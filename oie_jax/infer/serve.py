@@ -150,9 +150,11 @@ async def openai_errors(request, handler):
 
 
 class Server:
-    def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None):
+    def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None,
+                 weights: str | None = None):
         self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
         self.chat_template = chat_template
+        self.weights = weights  # a fingerprint of the weights (`weights_fingerprint`), when known
         self.batcher = Batcher(model, tokenizer, limits)
         self.created = int(time.time())
 
@@ -162,10 +164,11 @@ class Server:
 
         from oie_jax.data.tokenizer import load_tokenizer
         from oie_jax.models.checkpoint import load_model
+        from oie_jax.models.directory import weights_fingerprint
 
         model = load_model(model_dir, **({"dtype": dtype} if dtype else {}))
         return cls(model, load_tokenizer(model_dir), name or epath.Path(model_dir).name, limits,
-                   load_chat_template(model_dir))
+                   load_chat_template(model_dir), weights_fingerprint(model_dir))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
@@ -180,8 +183,10 @@ class Server:
                                   "batches": self.batcher.batches, "queued": self.batcher.jobs.qsize()})
 
     async def models(self, request):
-        return web.json_response({"object": "list", "data": [
-            {"id": self.name, "object": "model", "created": self.created, "owned_by": "oie-jax"}]})
+        entry = {"id": self.name, "object": "model", "created": self.created, "owned_by": "oie-jax"}
+        if self.weights:  # `root` names what is served (vLLM puts the model's path there)
+            entry["root"] = self.weights
+        return web.json_response({"object": "list", "data": [entry]})
 
     async def completions(self, request):
         body = await self._body(request)

@@ -62,6 +62,7 @@ class OpenAIBackend:
     def __init__(self, endpoint: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 512,
                  concurrency: int = 8, timeout_s: float = 120.0, retries: int = 5, backoff_s: float = 1.0):
         self.name, self.model, self.max_tokens = f"openai:{endpoint.rstrip('/')}", model, max_tokens
+        self.served = model  # the model as the answer cache keys it (`served_model`, once the session opens)
         self.url = endpoint.rstrip("/") + "/chat/completions"
         self.concurrency, self.timeout_s, self.retries, self.backoff_s = concurrency, timeout_s, retries, backoff_s
         key = os.environ.get(api_key_env)  # never a flag or a file: keys stay out of shell history and repos
@@ -72,7 +73,20 @@ class OpenAIBackend:
     async def __aenter__(self):
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                               connector=aiohttp.TCPConnector(limit=self.concurrency))
+        self.served = await self.served_model()
         return self
+
+    async def served_model(self) -> str:
+        """The model as the cache keys it: its name, and what the endpoint's /models says it serves under
+        that name (`root`: oie-jax serve's weights fingerprint, vLLM's model path), when it says so."""
+        try:
+            async with self._session.get(self.url.rsplit("/chat/completions", 1)[0] + "/models",
+                                         headers=self._headers) as response:
+                entries = (await response.json(content_type=None)).get("data", []) if response.status == 200 else []
+        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
+            entries = []
+        root = next((e.get("root") for e in entries if isinstance(e, dict) and e.get("id") == self.model), None)
+        return f"{self.model} ({root})" if root else self.model
 
     async def __aexit__(self, *exc):
         await self._session.close()
@@ -124,6 +138,7 @@ class LocalBackend:
         self.server = Server.from_directory(model_dir, limits=Limits(batch_size=batch_size, max_queue=1 << 20,
                                                                      max_tokens=max_tokens))
         self.name, self.model, self.max_tokens = f"local:{model_dir}", self.server.name, max_tokens
+        self.served = f"{self.model} ({self.server.weights})"  # other weights in the same directory: other answers
         self.concurrency = 2 * batch_size  # one batch generating, the next one queued
         self.requests = 0
 

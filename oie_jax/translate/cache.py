@@ -1,6 +1,7 @@
-"""Every LLM answer, kept in SQLite under a key of (backend, model, prompt, sampling) with whether the
-token budget cut it: a run that is killed and started again asks nothing twice. Each answer is
-committed when it arrives; failures are never stored, so the next run asks again."""
+"""Every LLM answer, kept in SQLite under a key of (backend, model, prompt, sampling), with whether the
+token budget cut it; the model names the weights too when they can be known (`served`: a local model's
+fingerprint, an endpoint's /models `root`). A run that is killed and started again asks nothing twice.
+Each answer is committed when it arrives; failures are never stored, so the next run asks again."""
 
 import hashlib
 import json

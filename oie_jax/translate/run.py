@@ -125,7 +125,7 @@ class Translator:
 
     async def answer(self, prompt: str, max_tokens: int, limit: asyncio.Semaphore) -> tuple[Answer, str]:
         """(the answer, "cached" or "asked"); answers are cached as they come, failures never."""
-        name, model, fields = self.backend.name, self.backend.model, sampling(max_tokens)
+        name, model, fields = self.backend.name, self.backend.served, sampling(max_tokens)
         key = answer_key(name, model, prompt, fields)
         answer = self.cache.get(key)
         if answer is not None:
