@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from oie_jax.translate.cache import AnswerCache, answer_key
 from oie_jax.translate.calibration import CORRECTIONS_FILE, read_calibrated
 from oie_jax.translate.labels import LabelTables, UnknownLabel
 from oie_jax.translate.prompt import Translation, Unusable, build_prompt, entities_of, load_examples, parse_answer
+from oie_jax.translate.release import PUBLISHED
 from oie_jax.translate.run import Source, Translator, release_name, translate, write_outputs
 from tests.translation_cases import CASES, answer
 
@@ -274,6 +276,56 @@ def test_fixes_are_kept_for_later_runs_even_when_made_in_the_review_file_itself(
         encoding="utf-8").splitlines()] == ["Taro Yamada joined Toyota in 2020."]
     data = "".join(p.read_text(encoding="utf-8") for p in (out / "data").iterdir())
     assert "Taro Yamada joined Toyota in 2020." in data and "joined Toyota./NER" not in data
+
+
+def published(out: Path) -> dict:
+    """Every file a translation run shows in OUT, by its path there; of the report, its totals (how many
+    answers came from the cache differs between a run into a new OUT and one into an earlier run's)."""
+    files = {}
+    for name in PUBLISHED:
+        path = out / name
+        for file in (sorted(path.iterdir()) if path.is_dir() else [path]):
+            files[str(file.relative_to(out))] = file.read_bytes()
+    files["report.json"] = json.loads(files["report.json"])["total"]
+    del files["report.md"], files["report.png"]  # written from the same numbers
+    return files
+
+
+def test_a_crash_while_writing_leaves_the_previous_files_or_the_new_ones_never_a_mix(tmp_path, monkeypatch):
+    from oie_jax.translate import release, run
+
+    sources = [Source(i, record, "train") for i, (record, _) in enumerate(CASES[:3])]
+    answers = {(record.text, t): answer(*translations[t]) for record, translations in CASES[:3] for t in ("en", "zh")}
+    changed = {**answers, (CASES[0][0].text, "en"): "I cannot translate this."}
+
+    class Changed(ScriptedBackend):
+        name = "scripted-2"  # other answers: not those cached
+
+    def translate_into(out, backend):
+        return translate(sources, ["en", "zh"], backend, out, TABLES, load_examples("ja", ["en", "zh"]),
+                         progress=False)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("injected crash")
+
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    translate_into(out, ScriptedBackend(answers))
+    before = published(out)
+    translate_into(clean, Changed(changed))
+    after = published(clean)
+    assert before.keys() == after.keys() and before != after
+    monkeypatch.setattr(run, "write_report", crash)  # data and review written, the report not
+    with pytest.raises(RuntimeError, match="injected"):
+        translate_into(out, Changed(changed))
+    assert published(out) == before
+    monkeypatch.undo()
+    monkeypatch.setattr(release.shutil, "rmtree", crash)  # switched, the old release not removed yet
+    with pytest.raises(RuntimeError, match="injected"):
+        translate_into(out, Changed(changed))
+    monkeypatch.undo()
+    assert published(out) == after
+    translate_into(out, Changed(changed))
+    assert published(out) == after and [p.name for p in (out / "releases").iterdir()] == ["4"]
 
 
 def test_release_file_names_are_those_the_mmm_reader_reads_back():

@@ -16,6 +16,7 @@ from oie_jax.translate.cache import AnswerCache, answer_key
 from oie_jax.translate.calibration import merge_corrections, review_row, write_review
 from oie_jax.translate.labels import LabelTables, UnknownLabel
 from oie_jax.translate.prompt import Example, Translation, Unusable, build_prompt, entities_of, parse_answer
+from oie_jax.translate.release import new_release, publish
 from oie_jax.translate.report import loss_report, write_report
 
 CACHE = "cache.sqlite"  # in OUT: every answer of the backend
@@ -167,7 +168,8 @@ def release_name(split: str, language: str, subset: str) -> str:
 
 def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
     """Release files of the kept records (in OUT/data, which `oie-jax data inspect` and training read),
-    review.jsonl of the rejected ones, and the loss report; returns the report."""
+    review.jsonl of the rejected ones, and the loss report, published together (translate/release.py);
+    returns the report."""
     files: dict[str, list[dict]] = {}
     for outcome in outcomes:
         if outcome.kept:
@@ -175,16 +177,18 @@ def write_outputs(outcomes: list[Outcome], out: epath.Path) -> dict:
             name = release_name(source.split, translated.language, translated.subset)
             text_input, output = render(translated)
             files.setdefault(name, []).append({"id": translated.id, "input": text_input, "output": output})
-    data = out / DATA
+    directory = new_release(out)
+    data = directory / DATA
     data.mkdir(parents=True, exist_ok=True)
-    for stale in data.glob("*.json"):  # a file whose records are all rejected now
+    for stale in data.glob("*.json"):  # on a bucket: a file whose records are all rejected now
         stale.unlink()
     for name, rows in sorted(files.items()):
         (data / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     write_review([review_row(o.source.key, o.source.record, o.target, o.rejection, to_review(o), o.answer)
-                  for o in outcomes if not o.kept], out / "review.jsonl")
+                  for o in outcomes if not o.kept], directory / "review.jsonl")
     report = loss_report(outcomes, STAGES, sorted(files))
-    write_report(report, out)
+    write_report(report, directory)
+    publish(out, directory)
     return report
 
 
