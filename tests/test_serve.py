@@ -115,8 +115,12 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(tiny_d
         ("/v1/completions", b"{not json", 400, "not valid JSON"),
         ("/v1/completions", b"[1, 2]", 400, "JSON object"),
         ("/v1/completions", {"max_tokens": 4}, 400, "'prompt'"),
-        ("/v1/completions", dict(url_body, n=2), 400, "n=1"),
-        ("/v1/completions", dict(url_body, stream=True), 400, "stream"),
+        ("/v1/completions", dict(url_body, n=17), 400, "'n' must be an integer from 1 to 16"),
+        ("/v1/completions", dict(url_body, stream=True), 400, "stream=true (streaming) is not supported"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "t5"}], "tools": []}, 400,
+         "field 'tools' is not supported"),
+        ("/v1/completions", dict(url_body, presence_penalty=0.5), 400, "field 'presence_penalty'"),
+        ("/v1/completions", dict(url_body, logprobs=2), 400, "field 'logprobs'"),
         ("/v1/completions", dict(url_body, model="gpt-4o"), 404, "not served here"),
         ("/v1/completions", dict(url_body, max_tokens=0), 400, "max_tokens"),
         ("/v1/completions", dict(url_body, max_tokens=200), 400, "max_tokens"),
@@ -143,6 +147,37 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(tiny_d
         assert got_status == status, (path, body, got)
         assert words in got["error"]["message"], (path, got)
     assert after[0] == 200 and after[1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_openai_semantics_nulls_defaults_n_seeds_and_prompt_lists_longer_than_the_queue(tiny_dir):
+    model, tokenizer = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    prompts = word_prompts(5)
+    greedy = [tokenizer.decode(tokens) for tokens in
+              gen.generate(model, tokenizer.encode_batch(prompts), 8, eos_ids=gen.stop_ids(model.cfg, tokenizer))]
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            ask = lambda body: post(session, url + "/v1/completions", {"prompt": "t5 t6", **body})  # noqa: E731
+            nulls = await ask({"max_tokens": None, "temperature": None, "n": None, "seed": None, "stop": None,
+                               "presence_penalty": 0, "logprobs": False})
+            choices = await ask({"max_tokens": 8, "temperature": 0, "n": 3})
+            unseeded = [await ask({"max_tokens": 8, "temperature": 1.0}) for _ in range(2)]
+            seeded = [await ask({"max_tokens": 8, "temperature": 1.0, "seed": 7}) for _ in range(2)]
+            listed = await post(session, url + "/v1/completions", {"prompt": prompts, "max_tokens": 8,
+                                                                     "temperature": 0})
+            return nulls, choices, unseeded, seeded, listed
+
+    with server(tiny_dir, "--max-queue", "2", "--batch-size", "2") as (url, _):
+        nulls, choices, unseeded, seeded, listed = asyncio.run(scenario(url))
+    assert nulls[0] == 200, nulls
+    usage = nulls[1]["usage"]  # max_tokens null: the room left in the 256-token context
+    assert usage["prompt_tokens"] == 3 and (usage["completion_tokens"] == 253
+                                            or nulls[1]["choices"][0]["finish_reason"] == "stop")
+    assert [c["index"] for c in choices[1]["choices"]] == [0, 1, 2]
+    assert len({c["text"] for c in choices[1]["choices"]}) == 1 and choices[1]["usage"]["completion_tokens"] == 24
+    texts = lambda pair: [body["choices"][0]["text"] for _, body in pair]  # noqa: E731
+    assert len(set(texts(unseeded))) == 2 and len(set(texts(seeded))) == 1
+    assert listed[0] == 200 and [c["text"] for c in listed[1]["choices"]] == greedy  # 5 prompts, a queue of 2
 
 
 def test_a_full_queue_answers_429_and_sigterm_finishes_the_accepted_requests(tiny_dir):

@@ -23,9 +23,12 @@ def add_parsers(commands) -> None:
         description="Serves MODEL at /v1/chat/completions (prompts in the model's own chat template), "
                     "/v1/completions, /v1/models and /health. Concurrent requests share generation batches: "
                     "one thread generates for every prompt waiting, up to --batch-size rows. Sampling follows "
-                    "the request (temperature 0 is greedy; OpenAI's default is 1.0); stream and n > 1 are not "
-                    "supported. A full queue answers 429, an oversized body 413. SIGTERM or Ctrl-C finishes "
-                    "the requests already accepted and exits.")
+                    "the request (temperature 0 is greedy; OpenAI's default is 1.0; a sampled request without "
+                    "a seed gets a fresh one), n up to 16 choices, max_tokens by default the room left in the "
+                    "context (at most --max-tokens); null means the default, and a field the server does not "
+                    "implement (stream, tools, logprobs, ...) gets a 400 naming it. Errors are OpenAI error "
+                    "objects. A full queue answers 429 (a prompt list longer than the queue waits its turn), an "
+                    "oversized body 413. SIGTERM or Ctrl-C finishes the requests already accepted and exits.")
     parser.add_argument("model", help="oie-jax model directory (from `convert hf-to-jax` or a training run's model/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import itertools
 import queue
+import secrets
 import signal
 import threading
 import time
@@ -23,6 +24,14 @@ from oie_jax.infer import generate as gen
 from oie_jax.infer.chat import checked_messages, load_chat_template
 
 MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
+SAMPLING_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
+                   "user")
+FIELDS = {"completions": ("prompt", *SAMPLING_FIELDS), "chat": ("messages", *SAMPLING_FIELDS)}
+# Fields a client may send with the value that changes nothing (OpenAI's defaults); any other value, or
+# a field in neither list (tools, logprobs, response_format, ...), gets a 400 naming it.
+NEUTRAL = {"stream": False, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "echo": False,
+           "best_of": 1}
+MAX_N = 16  # choices per request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +81,14 @@ class Batcher:
         self.jobs.put(None)
         self._thread.join()
 
-    def submit(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: list[Job], new_request: bool = True) -> None:
         """Queues all of `jobs` or none (QueueFull)."""
         with self.jobs.mutex:  # the check and the puts as one step: a request is never half queued
             if self.jobs.maxsize - len(self.jobs.queue) < len(jobs):
                 raise QueueFull
         for job in jobs:
             self.jobs.put_nowait(job)
-        self.requests += 1
+        self.requests += new_request
 
     def _take(self) -> tuple[list[Job], bool]:
         """The next batch: the first job waited for, then whatever arrives within batch_wait_s."""
@@ -112,9 +121,12 @@ class Batcher:
         try:
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
                                    eos_ids=self.eos_ids, batch_size=self.limits.batch_size)
-        except Exception as exc:  # reported to each request of the batch; the server keeps serving
-            for job in jobs:
-                job.settle(error=exc)
+        except Exception as exc:  # the server keeps serving; a failing row fails only its own request
+            if len(jobs) == 1:
+                jobs[0].settle(error=exc)
+            else:
+                for job in jobs:
+                    self._generate(sampling, [job])
             return
         finally:
             self.batches += -(-len(jobs) // self.limits.batch_size)
@@ -123,13 +135,15 @@ class Batcher:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
         super().__init__(message)
-        self.status, self.kind = status, kind
+        self.status, self.kind, self.param = status, kind, param
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   param: str | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                             status=status)
 
 
 @web.middleware
@@ -138,7 +152,7 @@ async def openai_errors(request, handler):
     try:
         return await handler(request)
     except HTTPError as exc:
-        return error_response(exc.status, str(exc), exc.kind)
+        return error_response(exc.status, str(exc), exc.kind, exc.param)
     except UserError as exc:
         return error_response(400, str(exc))
     except web.HTTPException as exc:  # aiohttp's own: 404 unknown path, 405, 413 body too large
@@ -147,6 +161,8 @@ async def openai_errors(request, handler):
         return error_response(exc.status, exc.reason if exc.status != 413 else
                               f"request body over {request.app['server'].limits.max_request_bytes:,} bytes",
                               "request_too_large" if exc.status == 413 else "invalid_request_error")
+    except Exception as exc:  # a bug or a failed generation: still an error object, and the server goes on
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
 class Server:
@@ -189,12 +205,12 @@ class Server:
         return web.json_response({"object": "list", "data": [entry]})
 
     async def completions(self, request):
-        body = await self._body(request)
+        body = await self._body(request, "completions")
         prompts = body.get("prompt")
         if isinstance(prompts, str):
             prompts = [prompts]
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise HTTPError(400, "'prompt' must be a string or a non-empty list of strings")
+            raise HTTPError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
         ids = self.tokenizer.encode_batch(prompts, add_special_tokens=True)
         results = await self._run(ids, body)
         choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
@@ -202,14 +218,14 @@ class Server:
         return web.json_response(self._reply("text_completion", "cmpl", choices, ids, results))
 
     async def chat_completions(self, request):
-        body = await self._body(request)
+        body = await self._body(request, "chat")
         if self.chat_template is None:
             raise HTTPError(400, f"model {self.name} has no chat template in its tokenizer files; "
                                  "use /v1/completions")
         ids = [self.chat_tokens(checked_messages(body.get("messages")))]
         results = await self._run(ids, body)
-        choices = [{"index": 0, "message": {"role": "assistant", "content": results[0][0]},
-                    "finish_reason": results[0][1], "logprobs": None}]
+        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                    "logprobs": None} for i, (text, reason, _) in enumerate(results)]
         return web.json_response(self._reply("chat.completion", "chatcmpl", choices, ids, results))
 
     def _reply(self, kind: str, prefix: str, choices, prompts, results) -> dict:
@@ -220,26 +236,32 @@ class Server:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    async def _body(self, request) -> dict:
+    async def _body(self, request, endpoint: str) -> dict:
+        """The request's fields, null ones left out (null means the default: clients send nulls); a field
+        this server does not implement is refused by name rather than ignored."""
         try:
             body = await request.json()
         except ValueError as exc:
             raise HTTPError(400, f"the request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the request body must be a JSON object")
+        body = {key: value for key, value in body.items() if value is not None}
         if body.get("model") not in (None, self.name):
             raise HTTPError(404, f"model {body['model']!r} is not served here (this server has {self.name!r})",
-                            "model_not_found")
-        if body.get("stream"):
-            raise HTTPError(400, "stream=true is not supported")
-        if body.get("n", 1) != 1:
-            raise HTTPError(400, "only n=1 is supported")
+                            "model_not_found", "model")
+        for key, value in body.items():
+            if key not in FIELDS[endpoint] and not (key in NEUTRAL and value == NEUTRAL[key]):
+                what = "stream=true (streaming)" if key == "stream" else f"field {key!r}"
+                raise HTTPError(400, f"{what} is not supported by this server", param=key)
         return body
 
-    def _settings(self, body: dict) -> tuple[int, gen.Sampling, tuple[str, ...]]:
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
+    def _settings(self, body: dict, prompts: list[list[int]]) -> tuple[int, gen.Sampling, tuple[str, ...]]:
+        room = self.model.cfg.max_position_embeddings - max(map(len, prompts))  # OpenAI's default: the rest
+        default = max(1, min(room, self.limits.max_tokens))  # (a prompt that fills the context: `generate` says so)
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", default))
         if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
-            raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}")
+            raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}",
+                            param="max_tokens")
         stop = body.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else stop
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
@@ -248,9 +270,11 @@ class Server:
                    (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0), ("seed", 0))}
         for key, value in numbers.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise HTTPError(400, f"'{key}' must be a number")
+                raise HTTPError(400, f"'{key}' must be a number", param=key)
         if not float(numbers["top_k"]).is_integer() or not float(numbers["seed"]).is_integer():
             raise HTTPError(400, "'top_k' and 'seed' must be integers")
+        if "seed" not in body and numbers["temperature"] > 0:  # each sampled request its own draw
+            numbers["seed"] = secrets.randbelow(1 << 31)
         sampling = gen.Sampling(temperature=float(numbers["temperature"]), top_k=int(numbers["top_k"]),
                                 top_p=float(numbers["top_p"]), seed=int(numbers["seed"]))
         return max_tokens, sampling, tuple(stop)
@@ -263,7 +287,11 @@ class Server:
         return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
 
     async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
-        return await self.generate(prompts, *self._settings(body))
+        """n answers per prompt, prompt by prompt (OpenAI's order of choices)."""
+        n = body.get("n", 1)
+        if type(n) is not int or not 1 <= n <= MAX_N:
+            raise HTTPError(400, f"'n' must be an integer from 1 to {MAX_N}", param="n")
+        return await self.generate([p for p in prompts for _ in range(n)], *self._settings(body, prompts))
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
                        stop: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
@@ -278,11 +306,22 @@ class Server:
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
         jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop) for prompt in prompts]
-        try:
-            self.batcher.submit(jobs)
-        except QueueFull:
-            raise HTTPError(429, f"the server is busy ({self.limits.max_queue} prompts queued); retry later",
-                            "rate_limit_exceeded") from None
+        if len(jobs) <= self.limits.max_queue:
+            try:
+                self.batcher.submit(jobs)
+            except QueueFull:
+                raise HTTPError(429, f"the server is busy ({self.limits.max_queue} prompts queued); retry later",
+                                "rate_limit_exceeded") from None
+        else:  # more prompts than the queue holds: queued a queue's worth at a time, not refused
+            for start in range(0, len(jobs), self.limits.max_queue):
+                chunk = jobs[start:start + self.limits.max_queue]
+                while True:
+                    try:
+                        self.batcher.submit(chunk, new_request=start == 0)
+                        break
+                    except QueueFull:
+                        await asyncio.sleep(0.01)
+                await asyncio.gather(*(job.future for job in chunk))
         outputs = await asyncio.gather(*(job.future for job in jobs))
         return [self._finish(tokens, max_tokens, stop) for tokens in outputs]
 
