@@ -14,6 +14,7 @@ import statistics
 import time
 
 import numpy as np
+from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
 
 FUSED = {"gpu": "cudnn", "tpu": "splash"}
 
@@ -63,7 +64,11 @@ def main():
     parser.add_argument("--loss-chunk", type=int, default=512, help="train.loss_chunk (0 = whole rows)")
     parser.add_argument("--remat", default="dots_no_batch", help="model.remat")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per kernel")
+    add_smoke_argument(parser)
     args = parser.parse_args()
+    print(describe(args.smoke), flush=True)
+    if args.smoke:
+        args.preset, args.seq_len, args.batch, args.loss_chunk, args.steps = "tiny", 64, 2, 0, 1
 
     import jax
 

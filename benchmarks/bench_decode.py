@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
 
 NEW_TOKENS = 64
 BATCHES = (1, 16)
@@ -34,6 +35,17 @@ def prompts_of(tokenizer, count: int) -> list[list[int]]:
     if len(chosen) < count:
         raise SystemExit(f"only {len(chosen)} sample sentences have 20-60 tokens; {count} needed")
     return chosen
+
+
+def tiny_model() -> tuple[dict, dict]:
+    """(Hugging Face config, float32 tensors) of a random tiny LLaMA (the smoke run's model)."""
+    import transformers
+
+    from oie_jax.models.config import preset
+
+    config = {k: v for k, v in preset("tiny").to_hf_config().items() if k != "architectures"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    return config, {name: t.detach().numpy() for name, t in model.state_dict().items()}
 
 
 def ours(config: dict, tensors: dict):
@@ -125,18 +137,26 @@ def main():
     parser.add_argument("--prompts", type=int, default=16, help="prompts per timed run (a multiple of 16)")
     parser.add_argument("--constrained", action="store_true",
                         help="time constrained against unconstrained decoding (ours only)")
+    add_smoke_argument(parser)
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
 
     restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
+    print(describe(args.smoke), flush=True)
+    global NEW_TOKENS, BATCHES
 
-    from oie_jax.assets import smollm2_gguf
-    from oie_jax.convert.hf_to_jax import read_gguf
+    if args.smoke:  # a random tiny model on random prompts
+        config, tensors = tiny_model()
+        tokenizer, pad_id, args.rounds, NEW_TOKENS, BATCHES = None, 0, 1, 8, (1, 2)
+        prompts = [list(np.random.default_rng(i).integers(4, config["vocab_size"], 20 + i)) for i in range(4)]
+    else:
+        from oie_jax.assets import smollm2_gguf
+        from oie_jax.convert.hf_to_jax import read_gguf
 
-    gguf = smollm2_gguf()
-    config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prompts = prompts_of(tokenizer, args.prompts)
+        gguf = smollm2_gguf()
+        config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        prompts = prompts_of(tokenizer, args.prompts)
     if args.constrained:
         sides = constrained_sides(config, tensors, tokenizer)
     else:

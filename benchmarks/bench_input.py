@@ -10,6 +10,7 @@ one-time tokenization cost, and `ratio=` (pipeline / train step); the target is 
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from bench_train import BATCH, SEQ_LEN, transformers_peer  # benchmarks/ is on sys.path as a script
+from machine import add_smoke_argument, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 STOCKMARK = ROOT.parent / "shared" / "data" / "stockmark-ner" / "ner_train.json"
+SAMPLE = ROOT / "oie_jax" / "data" / "sample" / "train.jsonl"
 
 
 def smollm2_tokenizer_dir() -> Path:
@@ -54,28 +57,36 @@ def pipeline_tokens_per_second(records, tokenizer, epochs: int) -> tuple[float, 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=4, help="timed train steps (the median counts)")
+    add_smoke_argument(parser)
     args = parser.parse_args()
-    if not STOCKMARK.is_file():
-        sys.exit(f"{STOCKMARK} is absent: this benchmark reads the stockmark corpus from ../shared/data")
-
+    print(describe(args.smoke), flush=True)
     from oie_jax.data.sources import load, stockmark
-    from oie_jax.data.tokenizer import load_tokenizer
-
-    records = load([str(STOCKMARK)], stockmark.read, (".json",)).records
-    tokenizer = load_tokenizer(smollm2_tokenizer_dir())
-    produced, startup, corpus_tokens = pipeline_tokens_per_second(records, tokenizer, args.epochs)
-
+    from oie_jax.data.tokenizer import ByteTokenizer, load_tokenizer
     from oie_jax.models.config import preset
 
-    cfg = preset("smollm2-135m")
+    if args.smoke:  # the bundled sample, bytes as tokens, a tiny model
+        from oie_jax.data.sources.registry import load_source
+
+        records = load_source([str(SAMPLE)])[1].records
+        tokenizer, cfg, args.epochs, args.train_steps = ByteTokenizer(), preset("tiny"), 1, 1
+    else:
+        if not STOCKMARK.is_file():
+            sys.exit(f"{STOCKMARK} is absent: this benchmark reads the stockmark corpus from ../shared/data")
+        records = load([str(STOCKMARK)], stockmark.read, (".json",)).records
+        tokenizer, cfg = load_tokenizer(smollm2_tokenizer_dir()), preset("smollm2-135m")
+    produced, startup, corpus_tokens = pipeline_tokens_per_second(records, tokenizer, args.epochs)
+
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
-    consumed = transformers_peer(cfg, tokens, args.train_steps)
-    print(f"corpus: {len(records):,} stockmark records, {corpus_tokens:,} tokens; tokenization + packing at "
+    step = transformers_peer(cfg, tokens)
+    step()  # warm-up
+    consumed = BATCH * SEQ_LEN / statistics.median(step() for _ in range(args.train_steps))
+    print(f"corpus: {len(records):,} records, {corpus_tokens:,} tokens; tokenization + packing at "
           f"startup {startup:.2f} s ({corpus_tokens / startup / 1e6:.2f} M tokens/s)")
     print(f"pipeline: {produced:,.0f} real tokens/s delivered as global arrays (batch {BATCH} x {SEQ_LEN}, "
           f"{args.epochs} epochs, startup included)")
-    print(f"train step (transformers SmolLM2-135M, float32, AdamW): {consumed:,.0f} tokens/s")
+    print(f"train step (transformers {'tiny' if args.smoke else 'SmolLM2-135M'}, float32, AdamW): {consumed:,.0f} "
+          "tokens/s")
     print(f"ratio={produced / consumed:.1f}")
 
 

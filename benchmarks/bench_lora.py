@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 from bench_train import BATCH, SEQ_LEN, torch_train_step, transformers_model  # benchmarks/ is on sys.path
+from machine import add_smoke_argument, describe
 
 MIB = 2**20
 
@@ -68,15 +69,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="timed steps of each side, taken in turns")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default="q,k,v,o,gate,up,down", help="comma-separated projections")
+    add_smoke_argument(parser)
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
 
     restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
+    print(describe(args.smoke), flush=True)
 
     from oie_jax.models.config import LoraConfig, preset
     from oie_jax.models.lora import num_adapter_params
 
-    full = preset("smollm2-135m")
+    full = preset("tiny" if args.smoke else "smollm2-135m")
+    args.rounds = 1 if args.smoke else args.rounds
     adapted = full.replace(lora=LoraConfig(args.rank, 2.0 * args.rank, tuple(args.targets.split(","))))
     tokens = np.random.default_rng(0).integers(0, full.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
     sides, memory = {}, {}
@@ -94,7 +98,8 @@ def main():
             times[name].append(timed())
 
     trained = {"full": full.num_params(), "lora": num_adapter_params(adapted)}
-    print(f"SmolLM2-135M, batch {BATCH} x {SEQ_LEN} tokens, float32, AdamW; LoRA rank {args.rank} on {args.targets}; "
+    model = "tiny (smoke)" if args.smoke else "SmolLM2-135M"
+    print(f"{model}, batch {BATCH} x {SEQ_LEN} tokens, float32, AdamW; LoRA rank {args.rank} on {args.targets}; "
           f"median of {args.rounds} steps")
     print(f"{'side':<24} {'trained params':>15} {'optimizer state':>16} {'XLA args+temps':>15} {'step s':>8} "
           f"{'tokens/s':>9}")

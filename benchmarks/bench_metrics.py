@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the reference implementation lives in the tests
 
@@ -55,7 +57,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    add_smoke_argument(parser)
     args = parser.parse_args()
+    print(describe(args.smoke), flush=True)
+    if args.smoke:
+        args.examples, args.repeats = 2_000, 1
 
     import jax
 

@@ -12,6 +12,7 @@ import statistics
 import time
 
 import numpy as np
+from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
 
 BATCH, SEQ_LEN = 4, 256
 
@@ -76,17 +77,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="timed steps of each side, taken in turns (>= 5)")
     parser.add_argument("--loss-chunk", type=int, default=0, help="our train.loss_chunk (0 = whole rows)")
     parser.add_argument("--remat", default="none", help="our model.remat")
+    add_smoke_argument(parser)
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
 
     restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
+    print(describe(args.smoke), flush=True)
 
     from oie_jax.models.config import preset
     from oie_jax.train.throughput import matmul_peak_flops, train_flops_per_token
 
-    cfg = preset("smollm2-135m").replace(remat=args.remat)
+    cfg = preset("tiny" if args.smoke else "smollm2-135m").replace(remat=args.remat)
+    args.rounds = 1 if args.smoke else args.rounds
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(256 if args.smoke else 2048)
     sides = {"oie-jax": ours(cfg, tokens, args.loss_chunk), "transformers": transformers_peer(cfg, tokens)}
     times = {name: [] for name in sides}
     for timed in sides.values():
@@ -96,7 +100,7 @@ def main():
             times[name].append(timed())
     rates = {name: BATCH * SEQ_LEN / statistics.median(seconds) for name, seconds in times.items()}
     flops_per_token = train_flops_per_token(cfg, SEQ_LEN)
-    print(f"jitted 2048^3 matmul peak: {peak / 1e9:.0f} GFLOP/s")
+    print(f"jitted float32 matmul peak (MFU's denominator): {peak / 1e9:.0f} GFLOP/s")
     for name, rate in rates.items():
         spread = ", ".join(f"{s:.2f}" for s in times[name])
         print(f"{name}: median {rate:.0f} tokens/s, MFU {rate * flops_per_token / peak:.1%} (step seconds: {spread})")

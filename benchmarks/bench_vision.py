@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import add_smoke_argument, describe  # noqa: E402 (benchmarks/ is on sys.path as a script)
 
 VIT_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224)
+VIT_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=224)
 ENCODERS = ("clip-b32", "siglip-b16", "mobilenetv2")
 
 
-def peer_and_directory(name: str, workdir: Path):
+def peer_and_directory(name: str, workdir: Path, vit: dict = VIT_BASE):
     """The PyTorch model and the oie-jax vision model directory converted from the same weights."""
     import torch
     import torchvision
@@ -41,8 +43,8 @@ def peer_and_directory(name: str, workdir: Path):
         model.load_state_dict(torch.load(mobilenet_v2_weights(), weights_only=True))
         source = mobilenet_v2_weights()
     else:
-        config = (transformers.CLIPVisionConfig(**VIT_BASE, patch_size=32, hidden_act="quick_gelu")
-                  if name == "clip-b32" else transformers.SiglipVisionConfig(**VIT_BASE, patch_size=16))
+        config = (transformers.CLIPVisionConfig(**vit, patch_size=32, hidden_act="quick_gelu")
+                  if name == "clip-b32" else transformers.SiglipVisionConfig(**vit, patch_size=16))
         model = (transformers.CLIPVisionModel if name == "clip-b32" else transformers.SiglipVisionModel)(config)
         source = workdir / f"{name}-hf"
         model.save_pretrained(source)
@@ -50,14 +52,14 @@ def peer_and_directory(name: str, workdir: Path):
     return model.eval(), workdir / name
 
 
-def compare(name: str, workdir: Path, images: np.ndarray, rounds: int) -> float:
+def compare(name: str, workdir: Path, images: np.ndarray, rounds: int, vit: dict = VIT_BASE) -> float:
     """Prints both sides' images/s for one encoder; returns ours / peer."""
     import jax
     import torch
 
     from oie_jax.models.encoders import load_vision_model
 
-    peer, directory = peer_and_directory(name, workdir)
+    peer, directory = peer_and_directory(name, workdir, vit)
     ours, _ = load_vision_model(directory)
     forward = jax.jit(lambda x: tuple(ours(x)))
     inputs = jax.device_put(images)
@@ -91,14 +93,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side, in turns")
     parser.add_argument("--batch", type=int, default=32, help="images per forward")
     parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"comma-separated subset of {ENCODERS}")
+    add_smoke_argument(parser)
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
 
     restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
+    print(describe(args.smoke), flush=True)
+    vit = VIT_TINY if args.smoke else VIT_BASE
+    if args.smoke:
+        args.batch, args.rounds = 1, 1
 
     images = np.random.default_rng(0).normal(size=(args.batch, 224, 224, 3)).astype(np.float32)
     with tempfile.TemporaryDirectory() as workdir:
-        ratios = [compare(name, Path(workdir), images, args.rounds) for name in args.encoders.split(",")]
+        ratios = [compare(name, Path(workdir), images, args.rounds, vit) for name in args.encoders.split(",")]
     print(f"ratio={min(ratios):.2f}")
 
 
