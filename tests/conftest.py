@@ -78,3 +78,12 @@ def smollm2_torch(smollm2_hf_dir):
     import transformers
 
     return transformers.LlamaForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm2_dir(smollm2_hf_dir, tmp_path_factory) -> Path:
+    """A random two-layer LLaMA with SmolLM2's tokenizer and chat template (tests/helpers.py)."""
+    from tests.helpers import save_tiny_smollm2
+
+    return save_tiny_smollm2(smollm2_hf_dir, tmp_path_factory.mktemp("tiny-smollm2-hf"),
+                             tmp_path_factory.mktemp("tiny-smollm2"), seed=5)

@@ -55,3 +55,17 @@ def save_word_tokenizer(directory: Path, vocab_size: int, eos_token: str = "t2")
     tokenizer.post_processor = processors.TemplateProcessing(single="t1 $A", special_tokens=[("t1", 1)])
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "t1", "eos_token": eos_token}))
+
+
+def save_tiny_smollm2(smollm2_hf_dir: Path, hf_dir: Path, out: Path, seed: int) -> Path:
+    """A random two-layer LLaMA that reads SmolLM2's tokenizer and chat template (real prompts, fast answers;
+    it never ends an answer by itself), as an oie-jax model directory `out`."""
+    from oie_jax.convert import hf_to_jax
+
+    save_random_hf_llama(hf_dir, llama31_hf_config(vocab_size=49152, num_hidden_layers=2, eos_token_id=2,
+                                                   bos_token_id=1, max_position_embeddings=4096), seed=seed)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (smollm2_hf_dir / name).is_file():
+            (hf_dir / name).write_bytes((smollm2_hf_dir / name).read_bytes())
+    hf_to_jax.convert(hf_dir, out)
+    return out

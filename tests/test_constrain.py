@@ -206,26 +206,8 @@ def assert_every_output_parses(results, budget_for_all=32):
             assert output == "" and budget < budget_for_all, (labelled, budget, record.text, output)
 
 
-@pytest.fixture(scope="module")
-def tiny_smollm2_vocabulary(smollm2_hf_dir, tmp_path_factory):
-    """A random tiny LLaMA with SmolLM2's tokenizer: it never closes an output by itself."""
-    import shutil
-
-    from oie_jax.convert import hf_to_jax
-    from tests.helpers import llama31_hf_config, save_random_hf_llama
-
-    hf = tmp_path_factory.mktemp("tiny-smollm2-hf")
-    save_random_hf_llama(hf, llama31_hf_config(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                                               max_position_embeddings=1024))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smollm2_hf_dir / name, hf / name)
-    out = tmp_path_factory.mktemp("tiny-smollm2")
-    hf_to_jax.convert(hf, out)
-    return out
-
-
-def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm2_vocabulary, capfd):
-    results = budget_outputs(tiny_smollm2_vocabulary, (8, 16, 32, 64, 96))
+def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm2_dir, capfd):
+    results = budget_outputs(tiny_smollm2_dir, (8, 16, 32, 64, 96))
     assert_every_output_parses(results)
     assert "shortest complete output" in capfd.readouterr().err  # budget 8 is too short for some: said
     lengths = [len(output) for pairs in results.values() for _, output in pairs]

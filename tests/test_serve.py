@@ -180,6 +180,41 @@ def test_openai_semantics_nulls_defaults_n_seeds_and_prompt_lists_longer_than_th
     assert listed[0] == 200 and [c["text"] for c in listed[1]["choices"]] == greedy  # 5 prompts, a queue of 2
 
 
+def test_an_oie_request_is_answered_as_oie_jax_extract_would(tiny_smollm2_dir, tmp_path):
+    import shutil
+
+    from oie_jax.data.labels import LabelSet, model_label_sets, save_label_sets
+    from oie_jax.infer.extract import extract
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_smollm2_dir, model_dir)
+    save_label_sets({"NER": LabelSet(("Science", "Travel"), ("Person", "Location"))}, model_dir)
+    texts = ["Marie Curie worked in Paris.", "Soseki was born in Edo and lived in Tokyo."]
+    expected = [e.to_json() for e in extract(str(model_dir), texts, "NER", max_new_tokens=24,
+                                             labels=model_label_sets(model_dir))]
+    own = {"NER": {"text": [""], "items": ["Person"]}}
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            completions = await post(session, url + "/v1/completions",
+                                     {"prompt": texts, "oie": {"task": "NER"}, "max_tokens": 24})
+            chat = await post(session, url + "/v1/chat/completions", {
+                "messages": [{"role": "user", "content": texts[1]}], "oie": {"task": "NER", "labels": own},
+                "max_tokens": 24})
+            wrong = await post(session, url + "/v1/completions", {"prompt": "x", "oie": {"task": "Nope"}})
+            return completions, chat, wrong
+
+    with server(model_dir) as (url, _):
+        completions, chat, wrong = asyncio.run(scenario(url))
+    assert all(e["well_formed"] and e["output"] for e in expected)  # (a random model: labels and copies, no sense)
+    assert completions[0] == 200 and [c["oie"] for c in completions[1]["choices"]] == expected
+    assert [c["text"] for c in completions[1]["choices"]] == [e["output"] for e in expected]
+    extraction = chat[1]["choices"][0]["oie"]
+    assert chat[0] == 200 and extraction["well_formed"] and extraction["label"] == ""
+    assert all(item["fields"][0] == "Person" and item["fields"][1] in texts[1] for item in extraction["items"])
+    assert wrong[0] == 400 and wrong[1]["error"]["param"] == "oie"
+
+
 def test_a_full_queue_answers_429_and_sigterm_finishes_the_accepted_requests(tiny_dir):
     async def scenario(url, process):
         async with aiohttp.ClientSession() as session:

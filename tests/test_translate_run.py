@@ -18,9 +18,8 @@ import pytest
 from aiohttp import web
 
 from oie_jax import cli
-from oie_jax.convert import hf_to_jax
 from oie_jax.data.format import Record
-from tests.helpers import llama31_hf_config, save_random_hf_llama
+from tests.helpers import save_tiny_smollm2
 from tests.test_serve import server
 from tests.translation_cases import CASES, answer
 
@@ -173,29 +172,13 @@ def test_every_record_ends_kept_rejected_with_a_reason_or_asked_again_and_the_ou
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
 
 
-def tiny_smollm2(smollm2_hf_dir, hf_dir: Path, ours: Path, seed: int) -> Path:
-    """A random two-layer LLaMA that reads SmolLM2's tokenizer and chat template: real prompts, fast answers."""
-    save_random_hf_llama(hf_dir, llama31_hf_config(vocab_size=49152, num_hidden_layers=2, eos_token_id=2,
-                                                   bos_token_id=1, max_position_embeddings=4096), seed=seed)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (smollm2_hf_dir / name).is_file():
-            (hf_dir / name).write_bytes((smollm2_hf_dir / name).read_bytes())
-    hf_to_jax.convert(hf_dir, ours)
-    return ours
-
-
-@pytest.fixture(scope="module")
-def tiny_with_real_tokenizer(smollm2_hf_dir, tmp_path_factory):
-    return tiny_smollm2(smollm2_hf_dir, tmp_path_factory.mktemp("tiny-hf"), tmp_path_factory.mktemp("tiny-smol"), 5)
-
-
-def test_the_in_process_backend_asks_cut_answers_again_and_other_weights_anew(tiny_with_real_tokenizer,
+def test_the_in_process_backend_asks_cut_answers_again_and_other_weights_anew(tiny_smollm2_dir,
                                                                                smollm2_hf_dir, tmp_path):
     import shutil
 
     corpus = write_records(tmp_path / "ja_train.jsonl", [record for record, _ in CASES[:3]])
     model, out = tmp_path / "model", tmp_path / "out"
-    shutil.copytree(tiny_with_real_tokenizer, model)
+    shutil.copytree(tiny_smollm2_dir, model)
     flags = ["translate", str(corpus), "--to", "en", "--local", str(model), "--out", str(out), "--max-tokens", "8",
              "--no-progress"]
 
@@ -212,7 +195,7 @@ def test_the_in_process_backend_asks_cut_answers_again_and_other_weights_anew(ti
     assert "truncated" in {row["reason"] for row in review}
     assert answers() == {"asked": 0, "cached": 3, "calibrated": 0, "unasked": 0}
     # Other weights under the same directory and name: nothing cached is theirs.
-    other = tiny_smollm2(smollm2_hf_dir, tmp_path / "other-hf", tmp_path / "other", 6)
+    other = save_tiny_smollm2(smollm2_hf_dir, tmp_path / "other-hf", tmp_path / "other", 6)
     shutil.rmtree(model / "params")
     shutil.copytree(other / "params", model / "params")
     assert answers()["asked"] == 3
@@ -228,7 +211,7 @@ def cached_answers(out: Path) -> int:
 
 @pytest.mark.skipif(not STOCKMARK.is_file(), reason=f"needs the stockmark corpus at {STOCKMARK}")
 def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_the_same_files(
-        tiny_with_real_tokenizer, tmp_path):
+        tiny_smollm2_dir, tmp_path):
     import urllib.request
 
     def served_requests(url):
@@ -237,11 +220,11 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
 
     def command(out):
         return [sys.executable, "-m", "oie_jax.cli", "translate", "--from", "stockmark", str(STOCKMARK),
-                "--to", "en,zh", "--endpoint", url + "/v1", "--model", tiny_with_real_tokenizer.name, "--out", str(out),
+                "--to", "en,zh", "--endpoint", url + "/v1", "--model", tiny_smollm2_dir.name, "--out", str(out),
                 "--limit", "50", "--max-tokens", "24", "--concurrency", "4", "--no-progress"]
 
     # --batch-size 1: each answer depends on its prompt alone, whatever else is asked at the same time.
-    with server(tiny_with_real_tokenizer, "--batch-size", "1") as (url, _):
+    with server(tiny_smollm2_dir, "--batch-size", "1") as (url, _):
         killed = tmp_path / "killed"
         process = subprocess.Popen(command(killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=dict(os.environ))
@@ -271,7 +254,7 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
 
     with sqlite3.connect(killed / "cache.sqlite") as db:  # keyed by what /v1/models says is served: these weights
         served = {row[0] for row in db.execute("SELECT model FROM answers")}
-    assert served == {f"{tiny_with_real_tokenizer.name} ({weights_fingerprint(tiny_with_real_tokenizer)})"}
+    assert served == {f"{tiny_smollm2_dir.name} ({weights_fingerprint(tiny_smollm2_dir)})"}
     killed_report, whole_report = (json.loads((d / "report.json").read_text()) for d in (killed, whole))
     assert killed_report["groups"] == whole_report["groups"]
     assert killed_report["total"]["in"] == 100

@@ -28,7 +28,9 @@ def add_parsers(commands) -> None:
                     "context (at most --max-tokens); null means the default, and a field the server does not "
                     "implement (stream, tools, logprobs, ...) gets a 400 naming it. Errors are OpenAI error "
                     "objects. A full queue answers 429 (a prompt list longer than the queue waits its turn), an "
-                    "oversized body 413. SIGTERM or Ctrl-C finishes the requests already accepted and exits.")
+                    "oversized body 413. A request with an 'oie' field ({\"task\": \"NER\"}, optional labels) is "
+                    "answered as `oie-jax extract` would, the extraction beside each choice's text. SIGTERM or "
+                    "Ctrl-C finishes the requests already accepted and exits.")
     parser.add_argument("model", help="oie-jax model directory (from `convert hf-to-jax` or a training run's model/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")

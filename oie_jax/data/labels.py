@@ -61,15 +61,22 @@ def load_label_sets(path) -> dict[str, LabelSet]:
     path = epath.Path(path)
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"not a label-set file ({exc})", path) from None
+    return parse_label_sets(value, str(path))
+
+
+def parse_label_sets(value, where: str) -> dict[str, LabelSet]:
+    """Label sets from their JSON value (a labels.json's, or a server request's); errors name `where`."""
+    try:
         sets = {task: LabelSet(tuple(entry["text"]) if entry.get("text") is not None else None,
                                tuple(entry["items"]) if entry.get("items") is not None else None)
                 for task, entry in value.items()}
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        raise UserError(f"not a label-set file ({exc}); expected {{task: {{text: [...], items: [...]}}}}",
-                        path) from None
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"{where}: not label sets ({exc}); expected {{task: {{text: [...], items: [...]}}}}") from None
     unknown = [key for key in sets if key.rsplit("/", 1)[-1] not in fmt.TASKS]
     if unknown:
-        raise UserError(f"unknown task {unknown[0]!r} in label sets", path)
+        raise UserError(f"{where}: unknown task {unknown[0]!r} in label sets")
     return sets
 
 

@@ -26,7 +26,7 @@ from oie_jax.infer.chat import checked_messages, load_chat_template
 MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
 SAMPLING_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
                    "user")
-FIELDS = {"completions": ("prompt", *SAMPLING_FIELDS), "chat": ("messages", *SAMPLING_FIELDS)}
+FIELDS = {"completions": ("prompt", "oie", *SAMPLING_FIELDS), "chat": ("messages", "oie", *SAMPLING_FIELDS)}
 # Fields a client may send with the value that changes nothing (OpenAI's defaults); any other value, or
 # a field in neither list (tools, logprobs, response_format, ...), gets a 400 naming it.
 NEUTRAL = {"stream": False, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "echo": False,
@@ -50,6 +50,7 @@ class Job:
     sampling: gen.Sampling
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    automaton: object = None  # an `oie` request's output constraint (infer/constrain.py), else None
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -67,8 +68,9 @@ class Batcher:
     """The thread that owns the model. `batches` counts generation batches (compiled program calls)."""
 
     def __init__(self, model, tokenizer, limits: Limits):
-        self.model, self.limits = model, limits
+        self.model, self.limits, self.tokenizer = model, limits, tokenizer
         self.eos_ids = gen.stop_ids(model.cfg, tokenizer)
+        self.vocabulary = None  # (token bytes, TokenTrie) for constrained jobs, built at the first one
         self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
         self.requests = self.batches = 0
         self._thread = threading.Thread(target=self._run, name="oie-jax-generation", daemon=True)
@@ -112,15 +114,30 @@ class Batcher:
             batch, stopping = self._take()
             if stopping:
                 return
-            for sampling, group in itertools.groupby(sorted(batch, key=lambda j: repr(j.sampling)),
-                                                     key=lambda j: j.sampling):
-                self._generate(sampling, list(group))
+            kind = lambda j: (repr(j.sampling), j.automaton is not None)  # noqa: E731
+            for _, group in itertools.groupby(sorted(batch, key=kind), key=kind):
+                group = list(group)
+                self._generate(group[0].sampling, group)
+
+    def constraints(self, automata: list) -> gen.Constraints:
+        """The constraints of a group of `oie` jobs; the vocabulary's bytes and trie are read once."""
+        from oie_jax.infer import constrain
+
+        if self.vocabulary is None:
+            pieces = self.tokenizer.token_bytes()
+            self.vocabulary = pieces, constrain.TokenTrie.of(pieces, self.model.cfg.vocab_size)
+        pieces, trie = self.vocabulary
+        return gen.Constraints([constrain.finishing(a, trie) for a in automata], pieces, trie)
 
     def _generate(self, sampling: gen.Sampling, jobs: list[Job]) -> None:
-        new_tokens = gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET)
+        constrained = jobs[0].automaton is not None
+        # An `oie` job makes exactly its max_tokens (the budget is part of its constraint); others a bucket.
+        new_tokens = (max(job.max_tokens for job in jobs) if constrained else
+                      gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET))
         try:
+            constraints = self.constraints([job.automaton for job in jobs]) if constrained else None
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
-                                   eos_ids=self.eos_ids, batch_size=self.limits.batch_size)
+                                   eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints)
         except Exception as exc:  # the server keeps serving; a failing row fails only its own request
             if len(jobs) == 1:
                 jobs[0].settle(error=exc)
@@ -167,10 +184,11 @@ async def openai_errors(request, handler):
 
 class Server:
     def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None,
-                 weights: str | None = None):
+                 weights: str | None = None, label_sets: dict | None = None, budget: int = 128):
         self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
         self.chat_template = chat_template
         self.weights = weights  # a fingerprint of the weights (`weights_fingerprint`), when known
+        self.label_sets, self.budget = label_sets or {}, budget  # what `oie` requests decode with by default
         self.batcher = Batcher(model, tokenizer, limits)
         self.created = int(time.time())
 
@@ -178,13 +196,16 @@ class Server:
     def from_directory(cls, model_dir, name: str | None = None, limits: Limits = Limits(), dtype=None) -> "Server":
         from etils import epath
 
+        from oie_jax.data.labels import model_label_sets
         from oie_jax.data.tokenizer import load_tokenizer
+        from oie_jax.infer.budget import model_budget
         from oie_jax.models.checkpoint import load_model
         from oie_jax.models.directory import weights_fingerprint
 
         model = load_model(model_dir, **({"dtype": dtype} if dtype else {}))
         return cls(model, load_tokenizer(model_dir), name or epath.Path(model_dir).name, limits,
-                   load_chat_template(model_dir), weights_fingerprint(model_dir))
+                   load_chat_template(model_dir), weights_fingerprint(model_dir), model_label_sets(model_dir, None),
+                   model_budget(model_dir))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
@@ -211,6 +232,8 @@ class Server:
             prompts = [prompts]
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise HTTPError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+        if "oie" in body:
+            return web.json_response(await self.extract("text_completion", "cmpl", prompts, body))
         ids = self.tokenizer.encode_batch(prompts, add_special_tokens=True)
         results = await self._run(ids, body)
         choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
@@ -222,11 +245,57 @@ class Server:
         if self.chat_template is None:
             raise HTTPError(400, f"model {self.name} has no chat template in its tokenizer files; "
                                  "use /v1/completions")
-        ids = [self.chat_tokens(checked_messages(body.get("messages")))]
+        messages = checked_messages(body.get("messages"))
+        if "oie" in body:  # the last message is the text; the answer is `oie-jax extract`'s
+            return web.json_response(await self.extract("chat.completion", "chatcmpl", [messages[-1]["content"]],
+                                                        body))
+        ids = [self.chat_tokens(messages)]
         results = await self._run(ids, body)
         choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                     "logprobs": None} for i, (text, reason, _) in enumerate(results)]
         return web.json_response(self._reply("chat.completion", "chatcmpl", choices, ids, results))
+
+    async def extract(self, kind: str, prefix: str, texts: list[str], body: dict) -> dict:
+        """`oie-jax extract` through the server: each text with the `oie` field's task as the prompt (the
+        training layout, not a chat), greedy, constrained to the format with the model's label sets (or
+        the request's; "constrained": false decodes freely), at most the model's generation budget (or
+        max_tokens); each choice carries the extraction (label, items, spans) beside the text."""
+        from oie_jax.data import format as fmt
+        from oie_jax.data.format import Record
+        from oie_jax.data.labels import LabelSet, label_set_for, parse_label_sets
+        from oie_jax.infer import constrain
+        from oie_jax.infer.extract import read_output
+        from oie_jax.infer.predict import prompt_tokens
+
+        spec = body["oie"]
+        if not isinstance(spec, dict) or spec.get("task") not in fmt.TASKS:
+            raise HTTPError(400, f"'oie' must be an object with a task, one of {', '.join(fmt.TASKS)}", param="oie")
+        if body.get("n", 1) != 1 or body.get("temperature", 0) != 0 or "stop" in body:
+            raise HTTPError(400, "an 'oie' request decodes greedily, once: no n, temperature or stop", param="oie")
+        task, constrained = spec["task"], spec.get("constrained", True)
+        try:
+            sets = parse_label_sets(spec["labels"], "the 'oie' labels") if "labels" in spec else self.label_sets
+        except UserError as exc:
+            raise HTTPError(400, str(exc), param="oie") from None
+        records = [Record(text=text, task=task) for text in texts]
+        prompts = prompt_tokens(records, self.tokenizer)
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", self.budget))
+        if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
+            raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}",
+                            param="max_tokens")
+        automata = [None] * len(records)
+        if constrained:
+            leading_space = self.tokenizer.strips_leading_space()
+            automata = [constrain.automaton(r.text, task, label_set_for(sets, task) if sets else LabelSet(),
+                                            leading_space) for r in records]
+        results = await self.generate(prompts, max_tokens, gen.Sampling(), automata=automata)
+        choices = []
+        for i, ((text, reason, _), source) in enumerate(zip(results, texts)):
+            answer = {"text": text} if kind == "text_completion" else {"message": {"role": "assistant",
+                                                                                   "content": text}}
+            choices.append({"index": i, **answer, "finish_reason": reason, "logprobs": None,
+                            "oie": read_output(source, task, text).to_json()})
+        return self._reply(kind, prefix, choices, prompts, results)
 
     def _reply(self, kind: str, prefix: str, choices, prompts, results) -> dict:
         prompt_tokens = sum(map(len, prompts))
@@ -294,9 +363,10 @@ class Server:
         return await self.generate([p for p in prompts for _ in range(n)], *self._settings(body, prompts))
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
-                       stop: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
+                       stop: tuple[str, ...] = (), automata=None) -> list[tuple[str, str, int]]:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
-        (started by `serve`, or by the caller of an in-process server)."""
+        (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
+        constraint (`oie` requests)."""
         context = self.model.cfg.max_position_embeddings
         for prompt in prompts:
             if not prompt:
@@ -305,7 +375,9 @@ class Server:
                 raise HTTPError(400, f"{len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop) for prompt in prompts]
+        automata = automata or [None] * len(prompts)
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton)
+                for prompt, automaton in zip(prompts, automata)]
         if len(jobs) <= self.limits.max_queue:
             try:
                 self.batcher.submit(jobs)
