@@ -116,7 +116,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(tiny_d
         ("/v1/completions", b"[1, 2]", 400, "JSON object"),
         ("/v1/completions", {"max_tokens": 4}, 400, "'prompt'"),
         ("/v1/completions", dict(url_body, n=17), 400, "'n' must be an integer from 1 to 16"),
-        ("/v1/completions", dict(url_body, stream=True), 400, "stream=true (streaming) is not supported"),
+        ("/v1/completions", dict(url_body, stream=True, oie={"task": "NER"}), 400, "no n, temperature, stop or stream"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "t5"}], "tools": []}, 400,
          "field 'tools' is not supported"),
         ("/v1/completions", dict(url_body, presence_penalty=0.5), 400, "field 'presence_penalty'"),
@@ -236,6 +236,21 @@ def test_the_official_openai_client_gets_answers_choices_stops_and_errors(tiny_d
                                             stop=[words[2]])
         assert stopped.choices[0].text == greedy[:greedy.index(words[2])]
         assert stopped.choices[0].finish_reason == "stop"
+        # Streaming: the text joined from the chunks is the answer without streaming, in several chunks.
+        chunks = list(client.chat.completions.create(
+            model=tiny_dir.name, messages=[{"role": "user", "content": "t50 t51"}], max_tokens=8, temperature=0,
+            stream=True, stream_options={"include_usage": True}))
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert "".join(pieces) == one.choices[0].message.content and len(pieces) > 1
+        assert chunks[-1].usage.completion_tokens == one.usage.completion_tokens
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == one.choices[0].finish_reason
+        streamed = client.completions.create(model=tiny_dir.name, prompt=prompt, max_tokens=8, temperature=0, n=2,
+                                             stop=[words[2]], stream=True)
+        joined = {0: "", 1: ""}
+        for chunk in streamed:
+            for choice in chunk.choices:
+                joined[choice.index] += choice.text
+        assert joined == {0: stopped.choices[0].text, 1: stopped.choices[0].text}
         assert [m.id for m in client.models.list()] == [tiny_dir.name]
         with pytest.raises(openai.NotFoundError, match="not served here"):
             client.completions.create(model="gpt-4o", prompt=prompt, max_tokens=4)

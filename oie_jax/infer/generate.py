@@ -26,6 +26,13 @@ from oie_jax.models.llama import Llama, init_cache, unstack_layers
 
 MIN_LENGTH_BUCKET = 16
 _traces = {"count": 0}
+_sink = {"emit": None}  # where a streaming generation's tokens go, step by step (set around each call)
+
+
+def _emit(step, tokens) -> None:
+    """Host side of the streaming callback: each step's tokens as they are made."""
+    if _sink["emit"] is not None:
+        _sink["emit"](int(step), np.asarray(tokens))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +106,9 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "stream"))
 def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, *,
-              max_new_tokens, filters, eos_ids, pad_id):
+              max_new_tokens, filters, eos_ids, pad_id, stream=False):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
     key = jax.random.wrap_key_data(key_data)
@@ -127,6 +134,8 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
     token, done, at = pick(logits[:, -1], first_key, empty_row, at, 0)
+    if stream:  # each step's tokens to the host as they are made (a rows' stream ends at its EOS)
+        jax.debug.callback(_emit, 0, token)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
@@ -138,6 +147,8 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
         key, step_key = jax.random.split(key)
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
         token, done, at = pick(logits[:, 0], step_key, done, at, step)
+        if stream:
+            jax.debug.callback(_emit, step, token)
         return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, at
 
     carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, at)
@@ -146,11 +157,13 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
 
 def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
              eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
-             constraints: "Constraints | None" = None) -> list[list[int]]:
+             constraints: "Constraints | None" = None, on_tokens=None) -> list[list[int]]:
     """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
     config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
     sharded model (default: the rules of the current `sharding.activation_rules` context).
-    `constraints` restricts each prompt's output to its automaton (format-constrained decoding)."""
+    `constraints` restricts each prompt's output to its automaton (format-constrained decoding).
+    `on_tokens(prompt_indices, step, tokens)` receives each step's tokens while they are made (a row's
+    tokens after its EOS, and past max_new_tokens, mean nothing)."""
     if constraints is not None and len(constraints.automata) != len(prompts):
         raise ValueError(f"{len(constraints.automata)} automata for {len(prompts)} prompts")
     if any(len(p) == 0 for p in prompts):
@@ -186,13 +199,18 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         if constraints is not None:
             stacked = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
             constraint = (*map(placement.rows, stacked), constraints.tokens.arrays())
+        if on_tokens is not None:
+            _sink["emit"] = lambda step, made, rows=rows: on_tokens(rows, step, made[:len(rows)])
         # The key and scalars as numpy: the same value on every process, replicated on the mesh.
-        with placement.context():
-            out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
-                            np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
-                            np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
-                            eos_ids=eos_ids, pad_id=pad_id)
-        out = placement.gather(out)
+        try:
+            with placement.context():
+                out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
+                                np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
+                                np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
+                                eos_ids=eos_ids, pad_id=pad_id, stream=on_tokens is not None)
+            out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)
+        finally:
+            _sink["emit"] = None
         for row, i in enumerate(rows):
             results[i] = cut_at_eos(out[row].tolist(), eos_ids)
             if constraints is not None:

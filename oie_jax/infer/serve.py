@@ -10,6 +10,7 @@ SIGTERM stops taking requests, finishes the ones accepted and exits.
 import asyncio
 import dataclasses
 import itertools
+import json
 import queue
 import secrets
 import signal
@@ -25,12 +26,11 @@ from oie_jax.infer.chat import checked_messages, load_chat_template
 
 MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
 SAMPLING_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
-                   "user")
+                   "user", "stream", "stream_options")
 FIELDS = {"completions": ("prompt", "oie", *SAMPLING_FIELDS), "chat": ("messages", "oie", *SAMPLING_FIELDS)}
 # Fields a client may send with the value that changes nothing (OpenAI's defaults); any other value, or
 # a field in neither list (tools, logprobs, response_format, ...), gets a 400 naming it.
-NEUTRAL = {"stream": False, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "echo": False,
-           "best_of": 1}
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "echo": False, "best_of": 1}
 MAX_N = 16  # choices per request
 
 
@@ -51,6 +51,7 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     automaton: object = None  # an `oie` request's output constraint (infer/constrain.py), else None
+    stream: object = None  # a streamed request's `(step, token)` callback (called in the generation thread)
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -134,10 +135,17 @@ class Batcher:
         # An `oie` job makes exactly its max_tokens (the budget is part of its constraint); others a bucket.
         new_tokens = (max(job.max_tokens for job in jobs) if constrained else
                       gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET))
+        def on_tokens(indices, step, made):  # each streamed job's token as it is made
+            for i, token in zip(indices, made):
+                if jobs[i].stream is not None:
+                    jobs[i].stream(step, int(token))
+
+        streamed = any(job.stream is not None for job in jobs)
         try:
             constraints = self.constraints([job.automaton for job in jobs]) if constrained else None
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
-                                   eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints)
+                                   eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints,
+                                   on_tokens=on_tokens if streamed else None)
         except Exception as exc:  # the server keeps serving; a failing row fails only its own request
             if len(jobs) == 1:
                 jobs[0].settle(error=exc)
@@ -235,6 +243,8 @@ class Server:
         if "oie" in body:
             return web.json_response(await self.extract("text_completion", "cmpl", prompts, body))
         ids = self.tokenizer.encode_batch(prompts, add_special_tokens=True)
+        if body.get("stream"):
+            return await self.stream(request, "text_completion", "cmpl", ids, body)
         results = await self._run(ids, body)
         choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                    for i, (text, reason, _) in enumerate(results)]
@@ -250,6 +260,8 @@ class Server:
             return web.json_response(await self.extract("chat.completion", "chatcmpl", [messages[-1]["content"]],
                                                         body))
         ids = [self.chat_tokens(messages)]
+        if body.get("stream"):
+            return await self.stream(request, "chat.completion", "chatcmpl", ids, body)
         results = await self._run(ids, body)
         choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                     "logprobs": None} for i, (text, reason, _) in enumerate(results)]
@@ -270,8 +282,9 @@ class Server:
         spec = body["oie"]
         if not isinstance(spec, dict) or spec.get("task") not in fmt.TASKS:
             raise HTTPError(400, f"'oie' must be an object with a task, one of {', '.join(fmt.TASKS)}", param="oie")
-        if body.get("n", 1) != 1 or body.get("temperature", 0) != 0 or "stop" in body:
-            raise HTTPError(400, "an 'oie' request decodes greedily, once: no n, temperature or stop", param="oie")
+        if body.get("n", 1) != 1 or body.get("temperature", 0) != 0 or "stop" in body or body.get("stream"):
+            raise HTTPError(400, "an 'oie' request decodes greedily, once, whole: no n, temperature, stop or stream",
+                            param="oie")
         task, constrained = spec["task"], spec.get("constrained", True)
         try:
             sets = parse_label_sets(spec["labels"], "the 'oie' labels") if "labels" in spec else self.label_sets
@@ -320,8 +333,7 @@ class Server:
                             "model_not_found", "model")
         for key, value in body.items():
             if key not in FIELDS[endpoint] and not (key in NEUTRAL and value == NEUTRAL[key]):
-                what = "stream=true (streaming)" if key == "stream" else f"field {key!r}"
-                raise HTTPError(400, f"{what} is not supported by this server", param=key)
+                raise HTTPError(400, f"field {key!r} is not supported by this server", param=key)
         return body
 
     def _settings(self, body: dict, prompts: list[list[int]]) -> tuple[int, gen.Sampling, tuple[str, ...]]:
@@ -355,15 +367,75 @@ class Server:
             return self.tokenizer.encode(messages[-1]["content"], add_special_tokens=True)
         return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
 
-    async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
-        """n answers per prompt, prompt by prompt (OpenAI's order of choices)."""
+    def _choices(self, prompts: list[list[int]], body: dict) -> list[list[int]]:
+        """n prompts per prompt, prompt by prompt (OpenAI's order of choices)."""
         n = body.get("n", 1)
         if type(n) is not int or not 1 <= n <= MAX_N:
             raise HTTPError(400, f"'n' must be an integer from 1 to {MAX_N}", param="n")
-        return await self.generate([p for p in prompts for _ in range(n)], *self._settings(body, prompts))
+        return [p for p in prompts for _ in range(n)]
+
+    async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
+        return await self.generate(self._choices(prompts, body), *self._settings(body, prompts))
+
+    async def stream(self, request, kind: str, prefix: str, prompts: list[list[int]], body: dict):
+        """Server-sent events in OpenAI's chunk format: each choice's text as its tokens are made (held back
+        while it ends inside a character or could still become a stop string), then each choice's
+        finish_reason, the usage if `stream_options.include_usage`, and `data: [DONE]`. The text joined
+        from the chunks equals the answer the same request gets without streaming."""
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        settings = self._settings(body, prompts)
+        max_tokens, stop = settings[0], settings[2]
+        rows = self._choices(prompts, body)
+        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
+        streams = [lambda step, token, i=i: loop.call_soon_threadsafe(arrived.put_nowait, (i, step, token))
+                   for i in range(len(rows))]
+        task = asyncio.ensure_future(self.generate(rows, *settings, streams=streams))
+        task.add_done_callback(lambda _: arrived.put_nowait(None))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        name, created, chunk_kind = f"{prefix}-{uuid.uuid4().hex}", int(time.time()), kind + ".chunk"
+        if kind == "text_completion":
+            chunk_kind = kind
+
+        async def send(choices, usage=None):
+            chunk = {"id": name, "object": chunk_kind, "created": created, "model": self.name, "choices": choices}
+            if usage is not None:
+                chunk["usage"] = usage
+            await response.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+
+        def delta(i: int, text: str, first: bool) -> dict:
+            if kind == "text_completion":
+                return {"index": i, "text": text, "finish_reason": None, "logprobs": None}
+            return {"index": i, "delta": ({"role": "assistant"} if first else {}) | {"content": text},
+                    "finish_reason": None, "logprobs": None}
+
+        tokens, sent, ended = [[] for _ in rows], [""] * len(rows), [False] * len(rows)
+        while (item := await arrived.get()) is not None:
+            i, step, token = item
+            if ended[i] or step >= max_tokens:
+                continue
+            tokens[i].append(token)
+            ended[i] = token in self.batcher.eos_ids
+            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+            held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting at the end
+            ready = text[:len(text) - held] if held else text
+            if ready.endswith("\ufffd") or any(s in text for s in stop):
+                continue  # mid-character, or cut below by the final text
+            if len(ready) > len(sent[i]):
+                await send([delta(i, ready[len(sent[i]):], not sent[i])])
+                sent[i] = ready
+        results = task.result()
+        for i, (text, reason, _) in enumerate(results):  # the rest of each text (to its stop), and why it ended
+            final = delta(i, text[len(sent[i]):], not sent[i]) | {"finish_reason": reason}
+            await send([final])
+        if include_usage:
+            await send([], self._reply(kind, prefix, [], prompts, results)["usage"])
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
-                       stop: tuple[str, ...] = (), automata=None) -> list[tuple[str, str, int]]:
+                       stop: tuple[str, ...] = (), automata=None, streams=None) -> list[tuple[str, str, int]]:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
         (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
         constraint (`oie` requests)."""
@@ -375,9 +447,9 @@ class Server:
                 raise HTTPError(400, f"{len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
-        automata = automata or [None] * len(prompts)
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton)
-                for prompt, automaton in zip(prompts, automata)]
+        automata, streams = automata or [None] * len(prompts), streams or [None] * len(prompts)
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream)
+                for prompt, automaton, stream in zip(prompts, automata, streams)]
         if len(jobs) <= self.limits.max_queue:
             try:
                 self.batcher.submit(jobs)
