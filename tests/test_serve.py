@@ -236,6 +236,8 @@ def test_the_official_openai_client_gets_answers_choices_stops_and_errors(tiny_d
                                             stop=[words[2]])
         assert stopped.choices[0].text == greedy[:greedy.index(words[2])]
         assert stopped.choices[0].finish_reason == "stop"
+        assert stopped.usage.completion_tokens == len(tokenizer.encode(greedy[:greedy.index(words[2])] + words[2],
+                                                                       add_special_tokens=False))
         # Streaming: the text joined from the chunks is the answer without streaming, in several chunks.
         chunks = list(client.chat.completions.create(
             model=tiny_dir.name, messages=[{"role": "user", "content": "t50 t51"}], max_tokens=8, temperature=0,

@@ -474,8 +474,10 @@ class Server:
         ended = bool(tokens) and tokens[-1] in self.batcher.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-        if cuts:
-            return text[:min(cuts)], "stop", len(tokens)
+        if cuts:  # usage counts the tokens up to the one that completed the stop string, not those after it
+            made = next(k for k in range(1, len(tokens) + 1)
+                        if any(s in self.tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stop))
+            return text[:min(cuts)], "stop", made
         return text, "stop" if ended else "length", len(tokens)
 
 
