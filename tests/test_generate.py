@@ -94,6 +94,19 @@ def test_sampling_is_seeded_and_filters_reduce_to_greedy(pair):
         assert gen.generate(model, prompts, max_new_tokens=12, sampling=narrow, eos_ids=NO_EOS) == greedy
 
 
+def test_a_sampled_row_draws_the_same_whatever_shares_its_batch(pair):
+    _, model = pair
+    prompts = prompts_of([4, 10, 7, 13])
+    hot = gen.Sampling(temperature=1.5, seed=1)
+    together = gen.generate(model, prompts, max_new_tokens=12, sampling=hot, eos_ids=NO_EOS, batch_size=4)
+    alone = [gen.generate(model, [prompt], max_new_tokens=12, sampling=hot, eos_ids=NO_EOS, row_seeds=[(1, i)])[0]
+             for i, prompt in enumerate(prompts)]
+    assert together == alone
+    salted = gen.generate(model, [prompts[0]] * 2, max_new_tokens=12, sampling=hot, eos_ids=NO_EOS,
+                          row_seeds=[(1, 0), (1, 5)])
+    assert salted[0] == together[0] and salted[1] != salted[0]  # another salt, another draw
+
+
 def test_sample_frequencies_follow_filtered_softmax():
     logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05], jnp.float32))
     rows = jnp.tile(logits, (20000, 1))

@@ -163,6 +163,9 @@ def test_openai_semantics_nulls_defaults_n_seeds_and_prompt_lists_longer_than_th
             choices = await ask({"max_tokens": 8, "temperature": 0, "n": 3})
             unseeded = [await ask({"max_tokens": 8, "temperature": 1.0}) for _ in range(2)]
             seeded = [await ask({"max_tokens": 8, "temperature": 1.0, "seed": 7}) for _ in range(2)]
+            # The same seeded request beside another sampled one, in one batch: the same sample.
+            seeded += list(await asyncio.gather(ask({"max_tokens": 8, "temperature": 1.0, "seed": 7}),
+                                                ask({"max_tokens": 8, "temperature": 1.0, "seed": 9})))[:1]
             listed = await post(session, url + "/v1/completions", {"prompt": prompts, "max_tokens": 8,
                                                                      "temperature": 0})
             return nulls, choices, unseeded, seeded, listed

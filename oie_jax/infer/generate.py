@@ -88,6 +88,13 @@ def nucleus(ordered, top_p):
     return jnp.where(jnp.cumsum(probs, axis=-1) - probs < top_p, ordered, -jnp.inf)
 
 
+def categorical(key, logits):
+    """One draw per row: with one key for the batch, or with each row's own key (a (batch,) key array)."""
+    if key.ndim == 0:
+        return jax.random.categorical(key, logits, axis=-1)
+    return jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, logits)
+
+
 def sample_tokens(logits, key, temperature, top_p, filters: Filters):
     """One token per row from float32 logits (batch, vocab); temperature and top_p are traced."""
     if filters.greedy:
@@ -97,13 +104,13 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
         values, indices = jax.lax.top_k(scaled, filters.top_k)
         if filters.nucleus:
             values = nucleus(values, top_p)
-        choice = jax.random.categorical(key, values, axis=-1)
+        choice = categorical(key, values)
         return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     if filters.nucleus:
         kept = nucleus(jnp.sort(scaled, axis=-1)[:, ::-1], top_p)
         threshold = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    return categorical(key, scaled).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "stream"))
@@ -111,7 +118,8 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
               max_new_tokens, filters, eos_ids, pad_id, stream=False):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
-    key = jax.random.wrap_key_data(key_data)
+    keys = jax.random.wrap_key_data(key_data)  # each row its own: a row's sample does not depend on the others
+    split = jax.vmap(jax.random.split)
     batch, prompt_length = tokens.shape
     cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
@@ -130,10 +138,11 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
             at = jnp.where(done, at, jnp.take_along_axis(ends, token[:, None], axis=1)[:, 0])
         return token, done | jnp.isin(token, eos), at
 
-    key, first_key = jax.random.split(key)
+    pair = split(keys)
+    keys, first_keys = pair[:, 0], pair[:, 1]
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
-    token, done, at = pick(logits[:, -1], first_key, empty_row, at, 0)
+    token, done, at = pick(logits[:, -1], first_keys, empty_row, at, 0)
     if stream:  # each step's tokens to the host as they are made (a rows' stream ends at its EOS)
         jax.debug.callback(_emit, 0, token)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
@@ -143,27 +152,31 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def step_once(carry):
-        step, cache, token, position, done, out, key, at = carry
-        key, step_key = jax.random.split(key)
+        step, cache, token, position, done, out, keys, at = carry
+        pair = split(keys)
+        keys, step_keys = pair[:, 0], pair[:, 1]
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
-        token, done, at = pick(logits[:, 0], step_key, done, at, step)
+        token, done, at = pick(logits[:, 0], step_keys, done, at, step)
         if stream:
             jax.debug.callback(_emit, step, token)
-        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), key, at
+        return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), keys, at
 
-    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, key, at)
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, keys, at)
     return jax.lax.while_loop(keep_going, step_once, carry)[5]
 
 
 def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
              eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
-             constraints: "Constraints | None" = None, on_tokens=None) -> list[list[int]]:
+             constraints: "Constraints | None" = None, on_tokens=None,
+             row_seeds: list[tuple[int, int]] | None = None) -> list[list[int]]:
     """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
     config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
     sharded model (default: the rules of the current `sharding.activation_rules` context).
     `constraints` restricts each prompt's output to its automaton (format-constrained decoding).
     `on_tokens(prompt_indices, step, tokens)` receives each step's tokens while they are made (a row's
-    tokens after its EOS, and past max_new_tokens, mean nothing)."""
+    tokens after its EOS, and past max_new_tokens, mean nothing). A sampled row draws from its own key,
+    `fold_in(key(seed), salt)` with each prompt's `row_seeds` (default: the sampling's seed and the
+    prompt's index), so its sample does not depend on the prompts that share its batch."""
     if constraints is not None and len(constraints.automata) != len(prompts):
         raise ValueError(f"{len(constraints.automata)} automata for {len(prompts)} prompts")
     if any(len(p) == 0 for p in prompts):
@@ -187,25 +200,29 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     # copies them at every token, so there each layer gets arrays of its own (for this call).
     layers = unstack_layers(model) if jax.devices()[0].platform == "cpu" else None
     filters = filters_of(sampling, cfg.vocab_size)
-    key = jax.random.key(sampling.seed)
+    seeds = np.asarray(row_seeds if row_seeds is not None else [(sampling.seed, i) for i in range(len(prompts))],
+                       np.uint32).reshape(len(prompts), 2)
+    key_data = np.asarray(jax.random.key_data(jax.vmap(lambda seed, salt: jax.random.fold_in(
+        jax.random.key(seed), salt))(seeds[:, 0], seeds[:, 1])))
     # Similar lengths share a batch: less padding, fewer length buckets.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
-        key, batch_key = jax.random.split(key)
+        batch_keys = np.zeros((tokens.shape[0], *key_data.shape[1:]), key_data.dtype)  # padding rows: any key
+        batch_keys[:len(rows)] = key_data[rows]
         constraint = None
         if constraints is not None:
             stacked = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
             constraint = (*map(placement.rows, stacked), constraints.tokens.arrays())
         if on_tokens is not None:
             _sink["emit"] = lambda step, made, rows=rows: on_tokens(rows, step, made[:len(rows)])
-        # The key and scalars as numpy: the same value on every process, replicated on the mesh.
+        # The scalars as numpy: the same value on every process, replicated on the mesh.
         try:
             with placement.context():
                 out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
-                                np.asarray(jax.random.key_data(batch_key)), np.float32(sampling.temperature),
+                                placement.rows(batch_keys), np.float32(sampling.temperature),
                                 np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
                                 eos_ids=eos_ids, pad_id=pad_id, stream=on_tokens is not None)
             out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)

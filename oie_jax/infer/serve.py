@@ -52,6 +52,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     automaton: object = None  # an `oie` request's output constraint (infer/constrain.py), else None
     stream: object = None  # a streamed request's `(step, token)` callback (called in the generation thread)
+    salt: int = 0  # the choice's index in its request: its draw is fold_in(key(seed), salt), whatever its batch
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -115,7 +116,8 @@ class Batcher:
             batch, stopping = self._take()
             if stopping:
                 return
-            kind = lambda j: (repr(j.sampling), j.automaton is not None)  # noqa: E731
+            # Seeds do not split batches: each row draws from its own key (`generate`'s row_seeds).
+            kind = lambda j: (repr(dataclasses.replace(j.sampling, seed=0)), j.automaton is not None)  # noqa: E731
             for _, group in itertools.groupby(sorted(batch, key=kind), key=kind):
                 group = list(group)
                 self._generate(group[0].sampling, group)
@@ -145,7 +147,8 @@ class Batcher:
             constraints = self.constraints([job.automaton for job in jobs]) if constrained else None
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
                                    eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints,
-                                   on_tokens=on_tokens if streamed else None)
+                                   on_tokens=on_tokens if streamed else None,
+                                   row_seeds=[(job.sampling.seed, job.salt) for job in jobs])
         except Exception as exc:  # the server keeps serving; a failing row fails only its own request
             if len(jobs) == 1:
                 jobs[0].settle(error=exc)
@@ -367,15 +370,16 @@ class Server:
             return self.tokenizer.encode(messages[-1]["content"], add_special_tokens=True)
         return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
 
-    def _choices(self, prompts: list[list[int]], body: dict) -> list[list[int]]:
-        """n prompts per prompt, prompt by prompt (OpenAI's order of choices)."""
+    def _choices(self, prompts: list[list[int]], body: dict) -> tuple[list[list[int]], list[int]]:
+        """(n prompts per prompt, prompt by prompt: OpenAI's order of choices; each one's index among its n)."""
         n = body.get("n", 1)
         if type(n) is not int or not 1 <= n <= MAX_N:
             raise HTTPError(400, f"'n' must be an integer from 1 to {MAX_N}", param="n")
-        return [p for p in prompts for _ in range(n)]
+        return [p for p in prompts for _ in range(n)], [j for _ in prompts for j in range(n)]
 
     async def _run(self, prompts: list[list[int]], body: dict) -> list[tuple[str, str, int]]:
-        return await self.generate(self._choices(prompts, body), *self._settings(body, prompts))
+        rows, salts = self._choices(prompts, body)
+        return await self.generate(rows, *self._settings(body, prompts), salts=salts)
 
     async def stream(self, request, kind: str, prefix: str, prompts: list[list[int]], body: dict):
         """Server-sent events in OpenAI's chunk format: each choice's text as its tokens are made (held back
@@ -385,11 +389,11 @@ class Server:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         settings = self._settings(body, prompts)
         max_tokens, stop = settings[0], settings[2]
-        rows = self._choices(prompts, body)
+        rows, salts = self._choices(prompts, body)
         loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
         streams = [lambda step, token, i=i: loop.call_soon_threadsafe(arrived.put_nowait, (i, step, token))
                    for i in range(len(rows))]
-        task = asyncio.ensure_future(self.generate(rows, *settings, streams=streams))
+        task = asyncio.ensure_future(self.generate(rows, *settings, streams=streams, salts=salts))
         task.add_done_callback(lambda _: arrived.put_nowait(None))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -435,7 +439,8 @@ class Server:
         return response
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
-                       stop: tuple[str, ...] = (), automata=None, streams=None) -> list[tuple[str, str, int]]:
+                       stop: tuple[str, ...] = (), automata=None, streams=None,
+                       salts=None) -> list[tuple[str, str, int]]:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
         (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
         constraint (`oie` requests)."""
@@ -448,8 +453,8 @@ class Server:
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
         automata, streams = automata or [None] * len(prompts), streams or [None] * len(prompts)
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream)
-                for prompt, automaton, stream in zip(prompts, automata, streams)]
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream, salt)
+                for prompt, automaton, stream, salt in zip(prompts, automata, streams, salts or [0] * len(prompts))]
         if len(jobs) <= self.limits.max_queue:
             try:
                 self.batcher.submit(jobs)
