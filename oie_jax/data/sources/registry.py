@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from oie_jax.data.sources import LoadResult, conll, expand, load, mmm, records, stockmark
+from oie_jax.data.sources import LoadResult, conll, expand, load, mmm, mnre, records, stockmark
 from oie_jax.errors import UserError
 from oie_jax.files import location
 
@@ -13,6 +13,7 @@ SOURCES = {
     "stockmark": (stockmark.read, (".json",)),
     "conll": (conll.read, (".txt", ".conll", ".bio")),
     "gmner": (conll.read_gmner, (".txt",)),
+    "mnre": (mnre.read, (".txt",)),
 }
 
 
@@ -20,8 +21,9 @@ ALL_SUFFIXES = tuple(sorted({s for _, suffixes in SOURCES.values() for s in suff
 
 
 def detect(path: str) -> str:
-    """gmner for Twitter-GMNER text (IMGID lines) or its folder, conll for other text, stockmark for
-    JSON with `curid`, records for our unified JSON lines (`items`), mmm otherwise."""
+    """gmner for Twitter-GMNER text (IMGID lines) or its folder, mnre for text of dict lines (MNRE), conll
+    for other text, stockmark for JSON with `curid`, records for our unified JSON lines (`items`), mmm
+    otherwise."""
     p = Path(path)
     if p.is_dir():
         if (p / "txt").is_dir() and (p / "xml").is_dir():
@@ -30,7 +32,8 @@ def detect(path: str) -> str:
         return detect(str(first)) if first else "mmm"
     if p.suffix in (".txt", ".conll", ".bio"):
         with open(p, encoding="utf-8", errors="replace") as f:
-            return "gmner" if f.readline().startswith("IMGID:") else "conll"
+            first = f.readline()
+        return "gmner" if first.startswith("IMGID:") else "mnre" if first.lstrip().startswith("{") else "conll"
     with open(p, encoding="utf-8", errors="replace") as f:
         head = f.read(4096)
     if '"curid"' in head:
