@@ -265,6 +265,34 @@ def test_the_official_openai_client_gets_answers_choices_stops_and_errors(tiny_d
         assert refused.value.body["param"] == "tools"
 
 
+def test_a_client_that_goes_away_frees_its_queued_rows(tiny_dir):
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            long_one = asyncio.ensure_future(post(session, url + "/v1/completions", {
+                "prompt": word_prompts(30), "max_tokens": 240, "temperature": 0}))  # 30 batches of one row
+            while (await get(session, url + "/health"))[1]["queued"] == 0:
+                await asyncio.sleep(0.01)
+            impatient = [{"prompt": "t5 t6", "max_tokens": 8, "temperature": 0},
+                         {"prompt": "t5 t7", "max_tokens": 8, "temperature": 0, "stream": True},
+                         {"messages": [{"role": "user", "content": "t5"}], "max_tokens": 8, "stream": True}]
+            for body in impatient:  # queued behind the long request, then the client leaves
+                path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(post(session, url + path, body), 0.3)
+            finished = await long_one
+            for _ in range(500):  # the generation thread drops them when it takes them from the queue
+                health = (await get(session, url + "/health"))[1]
+                if health["dropped"] == 3:
+                    break
+                await asyncio.sleep(0.01)
+            return finished, health
+
+    with server(tiny_dir, "--batch-size", "1", "--max-queue", "40") as (url, _):
+        finished, health = asyncio.run(scenario(url))
+    assert finished[0] == 200 and len(finished[1]["choices"]) == 30
+    assert health["dropped"] == 3 and health["batches"] == 30, health  # nothing generated for them
+
+
 def test_a_full_queue_answers_429_and_sigterm_finishes_the_accepted_requests(tiny_dir):
     async def scenario(url, process):
         async with aiohttp.ClientSession() as session:

@@ -53,6 +53,7 @@ class Job:
     automaton: object = None  # an `oie` request's output constraint (infer/constrain.py), else None
     stream: object = None  # a streamed request's `(step, token)` callback (called in the generation thread)
     salt: int = 0  # the choice's index in its request: its draw is fold_in(key(seed), salt), whatever its batch
+    cancelled: bool = False  # its client went away: dropped if it has not started
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -74,7 +75,7 @@ class Batcher:
         self.eos_ids = gen.stop_ids(model.cfg, tokenizer)
         self.vocabulary = None  # (token bytes, TokenTrie) for constrained jobs, built at the first one
         self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
-        self.requests = self.batches = 0
+        self.requests = self.batches = self.dropped = 0  # dropped: jobs whose client left before they started
         self._thread = threading.Thread(target=self._run, name="oie-jax-generation", daemon=True)
 
     def start(self) -> None:
@@ -114,6 +115,9 @@ class Batcher:
     def _run(self) -> None:
         while True:
             batch, stopping = self._take()
+            live = [job for job in batch if not job.cancelled]
+            self.dropped += len(batch) - len(live)
+            batch = live
             if stopping:
                 return
             # Seeds do not split batches: each row draws from its own key (`generate`'s row_seeds).
@@ -228,7 +232,8 @@ class Server:
 
     async def health(self, request):
         return web.json_response({"status": "ok", "model": self.name, "requests": self.batcher.requests,
-                                  "batches": self.batcher.batches, "queued": self.batcher.jobs.qsize()})
+                                  "batches": self.batcher.batches, "queued": self.batcher.jobs.qsize(),
+                                  "dropped": self.batcher.dropped})
 
     async def models(self, request):
         entry = {"id": self.name, "object": "model", "created": self.created, "owned_by": "oie-jax"}
@@ -414,27 +419,30 @@ class Server:
                     "finish_reason": None, "logprobs": None}
 
         tokens, sent, ended = [[] for _ in rows], [""] * len(rows), [False] * len(rows)
-        while (item := await arrived.get()) is not None:
-            i, step, token = item
-            if ended[i] or step >= max_tokens:
-                continue
-            tokens[i].append(token)
-            ended[i] = token in self.batcher.eos_ids
-            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-            held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting at the end
-            ready = text[:len(text) - held] if held else text
-            if ready.endswith("\ufffd") or any(s in text for s in stop):
-                continue  # mid-character, or cut below by the final text
-            if len(ready) > len(sent[i]):
-                await send([delta(i, ready[len(sent[i]):], not sent[i])])
-                sent[i] = ready
-        results = task.result()
-        for i, (text, reason, _) in enumerate(results):  # the rest of each text (to its stop), and why it ended
-            final = delta(i, text[len(sent[i]):], not sent[i]) | {"finish_reason": reason}
-            await send([final])
-        if include_usage:
-            await send([], self._reply(kind, prefix, [], prompts, results)["usage"])
-        await response.write(b"data: [DONE]\n\n")
+        try:
+            while (item := await arrived.get()) is not None:
+                i, step, token = item
+                if ended[i] or step >= max_tokens:
+                    continue
+                tokens[i].append(token)
+                ended[i] = token in self.batcher.eos_ids
+                text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+                held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting at the end
+                ready = text[:len(text) - held] if held else text
+                if ready.endswith("\ufffd") or any(s in text for s in stop):
+                    continue  # mid-character, or cut below by the final text
+                if len(ready) > len(sent[i]):
+                    await send([delta(i, ready[len(sent[i]):], not sent[i])])
+                    sent[i] = ready
+            results = task.result()
+            for i, (text, reason, _) in enumerate(results):  # the rest of each text (to its stop), and why it ended
+                await send([delta(i, text[len(sent[i]):], not sent[i]) | {"finish_reason": reason}])
+            if include_usage:
+                await send([], self._reply(kind, prefix, [], prompts, results)["usage"])
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):  # the client went away: free its rows
+            task.cancel()
+            raise
         await response.write_eof()
         return response
 
@@ -455,23 +463,28 @@ class Server:
         automata, streams = automata or [None] * len(prompts), streams or [None] * len(prompts)
         jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream, salt)
                 for prompt, automaton, stream, salt in zip(prompts, automata, streams, salts or [0] * len(prompts))]
-        if len(jobs) <= self.limits.max_queue:
-            try:
-                self.batcher.submit(jobs)
-            except QueueFull:
-                raise HTTPError(429, f"the server is busy ({self.limits.max_queue} prompts queued); retry later",
-                                "rate_limit_exceeded") from None
-        else:  # more prompts than the queue holds: queued a queue's worth at a time, not refused
-            for start in range(0, len(jobs), self.limits.max_queue):
-                chunk = jobs[start:start + self.limits.max_queue]
-                while True:
-                    try:
-                        self.batcher.submit(chunk, new_request=start == 0)
-                        break
-                    except QueueFull:
-                        await asyncio.sleep(0.01)
-                await asyncio.gather(*(job.future for job in chunk))
-        outputs = await asyncio.gather(*(job.future for job in jobs))
+        try:
+            if len(jobs) <= self.limits.max_queue:
+                try:
+                    self.batcher.submit(jobs)
+                except QueueFull:
+                    raise HTTPError(429, f"the server is busy ({self.limits.max_queue} prompts queued); retry later",
+                                    "rate_limit_exceeded") from None
+            else:  # more prompts than the queue holds: queued a queue's worth at a time, not refused
+                for start in range(0, len(jobs), self.limits.max_queue):
+                    chunk = jobs[start:start + self.limits.max_queue]
+                    while True:
+                        try:
+                            self.batcher.submit(chunk, new_request=start == 0)
+                            break
+                        except QueueFull:
+                            await asyncio.sleep(0.01)
+                    await asyncio.gather(*(job.future for job in chunk))
+            outputs = await asyncio.gather(*(job.future for job in jobs))
+        except asyncio.CancelledError:  # the client went away (aiohttp cancels its handler): free its rows
+            for job in jobs:
+                job.cancelled = True
+            raise
         return [self._finish(tokens, max_tokens, stop) for tokens in outputs]
 
     def _finish(self, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, str, int]:
@@ -488,7 +501,9 @@ class Server:
 
 async def serve(server: Server, host: str, port: int, announce=print) -> None:
     """Serves until SIGTERM or SIGINT, then finishes the requests accepted and returns."""
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=60.0)
+    # handler_cancellation: a client that disconnects cancels its handler, which frees its queued rows.
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=60.0,
+                           handler_cancellation=True)
     await runner.setup()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
