@@ -107,6 +107,23 @@ def test_a_sampled_row_draws_the_same_whatever_shares_its_batch(pair):
     assert salted[0] == together[0] and salted[1] != salted[0]  # another salt, another draw
 
 
+def test_the_host_sees_each_step_as_it_is_made_and_can_end_a_row_there(pair):
+    _, model = pair
+    prompts = prompts_of([4, 10, 7])
+    whole = gen.generate(model, prompts, max_new_tokens=12, eos_ids=NO_EOS, batch_size=4)
+    seen = []
+
+    def on_tokens(indices, step, made):
+        seen.append((step, list(indices), made.tolist()))
+        return [index == 1 and step == 3 for index in indices]  # prompt 1 ends at its fourth token
+
+    ended = gen.generate(model, prompts, max_new_tokens=12, eos_ids=NO_EOS, batch_size=4, on_tokens=on_tokens)
+    assert ended[1] == whole[1][:4] and ended[0] == whole[0] and ended[2] == whole[2]
+    assert [step for step, _, _ in seen] == list(range(12))  # in order, while the loop ran
+    order = seen[0][1]
+    assert [made[order.index(0)] for _, _, made in seen] == whole[0]
+
+
 def test_sample_frequencies_follow_filtered_softmax():
     logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05], jnp.float32))
     rows = jnp.tile(logits, (20000, 1))

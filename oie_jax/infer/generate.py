@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import io_callback
 
 from oie_jax import sharding
 from oie_jax.errors import UserError
@@ -26,13 +27,15 @@ from oie_jax.models.llama import Llama, init_cache, unstack_layers
 
 MIN_LENGTH_BUCKET = 16
 _traces = {"count": 0}
-_sink = {"emit": None}  # where a streaming generation's tokens go, step by step (set around each call)
+_sink = {"observe": None}  # who sees an observed generation's tokens, step by step (set around each call)
 
 
-def _emit(step, tokens) -> None:
-    """Host side of the streaming callback: each step's tokens as they are made."""
-    if _sink["emit"] is not None:
-        _sink["emit"](int(step), np.asarray(tokens))
+def _observe(step, tokens) -> np.ndarray:
+    """Host side of the per-step callback: each step's tokens as they are made; returns the rows to stop."""
+    stops = np.zeros(tokens.shape, bool)
+    if _sink["observe"] is not None:
+        stops = _sink["observe"](int(step), np.asarray(tokens))
+    return stops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +116,9 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
     return categorical(key, scaled).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "stream"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "observe"))
 def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, *,
-              max_new_tokens, filters, eos_ids, pad_id, stream=False):
+              max_new_tokens, filters, eos_ids, pad_id, observe=False):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model: Llama = nnx.merge(graphdef, state)
     keys = jax.random.wrap_key_data(key_data)  # each row its own: a row's sample does not depend on the others
@@ -142,9 +145,16 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     keys, first_keys = pair[:, 0], pair[:, 1]
     empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
+    def observed(step, token, done):
+        """With `observe`, each step's tokens go to the host as they are made (streaming, stop strings), and
+        the rows it answers True for end here (on a CPU the calls arrive in order, while the loop runs)."""
+        if not observe:
+            return done
+        stops = io_callback(_observe, jax.ShapeDtypeStruct((batch,), jnp.bool_), step, token)
+        return done | stops
+
     token, done, at = pick(logits[:, -1], first_keys, empty_row, at, 0)
-    if stream:  # each step's tokens to the host as they are made (a rows' stream ends at its EOS)
-        jax.debug.callback(_emit, 0, token)
+    done = observed(0, token, done)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
@@ -157,8 +167,7 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
         keys, step_keys = pair[:, 0], pair[:, 1]
         logits, cache = model(token[:, None], position[:, None], jnp.ones((batch, 1), jnp.int32), cache, layers)
         token, done, at = pick(logits[:, 0], step_keys, done, at, step)
-        if stream:
-            jax.debug.callback(_emit, step, token)
+        done = observed(step, token, done)
         return step + 1, cache, token, position + 1, done, out.at[:, step].set(token), keys, at
 
     carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, done, out, keys, at)
@@ -174,7 +183,8 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     sharded model (default: the rules of the current `sharding.activation_rules` context).
     `constraints` restricts each prompt's output to its automaton (format-constrained decoding).
     `on_tokens(prompt_indices, step, tokens)` receives each step's tokens while they are made (a row's
-    tokens after its EOS, and past max_new_tokens, mean nothing). A sampled row draws from its own key,
+    tokens after its EOS, and past max_new_tokens, mean nothing) and may return, per row, whether it ends
+    there (a stop string it completed). A sampled row draws from its own key,
     `fold_in(key(seed), salt)` with each prompt's `row_seeds` (default: the sampling's seed and the
     prompt's index), so its sample does not depend on the prompts that share its batch."""
     if constraints is not None and len(constraints.automata) != len(prompts):
@@ -207,6 +217,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     # Similar lengths share a batch: less padding, fewer length buckets.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
+    stopped_at: dict[int, int] = {}  # prompt index -> the step at which on_tokens ended it
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
@@ -217,19 +228,28 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
             stacked = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
             constraint = (*map(placement.rows, stacked), constraints.tokens.arrays())
         if on_tokens is not None:
-            _sink["emit"] = lambda step, made, rows=rows: on_tokens(rows, step, made[:len(rows)])
+            def observe(step, made, rows=rows):
+                stops = np.zeros(made.shape, bool)
+                answer = on_tokens(rows, step, made[:len(rows)])
+                if answer is not None:
+                    stops[:len(rows)] = answer
+                    for row in np.flatnonzero(stops):
+                        stopped_at.setdefault(rows[row], step)  # its output ends with this step's token
+                return stops
+
+            _sink["observe"] = observe
         # The scalars as numpy: the same value on every process, replicated on the mesh.
         try:
             with placement.context():
                 out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
                                 placement.rows(batch_keys), np.float32(sampling.temperature),
                                 np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
-                                eos_ids=eos_ids, pad_id=pad_id, stream=on_tokens is not None)
+                                eos_ids=eos_ids, pad_id=pad_id, observe=on_tokens is not None)
             out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)
         finally:
-            _sink["emit"] = None
+            _sink["observe"] = None
         for row, i in enumerate(rows):
-            results[i] = cut_at_eos(out[row].tolist(), eos_ids)
+            results[i] = cut_at_eos(out[row].tolist()[:stopped_at.get(i, max_new_tokens - 1) + 1], eos_ids)
             if constraints is not None:
                 results[i] = constrain.complete_prefix(constraints.automata[i], results[i], constraints.pieces,
                                                        eos_ids)

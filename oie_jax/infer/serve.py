@@ -54,6 +54,7 @@ class Job:
     stream: object = None  # a streamed request's `(step, token)` callback (called in the generation thread)
     salt: int = 0  # the choice's index in its request: its draw is fold_in(key(seed), salt), whatever its batch
     cancelled: bool = False  # its client went away: dropped if it has not started
+    stop: tuple[str, ...] = ()  # stop strings: the row ends at the step that completes one
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -141,12 +142,24 @@ class Batcher:
         # An `oie` job makes exactly its max_tokens (the budget is part of its constraint); others a bucket.
         new_tokens = (max(job.max_tokens for job in jobs) if constrained else
                       gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET))
-        def on_tokens(indices, step, made):  # each streamed job's token as it is made
-            for i, token in zip(indices, made):
-                if jobs[i].stream is not None:
-                    jobs[i].stream(step, int(token))
+        made_so_far = [[] for _ in jobs]
 
-        streamed = any(job.stream is not None for job in jobs)
+        def on_tokens(indices, step, made):
+            """Each streamed job's token as it is made; True for the rows whose text now holds a stop string."""
+            stops = []
+            for i, token in zip(indices, made):
+                job = jobs[i]
+                if job.stream is not None:
+                    job.stream(step, int(token))
+                ended = False
+                if job.stop and step < job.max_tokens:
+                    made_so_far[i].append(int(token))
+                    text = self.tokenizer.decode(made_so_far[i], skip_special_tokens=True)
+                    ended = any(stop in text for stop in job.stop)
+                stops.append(ended)
+            return stops
+
+        streamed = any(job.stream is not None or job.stop for job in jobs)
         try:
             constraints = self.constraints([job.automaton for job in jobs]) if constrained else None
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
@@ -461,7 +474,7 @@ class Server:
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
         automata, streams = automata or [None] * len(prompts), streams or [None] * len(prompts)
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream, salt)
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream, salt, stop=stop)
                 for prompt, automaton, stream, salt in zip(prompts, automata, streams, salts or [0] * len(prompts))]
         try:
             if len(jobs) <= self.limits.max_queue:
