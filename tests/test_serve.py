@@ -338,9 +338,22 @@ def test_smollm2_served_answers_equal_oie_jax_generate(smollm2_dir, capsys):
                 post(session, url + "/v1/chat/completions", {"messages": messages, "max_tokens": 16,
                                                              "temperature": 0}))
 
+    import openai
+
     with server(smollm2_dir) as (url, _):
         (status, completion), (chat_status, chat) = asyncio.run(scenario(url))
+        # The official client, streaming: multi-byte characters and all, the chunks join to the answer.
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        chunks = client.chat.completions.create(model=smollm2_dir.name, messages=messages, max_tokens=16,
+                                                temperature=0, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        japanese = [{"role": "user", "content": "日本の首都はどこですか?"}]
+        whole = client.chat.completions.create(model=smollm2_dir.name, messages=japanese, max_tokens=24,
+                                               temperature=0).choices[0].message.content
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=smollm2_dir.name, messages=japanese, max_tokens=24, temperature=0, stream=True) if c.choices]
     assert status == chat_status == 200
     assert completion["choices"][0]["text"] == completion_expected
-    assert chat["choices"][0]["message"]["content"] == chat_expected
+    assert chat["choices"][0]["message"]["content"] == chat_expected == streamed
     assert "Paris" in chat_expected
+    assert "".join(pieces) == whole and "\ufffd" not in "".join(pieces) and len(pieces) > 2
