@@ -4,9 +4,9 @@ F1 (entity type and span exact: micro WL F1 here, since the tweets have no text 
 
 A full run is 3 epochs of 6,700 tweets (399 steps, about 70 minutes on a 2-core CPU); it resumes where it stopped:
     oie-jax train --config configs/smollm2_gmner_text.py --workdir runs/smollm2_gmner_text
-A short run that shows it learning (configs/README.md gives the numbers):
+A short run, the first steps of the full one (same schedule; configs/README.md gives the numbers):
     oie-jax train --config configs/smollm2_gmner_text.py --workdir runs/gmner_short \\
-        --config.train.steps=24 --config.eval.f1_every=24 --config.eval.f1_examples=64
+        --config.train.steps_limit=24 --config.eval.f1_every=24 --config.eval.f1_examples=64
 """
 
 from oie_jax.train.defaults import base_config

@@ -4,9 +4,9 @@ WL F1 (type and entity exact; the sentences have no text label).
 
 A full run is 2 epochs of 4,509 sentences (715 steps, about 3 hours on a 2-core CPU); it resumes where it stopped:
     oie-jax train --config configs/smollm2_stockmark.py --workdir runs/smollm2_stockmark
-A short run that shows it learning (configs/README.md gives the numbers):
+A short run, the first steps of the full one (same schedule; configs/README.md gives the numbers):
     oie-jax train --config configs/smollm2_stockmark.py --workdir runs/stockmark_short \\
-        --config.train.steps=16 --config.eval.f1_every=16 --config.eval.f1_examples=48
+        --config.train.steps_limit=16 --config.eval.f1_every=16 --config.eval.f1_examples=48
 """
 
 from oie_jax.train.defaults import base_config
