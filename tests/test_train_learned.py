@@ -184,6 +184,7 @@ def test_best_and_model_hold_the_step_where_dev_f1_peaked_before_the_end(learned
 
 
 def test_export_any_step_of_a_run(learned, tmp_path, capsys):
+    from oie_jax import cli
     from oie_jax.models.checkpoint import load_config, load_params
 
     run_dir, outcome, _ = learned
