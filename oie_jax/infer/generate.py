@@ -267,10 +267,13 @@ class Constraints:
 
     @classmethod
     def of(cls, automata: list, tokenizer, vocab_size: int, pieces: list[bytes] | None = None) -> "Constraints":
-        """With each automaton's `finish` in this vocabulary's tokens: outputs close within the budget."""
         pieces = tokenizer.token_bytes() if pieces is None else pieces
-        tokens = constrain.TokenTrie.of(pieces, vocab_size)
-        return cls([constrain.finishing(auto, tokens) for auto in automata], pieces, tokens)
+        return cls([], pieces, constrain.TokenTrie.of(pieces, vocab_size)).with_automata(automata)
+
+    def with_automata(self, automata: list) -> "Constraints":
+        """These automata over this vocabulary, each with its `finish` in its tokens: outputs close within
+        the budget."""
+        return dataclasses.replace(self, automata=[constrain.finishing(auto, self.tokens) for auto in automata])
 
 
 @dataclasses.dataclass(frozen=True)

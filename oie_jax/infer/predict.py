@@ -53,15 +53,20 @@ def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[
     return tokenizer.encode_batch([render_input(r.text, r.task) for r in records], add_special_tokens=True)
 
 
+def record_automata(records: Sequence[Record], tokenizer: Tokenizer, labels: dict[str, LabelSet],
+                    pieces: list[bytes]) -> list[constrain.Automaton]:
+    """Each record's output automaton (its task, its labels, the entities of its text), allowing the space
+    a SentencePiece tokenizer puts before the first word and drops when decoding (`pieces`: the
+    vocabulary's token bytes)."""
+    leading_space = tokenizer.strips_leading_space(pieces)
+    return [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language), leading_space)
+            for r in records]
+
+
 def record_constraints(records: Sequence[Record], tokenizer: Tokenizer, labels: dict[str, LabelSet],
                        vocab_size: int) -> gen.Constraints:
-    """Each record's output automaton (its task, its labels, the entities of its text), allowing the space
-    a SentencePiece tokenizer puts before the first word and drops when decoding."""
     pieces = tokenizer.token_bytes()  # the whole vocabulary's: read once
-    leading_space = tokenizer.strips_leading_space(pieces)
-    automata = [constrain.automaton(r.text, r.task, label_set_for(labels, r.task, r.language), leading_space)
-                for r in records]
-    return gen.Constraints.of(automata, tokenizer, vocab_size, pieces)
+    return gen.Constraints.of(record_automata(records, tokenizer, labels, pieces), tokenizer, vocab_size, pieces)
 
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,

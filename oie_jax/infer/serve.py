@@ -9,6 +9,7 @@ SIGTERM stops taking requests, finishes the ones accepted and exits.
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import json
 import queue
@@ -50,7 +51,7 @@ class Job:
     sampling: gen.Sampling
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    automaton: object = None  # an `oie` request's output constraint (infer/constrain.py), else None
+    constraints: gen.Constraints | None = None  # an `oie` request's: its output automaton, over the vocabulary
     stream: object = None  # a streamed request's `(step, token)` callback (called in the generation thread)
     salt: int = 0  # the choice's index in its request: its draw is fold_in(key(seed), salt), whatever its batch
     cancelled: bool = False  # its client went away: dropped if it has not started
@@ -74,7 +75,6 @@ class Batcher:
     def __init__(self, model, tokenizer, limits: Limits):
         self.model, self.limits, self.tokenizer = model, limits, tokenizer
         self.eos_ids = gen.stop_ids(model.cfg, tokenizer)
-        self.vocabulary = None  # (token bytes, TokenTrie) for constrained jobs, built at the first one
         self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
         self.requests = self.batches = self.dropped = 0  # dropped: jobs whose client left before they started
         self._thread = threading.Thread(target=self._run, name="oie-jax-generation", daemon=True)
@@ -122,23 +122,13 @@ class Batcher:
             if stopping:
                 return
             # Seeds do not split batches: each row draws from its own key (`generate`'s row_seeds).
-            kind = lambda j: (repr(dataclasses.replace(j.sampling, seed=0)), j.automaton is not None)  # noqa: E731
+            kind = lambda j: (repr(dataclasses.replace(j.sampling, seed=0)), j.constraints is not None)  # noqa: E731
             for _, group in itertools.groupby(sorted(batch, key=kind), key=kind):
                 group = list(group)
                 self._generate(group[0].sampling, group)
 
-    def constraints(self, automata: list) -> gen.Constraints:
-        """The constraints of a group of `oie` jobs; the vocabulary's bytes and trie are read once."""
-        from oie_jax.infer import constrain
-
-        if self.vocabulary is None:
-            pieces = self.tokenizer.token_bytes()
-            self.vocabulary = pieces, constrain.TokenTrie.of(pieces, self.model.cfg.vocab_size)
-        pieces, trie = self.vocabulary
-        return gen.Constraints([constrain.finishing(a, trie) for a in automata], pieces, trie)
-
     def _generate(self, sampling: gen.Sampling, jobs: list[Job]) -> None:
-        constrained = jobs[0].automaton is not None
+        constrained = jobs[0].constraints is not None
         # An `oie` job makes exactly its max_tokens (the budget is part of its constraint); others a bucket.
         new_tokens = (max(job.max_tokens for job in jobs) if constrained else
                       gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET))
@@ -161,7 +151,8 @@ class Batcher:
 
         streamed = any(job.stream is not None or job.stop for job in jobs)
         try:
-            constraints = self.constraints([job.automaton for job in jobs]) if constrained else None
+            constraints = dataclasses.replace(jobs[0].constraints, automata=[
+                auto for job in jobs for auto in job.constraints.automata]) if constrained else None
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
                                    eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints,
                                    on_tokens=on_tokens if streamed else None,
@@ -212,10 +203,9 @@ async def openai_errors(request, handler):
 
 class Server:
     def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None,
-                 weights: str | None = None, label_sets: dict | None = None, budget: int = 128):
+                 model_dir=None, label_sets: dict | None = None, budget: int = 128):
         self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
-        self.chat_template = chat_template
-        self.weights = weights  # a fingerprint of the weights (`weights_fingerprint`), when known
+        self.chat_template, self.model_dir = chat_template, model_dir
         self.label_sets, self.budget = label_sets or {}, budget  # what `oie` requests decode with by default
         self.batcher = Batcher(model, tokenizer, limits)
         self.created = int(time.time())
@@ -228,12 +218,23 @@ class Server:
         from oie_jax.data.tokenizer import load_tokenizer
         from oie_jax.infer.budget import model_budget
         from oie_jax.models.checkpoint import load_model
-        from oie_jax.models.directory import weights_fingerprint
 
         model = load_model(model_dir, **({"dtype": dtype} if dtype else {}))
         return cls(model, load_tokenizer(model_dir), name or epath.Path(model_dir).name, limits,
-                   load_chat_template(model_dir), weights_fingerprint(model_dir), model_label_sets(model_dir, None),
+                   load_chat_template(model_dir), model_dir, model_label_sets(model_dir, None),
                    model_budget(model_dir))
+
+    @functools.cached_property
+    def weights(self) -> str | None:
+        """A fingerprint of the weights (`weights_fingerprint`: reads every byte), when served from a directory."""
+        from oie_jax.models.directory import weights_fingerprint
+
+        return None if self.model_dir is None else weights_fingerprint(self.model_dir)
+
+    @functools.cached_property
+    def vocabulary(self) -> gen.Constraints:
+        """The vocabulary's token bytes and trie for `oie` requests (no automaton), built at the first one."""
+        return gen.Constraints.of([], self.tokenizer, self.model.cfg.vocab_size)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
@@ -250,8 +251,9 @@ class Server:
 
     async def models(self, request):
         entry = {"id": self.name, "object": "model", "created": self.created, "owned_by": "oie-jax"}
-        if self.weights:  # `root` names what is served (vLLM puts the model's path there)
-            entry["root"] = self.weights
+        weights = await asyncio.get_running_loop().run_in_executor(None, lambda: self.weights)  # read once
+        if weights:  # `root` names what is served (vLLM puts the model's path there)
+            entry["root"] = weights
         return web.json_response({"object": "list", "data": [entry]})
 
     async def completions(self, request):
@@ -295,10 +297,9 @@ class Server:
         max_tokens); each choice carries the extraction (label, items, spans) beside the text."""
         from oie_jax.data import format as fmt
         from oie_jax.data.format import Record
-        from oie_jax.data.labels import LabelSet, label_set_for, parse_label_sets
-        from oie_jax.infer import constrain
+        from oie_jax.data.labels import parse_label_sets
         from oie_jax.infer.extract import read_output
-        from oie_jax.infer.predict import prompt_tokens
+        from oie_jax.infer.predict import prompt_tokens, record_automata
 
         spec = body["oie"]
         if not isinstance(spec, dict) or spec.get("task") not in fmt.TASKS:
@@ -317,12 +318,12 @@ class Server:
         if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
             raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}",
                             param="max_tokens")
-        automata = [None] * len(records)
+        constraints = None
         if constrained:
-            leading_space = self.tokenizer.strips_leading_space()
-            automata = [constrain.automaton(r.text, task, label_set_for(sets, task) if sets else LabelSet(),
-                                            leading_space) for r in records]
-        results = await self.generate(prompts, max_tokens, gen.Sampling(), automata=automata)
+            vocabulary = self.vocabulary
+            constraints = [vocabulary.with_automata([auto]) for auto in
+                           record_automata(records, self.tokenizer, sets, vocabulary.pieces)]
+        results = await self.generate(prompts, max_tokens, gen.Sampling(), constraints=constraints)
         choices = []
         for i, ((text, reason, _), source) in enumerate(zip(results, texts)):
             answer = {"text": text} if kind == "text_completion" else {"message": {"role": "assistant",
@@ -415,9 +416,8 @@ class Server:
         task.add_done_callback(lambda _: arrived.put_nowait(None))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        name, created, chunk_kind = f"{prefix}-{uuid.uuid4().hex}", int(time.time()), kind + ".chunk"
-        if kind == "text_completion":
-            chunk_kind = kind
+        name, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+        chunk_kind = kind if kind == "text_completion" else kind + ".chunk"
 
         async def send(choices, usage=None):
             chunk = {"id": name, "object": chunk_kind, "created": created, "model": self.name, "choices": choices}
@@ -432,6 +432,7 @@ class Server:
                     "finish_reason": None, "logprobs": None}
 
         tokens, sent, ended = [[] for _ in rows], [""] * len(rows), [False] * len(rows)
+        held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting at the text's end
         try:
             while (item := await arrived.get()) is not None:
                 i, step, token = item
@@ -440,7 +441,6 @@ class Server:
                 tokens[i].append(token)
                 ended[i] = token in self.batcher.eos_ids
                 text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting at the end
                 ready = text[:len(text) - held] if held else text
                 if ready.endswith("\ufffd") or any(s in text for s in stop):
                     continue  # mid-character, or cut below by the final text
@@ -460,11 +460,11 @@ class Server:
         return response
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
-                       stop: tuple[str, ...] = (), automata=None, streams=None,
+                       stop: tuple[str, ...] = (), constraints=None, streams=None,
                        salts=None) -> list[tuple[str, str, int]]:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
         (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
-        constraint (`oie` requests)."""
+        constraints (`oie` requests: one-row `gen.Constraints`)."""
         context = self.model.cfg.max_position_embeddings
         for prompt in prompts:
             if not prompt:
@@ -473,9 +473,9 @@ class Server:
                 raise HTTPError(400, f"{len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
-        automata, streams = automata or [None] * len(prompts), streams or [None] * len(prompts)
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, automaton, stream, salt, stop=stop)
-                for prompt, automaton, stream, salt in zip(prompts, automata, streams, salts or [0] * len(prompts))]
+        constraints, streams = constraints or [None] * len(prompts), streams or [None] * len(prompts)
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, constraint, stream, salt, stop=stop)
+                for prompt, constraint, stream, salt in zip(prompts, constraints, streams, salts or [0] * len(prompts))]
         try:
             if len(jobs) <= self.limits.max_queue:
                 try:
@@ -505,10 +505,8 @@ class Server:
         ended = bool(tokens) and tokens[-1] in self.batcher.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-        if cuts:  # usage counts the tokens up to the one that completed the stop string, not those after it
-            made = next(k for k in range(1, len(tokens) + 1)
-                        if any(s in self.tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stop))
-            return text[:min(cuts)], "stop", made
+        if cuts:  # (the row ended at the token that completed the stop string: usage counts to there)
+            return text[:min(cuts)], "stop", len(tokens)
         return text, "stop" if ended else "length", len(tokens)
 
 

@@ -63,7 +63,7 @@ class OpenAIBackend:
                  concurrency: int = 8, timeout_s: float = 120.0, retries: int = 5, backoff_s: float = 1.0):
         self.name, self.model, self.max_tokens = f"openai:{endpoint.rstrip('/')}", model, max_tokens
         self.served = model  # the model as the answer cache keys it (`served_model`, once the session opens)
-        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.url, self.models_url = endpoint.rstrip("/") + "/chat/completions", endpoint.rstrip("/") + "/models"
         self.concurrency, self.timeout_s, self.retries, self.backoff_s = concurrency, timeout_s, retries, backoff_s
         key = os.environ.get(api_key_env)  # never a flag or a file: keys stay out of shell history and repos
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -80,8 +80,7 @@ class OpenAIBackend:
         """The model as the cache keys it: its name, and what the endpoint's /models says it serves under
         that name (`root`: oie-jax serve's weights fingerprint, vLLM's model path), when it says so."""
         try:
-            async with self._session.get(self.url.rsplit("/chat/completions", 1)[0] + "/models",
-                                         headers=self._headers) as response:
+            async with self._session.get(self.models_url, headers=self._headers) as response:
                 entries = (await response.json(content_type=None)).get("data", []) if response.status == 200 else []
         except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             entries = []
