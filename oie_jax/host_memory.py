@@ -1,5 +1,5 @@
-"""Transparent huge pages for glibc malloc, so that XLA's CPU runtime does not fault in gigabytes of 4 KB
-pages at every step.
+"""The host process's memory: how much it holds (`resident_bytes`), and transparent huge pages for glibc
+malloc, so that XLA's CPU runtime does not fault in gigabytes of 4 KB pages at every step.
 
 XLA's CPU executables allocate their temporaries (gigabytes for a train step) at each call and free them
 after; glibc serves allocations that large with a fresh mmap and unmaps them on free, so every step pays
@@ -19,6 +19,16 @@ from pathlib import Path
 TUNABLE = "glibc.malloc.hugetlb"
 OPT_OUT = "OIE_JAX_DEFAULT_MALLOC"  # set to 1 to keep glibc's defaults
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def resident_bytes() -> dict[str, int] | None:
+    """This process's resident memory now and at its largest ("now", "peak"), in bytes; None where
+    /proc/self/status does not say (not Linux)."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii"))
+        return {"now": int(fields["VmRSS"].split()[0]) * 1024, "peak": int(fields["VmHWM"].split()[0]) * 1024}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def glibc_version() -> tuple[int, ...]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from oie_jax import host_memory
@@ -70,3 +71,11 @@ def test_a_process_restarts_itself_once_with_the_tunable_and_the_same_command_li
                          timeout=60,
                          check=True).stdout.splitlines()
     assert out == ["started", "started", "glibc.malloc.hugetlb=1 ['a', 'b']"]
+
+
+def test_resident_bytes_counts_what_the_process_holds():
+    before = host_memory.resident_bytes()
+    held = np.ones(50_000_000)  # 400 MB, written
+    during = host_memory.resident_bytes()
+    assert during["now"] - before["now"] > 0.9 * held.nbytes
+    assert during["peak"] >= during["now"]

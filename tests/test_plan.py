@@ -1,6 +1,7 @@
 """`oie-jax train --dry-run`: every config plans on its target mesh and names its attention kernel,
 and the memory plan agrees with what XLA allocates for the real step."""
 
+import re
 from pathlib import Path
 
 import jax
@@ -9,9 +10,10 @@ import pytest
 from flax import nnx
 
 from oie_jax.errors import UserError
+from oie_jax.host_memory import resident_bytes
 from oie_jax.models import encoders
 from oie_jax.train.config_file import load_config_file
-from oie_jax.train.plan import memory, plan, vision_activation_bytes, xla_memory
+from oie_jax.train.plan import host_bytes, memory, plan, vision_activation_bytes, xla_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -79,8 +81,13 @@ def test_a_dry_run_for_this_hosts_devices_prints_xlas_figure_beside_the_estimate
     config.mesh.devices = jax.device_count()
     report = plan(config)
     assert f"XLA, compiled for the {jax.device_count()} local devices: arguments" in report
+    host = host_bytes(config, memory(config))  # the CPU devices share this process's memory
+    assert host > jax.device_count() * memory(config)["total"] + resident_bytes()["now"] // 2
+    printed = float(re.search(r"host memory, resident at the peak: ([\d.]+) GiB", report)[1]) * 2**30
+    assert printed > jax.device_count() * memory(config)["total"] and f"+ {jax.device_count()} CPU device(s))" in report
     config.mesh.devices = jax.device_count() // 2  # another host's devices: shapes only
-    assert "XLA, compiled" not in plan(config)
+    assert "XLA, compiled" not in plan(config) and "host memory" not in plan(config)
+    assert host_bytes(config, memory(config)) is None
 
 
 @pytest.mark.parametrize("encoder, trainable", [("siglip-vit-b16", False), ("clip-vit-l14", True),

@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 from oie_jax import sharding
 from oie_jax.data.pipeline import BATCH_FIELDS
 from oie_jax.errors import UserError
+from oie_jax.host_memory import resident_bytes
 from oie_jax.models import attention, encoders
 from oie_jax.models.checkpoint import abstract_params
 from oie_jax.models.config import LlamaConfig
@@ -138,6 +139,22 @@ def kernel(config: ConfigDict, cfg: LlamaConfig) -> tuple[str, str]:
     return chosen, traced
 
 
+def host_bytes(config: ConfigDict, parts: dict[str, int]) -> int | None:
+    """Resident host memory a run planned for this host's CPU devices is expected to peak at: this
+    process's own (Python, XLA, the input pipeline's TensorFlow: imported by now) plus the plan's total
+    for every local device, since CPU devices share the host's memory; None for any other plan."""
+    resident = resident_bytes()
+    devices = config.mesh.devices or jax.device_count()
+    if resident is None or not on_this_host(config, devices) or jax.devices()[0].platform != "cpu":
+        return None
+    return resident["now"] + devices * parts["total"]
+
+
+def on_this_host(config: ConfigDict, devices: int) -> bool:
+    return devices == jax.device_count() and (not config.mesh.platform
+                                              or config.mesh.platform == jax.devices()[0].platform)
+
+
 def memory(config: ConfigDict) -> dict[str, int]:
     """Bytes per device of the run `config` describes, by part, with their "total"."""
     return _plan(config, compile_here=False)[1]
@@ -240,8 +257,11 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
         *(f"  {name:<18} {size / GIB:8.2f} GiB" for name, size in vision_parts.items()),
         f"  {'total':<18} {parts['total'] / GIB:8.2f} GiB",
     ]
-    if compile_here and devices == jax.device_count() and traced == chosen and (
-            not config.mesh.platform or config.mesh.platform == jax.devices()[0].platform):
+    host = host_bytes(config, parts)
+    if host is not None:
+        lines.append(f"  host memory, resident at the peak: {host / GIB:.2f} GiB (this process's Python, XLA and "
+                     f"TensorFlow {(host - devices * parts['total']) / GIB:.2f} GiB + {devices} CPU device(s))")
+    if compile_here and traced == chosen and on_this_host(config, devices):
         analysis = xla_memory(config)
         lines.append(f"  XLA, compiled for the {devices} local devices: arguments {analysis['arguments'] / GIB:.2f} "
                      f"GiB + temporaries {analysis['temporaries'] / GIB:.2f} GiB = {analysis['total'] / GIB:.2f} GiB"
