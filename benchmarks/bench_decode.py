@@ -141,7 +141,7 @@ def main():
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
 
-    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
+    restart_with_huge_pages(__file__)  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
     global NEW_TOKENS, BATCHES
 

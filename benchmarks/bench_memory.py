@@ -52,11 +52,9 @@ def step_config(config_path: Path, overrides: list[str]):
     return config
 
 
-def measure_step(config_path: Path, overrides: list[str]) -> None:
-    """(In a fresh process) two real train steps of the config; prints the figures as one JSON line."""
-    from oie_jax.host_memory import resident_bytes, restart_with_huge_pages
-
-    restart_with_huge_pages()  # as the oie-jax command does
+def compiled_train_step(config):
+    """(run one step: a function, XLA's memory analysis) of the config's real train step on random weights
+    and tokens, compiled and placed on this host's devices."""
     import jax
     import numpy as np
 
@@ -65,9 +63,6 @@ def measure_step(config_path: Path, overrides: list[str]) -> None:
     from oie_jax.train.build import make_optimizer, model_config, with_lora
     from oie_jax.train.step import create_state
 
-    config = step_config(config_path, overrides)
-    parts = plan.memory(config)
-    host = plan.host_bytes(config, parts)
     cfg, _ = model_config(config.model)
     cfg = with_lora(cfg, config.train).replace(attention=plan.kernel(config, cfg)[1])
     mesh = sharding.mesh_from_config(config.mesh.shape, config.mesh.dcn_shape)
@@ -77,14 +72,30 @@ def measure_step(config_path: Path, overrides: list[str]) -> None:
               "positions": np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)}
     with jax.set_mesh(mesh), sharding.activation_rules(rules):
         compiled = jax.jit(step, donate_argnums=0).lower(abstract, batch, frozen).compile()
-        analysis = compiled.memory_analysis()
         state = create_state(cfg, make_optimizer(config.train, total_steps=1000)[0], shardings)
         arrays = {name: jax.device_put(value, batch[name].sharding) for name, value in arrays.items()}
-        jax.block_until_ready(state)
-        before = resident_bytes()["now"]
-        for _ in range(2):
-            state, metrics = compiled(state, arrays, {})
-            jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
+    holder = {"state": state}
+
+    def run_once() -> None:
+        holder["state"], metrics = compiled(holder["state"], arrays, {})
+        jax.block_until_ready(metrics)
+
+    return run_once, compiled.memory_analysis()
+
+
+def measure_step(config_path: Path, overrides: list[str]) -> None:
+    """(In a fresh process) two real train steps of the config; prints the figures as one JSON line."""
+    from oie_jax.host_memory import resident_bytes
+    from oie_jax.train import plan
+
+    config = step_config(config_path, overrides)
+    parts = plan.memory(config)
+    host = plan.host_bytes(config, parts)
+    run_once, analysis = compiled_train_step(config)
+    before = resident_bytes()["now"]
+    for _ in range(2):
+        run_once()
     print(json.dumps({"plan": parts["total"], "plan_host": host, "xla_arguments": analysis.argument_size_in_bytes,
                       "xla_temporaries": analysis.temp_size_in_bytes, "before_steps": before,
                       "peak": resident_bytes()["peak"]}))

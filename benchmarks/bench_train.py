@@ -79,9 +79,6 @@ def main():
     parser.add_argument("--remat", default="none", help="our model.remat")
     add_smoke_argument(parser)
     args = parser.parse_args()
-    from oie_jax.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
 
     from oie_jax.models.config import preset

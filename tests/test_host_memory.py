@@ -64,13 +64,23 @@ def test_huge_pages_cut_the_page_faults_of_large_temporaries():
 
 @pytest.mark.skipif(host_memory.huge_page_environment({}) is None,
                     reason="needs glibc >= 2.35 on Linux with transparent huge pages in madvise mode")
-def test_a_process_restarts_itself_once_with_the_tunable_and_the_same_command_line():
+def test_only_a_process_started_as_the_command_restarts_itself_once_with_the_same_command_line(tmp_path):
     code = ("import os, sys; print('started', flush=True); from oie_jax.host_memory import restart_with_huge_pages; "
-            "restart_with_huge_pages(); print(os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
-    out = subprocess.run([sys.executable, "-c", code, "a", "b"], capture_output=True, text=True, env=without_tunables(),
-                         timeout=60,
-                         check=True).stdout.splitlines()
-    assert out == ["started", "started", "glibc.malloc.hugetlb=1 ['a', 'b']"]
+            "restart_with_huge_pages({script}); print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+    script = tmp_path / "bench_x.py"
+    script.write_text(code.format(script="__file__"))
+
+    def run(*command):
+        return subprocess.run([sys.executable, *command, "a", "b"], capture_output=True, text=True,
+                              env=without_tunables(), timeout=60, check=True).stdout.splitlines()
+
+    assert run(str(script)) == ["started", "started", "glibc.malloc.hugetlb=1 ['a', 'b']"]
+    # An interpreter that merely calls in (a notebook kernel, a debugger, `python -c`) is left as it is,
+    # and so is a script that names another file as its own.
+    assert run("-c", code.format(script="")) == ["started", "None ['a', 'b']"]
+    assert run("-c", code.format(script=repr(str(script)))) == ["started", "None ['a', 'b']"]
+    script.write_text(code.format(script=repr(str(tmp_path / "other.py"))))
+    assert run(str(script)) == ["started", "None ['a', 'b']"]
 
 
 def test_resident_bytes_counts_what_the_process_holds():
@@ -79,3 +89,15 @@ def test_resident_bytes_counts_what_the_process_holds():
     during = host_memory.resident_bytes()
     assert during["now"] - before["now"] > 0.9 * held.nbytes
     assert during["peak"] >= during["now"]
+
+
+def test_only_the_generating_commands_restart_with_huge_pages(monkeypatch):
+    from oie_jax import cli
+
+    restarted = []
+    monkeypatch.setattr(host_memory, "restart_with_huge_pages", lambda: restarted.append(sys.argv[1]))
+    monkeypatch.setattr(cli, "main", lambda: 0)  # the dispatch alone: no command runs
+    for command in ("eval", "train", "serve", "convert", "sweep", "extract"):
+        monkeypatch.setattr(sys, "argv", ["oie-jax", command])
+        cli.entry()
+    assert restarted == ["eval", "serve", "extract"]  # training measured slower with them

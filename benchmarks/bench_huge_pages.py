@@ -1,0 +1,103 @@
+"""Does the `oie-jax` command's restart with huge pages for malloc (oie_jax/host_memory.py) earn its place?
+Fresh processes with and without the tunable, started in turns (on/off, then off/on, ...), each timing
+the config's real train step (configs/sample_smollm2.py: SmolLM2-135M, 4 x 512, as `make train` runs it)
+and batch-1 greedy generation of 32 tokens (SmolLM2-135M, random weights); prints the median seconds of
+each side and each speed-up (seconds without / seconds with). The restart is kept only for work where
+it wins by >= 5%: the generating commands (`oie_jax.cli.HUGE_PAGE_COMMANDS`), whose speed-up is the
+last line's `ratio=`; measured 2026-12-03, 3 rounds: train step 0.85x, generation 1.39x.
+
+    .venv/bin/python benchmarks/bench_huge_pages.py [--rounds 3] [--config.X=Y ...]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_memory import CONFIG, compiled_train_step, step_config
+from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
+
+NEW_TOKENS = 32
+
+
+def seconds_of(run, repeats: int) -> float:
+    """Median seconds of `run` after one untimed call (compilation, first touch of memory)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(overrides: list[str], smoke: bool) -> None:
+    """(In a fresh process, started with or without the tunable) prints {"train": s, "generate": s}."""
+    import numpy as np
+
+    from oie_jax.infer.generate import generate
+    from oie_jax.models.checkpoint import model_from_params
+    from oie_jax.models.config import preset
+    from oie_jax.train.step import init_params
+
+    config = step_config(CONFIG, overrides)
+    train_step, _ = compiled_train_step(config)
+    cfg = preset("tiny" if smoke else "smollm2-135m")
+    model = model_from_params(cfg, init_params(cfg, 0))
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 64).tolist()
+    repeats = 1 if smoke else 2
+    print(json.dumps({"train": seconds_of(train_step, repeats),
+                      "generate": seconds_of(lambda: generate(model, [prompt], NEW_TOKENS, eos_ids=()), repeats)}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="processes of each side, started in turns")
+    parser.add_argument("--child", choices=("on", "off"), help=argparse.SUPPRESS)
+    add_smoke_argument(parser)
+    args, overrides = parser.parse_known_args()
+    if any(not o.startswith("--config.") for o in overrides):
+        parser.error(f"unknown arguments: {' '.join(o for o in overrides if not o.startswith('--config.'))}")
+    if args.smoke:
+        overrides = ["--config.model.preset=tiny", "--config.data.seq_len=64", "--config.train.loss_chunk=16",
+                     *overrides]
+    if args.child:
+        return measure(overrides, args.smoke)
+    from oie_jax.host_memory import OPT_OUT, huge_page_environment
+
+    print(describe(args.smoke), flush=True)
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    environments = {"on": huge_page_environment(plain), "off": {**plain, OPT_OUT: "1"}}
+    if environments["on"] is None:
+        print("huge pages for malloc change nothing here (needs glibc >= 2.35 on Linux with transparent huge pages "
+              "in madvise mode): the oie-jax command does not restart itself")
+        print("ratio=1.00")
+        return
+    results = {"on": [], "off": []}
+    for round_ in range(1 if args.smoke else args.rounds):
+        for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+            out = subprocess.run([sys.executable, __file__, "--child", side, *(["--smoke"] if args.smoke else []),
+                                  *overrides], env=environments[side], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent)
+            if out.returncode:
+                raise SystemExit(f"the {side} process failed:\n{out.stderr[-3000:]}")
+            results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}, huge pages {side}: " + ", ".join(
+                f"{name} {seconds:.3f} s" for name, seconds in results[side][-1].items()), flush=True)
+    ratios = {}
+    for name in ("train", "generate"):
+        medians = {side: statistics.median(r[name] for r in results[side]) for side in results}
+        ratios[name] = medians["off"] / medians["on"]
+        print(f"{name}: median {medians['on']:.3f} s with huge pages, {medians['off']:.3f} s without: "
+              f"{ratios[name]:.3f}x")
+    for name, ratio in ratios.items():
+        print(f"{name}: huge pages {'pay' if ratio >= 1.05 else 'do not pay'} here (kept only at >= 1.05x)")
+    print(f"ratio={ratios['generate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
