@@ -2,7 +2,9 @@
 `transformers` `generate(do_sample=False)`, in one process run: the same prompts (sentences of 20-60
 tokens from the bundled sample corpus), 64 new tokens each (end-of-sequence ignored on both sides, so
 both make every token), at batch 1 and batch 16, after a warm-up of each shape. Prints the new tokens/s
-of both sides per batch size and last `ratio=` (the smaller of ours / transformers over the two batch
+of both sides per batch size, at batch 1 the weight bytes each side reads per second as a fraction of
+the machine's read bandwidth (a jitted reduction over 1 GiB; the roofline of batch-1 decoding), and last
+`ratio=` (the smaller of ours / transformers over the two batch
 sizes); the target is >= 2.0.
 
     .venv/bin/python benchmarks/bench_decode.py [--rounds 3]
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
+from machine import add_smoke_argument, describe, read_bandwidth  # benchmarks/ is on sys.path as a script
 
 NEW_TOKENS = 64
 BATCHES = (1, 16)
@@ -176,6 +178,15 @@ def main():
         print(f"batch {batch:2d}: " + ", ".join(f"{name} {v:,.1f} new tokens/s" for name, v in medians.items())
               + f" (ratio {medians[ours_name] / medians[peer_name]:.2f})", flush=True)
         ratios.append(medians[ours_name] / medians[peer_name])
+        if batch == 1 and not args.constrained:  # every token reads every weight once (of the input
+            from oie_jax.models.config import LlamaConfig  # embedding only a row, unless it is the head too)
+
+            cfg = LlamaConfig.from_hf_config(config)
+            weights = 4 * (cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size))
+            bandwidth = read_bandwidth(16 if args.smoke else 1024, 2 if args.smoke else 5)
+            print(f"batch  1: weights read ({weights / 1e6:,.1f} MB a token) at " + ", ".join(
+                f"{name} {v * weights / 1e9:.1f} GB/s ({v * weights / bandwidth:.0%})" for name, v in medians.items())
+                + f" of the machine's {bandwidth / 1e9:.1f} GB/s read bandwidth (target >= 80%)", flush=True)
     print(f"ratio={min(ratios):.2f}")
 
 
