@@ -63,7 +63,8 @@ def main():
     if any(not o.startswith("--config.") for o in overrides):
         parser.error(f"unknown arguments: {' '.join(o for o in overrides if not o.startswith('--config.'))}")
     if args.smoke:
-        overrides = ["--config.model.preset=tiny", "--config.data.seq_len=64", "--config.train.loss_chunk=16",
+        overrides = ["--config.model.preset=tiny", "--config.data.seq_len=64", "--config.data.batch_size=8",
+                     "--config.train.loss_chunk=16",
                      *overrides]
     if args.child:
         return measure(overrides, args.smoke)

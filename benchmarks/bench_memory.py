@@ -152,7 +152,7 @@ def main():
             from bench_serve import tiny_model
 
             args.model = tiny_model(scratch)
-            overrides += ["--config.data.seq_len=64", "--config.data.batch_size=2", "--config.model.preset=tiny",
+            overrides += ["--config.data.seq_len=64", "--config.data.batch_size=8", "--config.model.preset=tiny",
                           "--config.train.loss_chunk=16", "--config.eval.max_new_tokens=8"]
             new_tokens, rows = 8, 4
         elif not (args.model / "oie_model.json").is_file():
