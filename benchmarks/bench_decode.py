@@ -146,6 +146,7 @@ def main():
     restart_with_huge_pages(__file__)  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
     global NEW_TOKENS, BATCHES
+    from oie_jax.models.config import LlamaConfig
 
     if args.smoke:  # a random tiny model on random prompts
         config, tensors = tiny_model()
@@ -164,6 +165,10 @@ def main():
     else:
         sides = {"oie-jax": ours(config, tensors), "transformers": transformers_peer(config, tensors, pad_id)}
     ours_name, peer_name = sides
+    # Float32 bytes a batch-1 token reads: every weight once, of the input embedding only a row (unless
+    # it is the output head too).
+    cfg = LlamaConfig.from_hf_config(config)
+    weights = 4 * (cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size))
     ratios = []
     for batch in BATCHES:
         for run in sides.values():  # warm-up: compiles every shape of ours, warms torch's allocator
@@ -178,12 +183,8 @@ def main():
         print(f"batch {batch:2d}: " + ", ".join(f"{name} {v:,.1f} new tokens/s" for name, v in medians.items())
               + f" (ratio {medians[ours_name] / medians[peer_name]:.2f})", flush=True)
         ratios.append(medians[ours_name] / medians[peer_name])
-        if batch == 1 and not args.constrained:  # every token reads every weight once (of the input
-            from oie_jax.models.config import LlamaConfig  # embedding only a row, unless it is the head too)
-
-            cfg = LlamaConfig.from_hf_config(config)
-            weights = 4 * (cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size))
-            bandwidth = read_bandwidth(16 if args.smoke else 1024, 2 if args.smoke else 5)
+        if batch == 1 and not args.constrained:
+            bandwidth = read_bandwidth(16 if args.smoke else 1024, 2 if args.smoke else 5)  # describe()'s figure
             print(f"batch  1: weights read ({weights / 1e6:,.1f} MB a token) at " + ", ".join(
                 f"{name} {v * weights / 1e9:.1f} GB/s ({v * weights / bandwidth:.0%})" for name, v in medians.items())
                 + f" of the machine's {bandwidth / 1e9:.1f} GB/s read bandwidth (target >= 80%)", flush=True)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_memory import CONFIG, compiled_train_step, step_config
+from bench_memory import CONFIG, compiled_train_step, parse_with_overrides, step_config
 from machine import add_smoke_argument, describe  # benchmarks/ is on sys.path as a script
 
 NEW_TOKENS = 32
@@ -59,9 +59,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="processes of each side, started in turns")
     parser.add_argument("--child", choices=("on", "off"), help=argparse.SUPPRESS)
     add_smoke_argument(parser)
-    args, overrides = parser.parse_known_args()
-    if any(not o.startswith("--config.") for o in overrides):
-        parser.error(f"unknown arguments: {' '.join(o for o in overrides if not o.startswith('--config.'))}")
+    args, overrides = parse_with_overrides(parser)
     if args.smoke:
         overrides = ["--config.model.preset=tiny", "--config.data.seq_len=64", "--config.data.batch_size=8",
                      "--config.train.loss_chunk=16",

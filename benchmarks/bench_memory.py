@@ -44,6 +44,18 @@ def peak_of(command: list[str], log: Path) -> int:
     return usage.ru_maxrss * 1024  # kilobytes on Linux
 
 
+def parse_with_overrides(parser) -> tuple:
+    """(the parsed arguments, the `--config.SECTION.FIELD=VALUE` overrides as given, for the child
+    processes); any other unknown argument is an error."""
+    from oie_jax.train.config_file import split_overrides
+
+    args, unknown = parser.parse_known_args()
+    others = split_overrides(unknown)[1]
+    if others:
+        parser.error(f"unknown arguments: {' '.join(others)}")
+    return args, unknown
+
+
 def step_config(config_path: Path, overrides: list[str]):
     from oie_jax.train.config_file import apply_overrides, load_config_file, split_overrides
 
@@ -138,9 +150,7 @@ def main():
     parser.add_argument("--config", type=Path, default=CONFIG, help="the training config (a Python file)")
     parser.add_argument("--child-step", action="store_true", help=argparse.SUPPRESS)
     add_smoke_argument(parser)
-    args, overrides = parser.parse_known_args()
-    if any(not o.startswith("--config.") for o in overrides):
-        parser.error(f"unknown arguments: {' '.join(o for o in overrides if not o.startswith('--config.'))}")
+    args, overrides = parse_with_overrides(parser)
     if args.child_step:
         return measure_step(args.config, overrides)
     print(describe(args.smoke), flush=True)

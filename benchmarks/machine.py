@@ -3,6 +3,7 @@ and what that machine can do (a jitted float32 matmul's FLOP/s, a jitted reducti
 so that figures from two machines can be told apart. `smoke` measures on small arrays (a check that the
 benchmark runs, not a figure to quote)."""
 
+import functools
 import os
 import platform
 import time
@@ -28,6 +29,7 @@ def memory_gib() -> float | None:
     return None
 
 
+@functools.cache  # measured once per process: describe() and a benchmark's own figures share it
 def read_bandwidth(megabytes: int = 1024, repeats: int = 5) -> float:
     """Bytes/s of a jitted sum over a float32 array much larger than the caches (the best of `repeats`)."""
     import jax
