@@ -1,4 +1,4 @@
-"""`oie-jax data inspect | convert | synth-gmner`: read, check, convert and generate IE corpora."""
+"""`oie-jax data inspect | convert | synth-gmner | synth-picture`: read, check, convert and generate IE corpora."""
 
 import sys
 from pathlib import Path
@@ -73,6 +73,14 @@ def cmd_synth_gmner(args):
           + ", ".join(f"{split} {count:,}" for split, count in sizes.items()) + "): txt/, xml/, images/")
 
 
+def cmd_synth_picture(args):
+    from oie_jax.data.synth_picture import synthesize
+
+    sizes = synthesize(args.out, args.n, args.seed)
+    print(f"wrote {sum(sizes.values()):,} records whose picture decides to {args.out} ("
+          + ", ".join(f"{split} {count:,}" for split, count in sizes.items()) + "): {train,dev,test}.jsonl, images/")
+
+
 def add_source_argument(parser, what: str = "corpus format") -> None:
     parser.add_argument("--from", dest="source", choices=("auto", *SOURCES), default="auto",
                         help=f"{what} (default: guessed from the first path)")
@@ -117,3 +125,16 @@ def add_parsers(commands) -> None:
     synth.add_argument("--n", type=positive_int, default=1000, help="tweets in all, split 70/15/15 (default 1000)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(run=cmd_synth_gmner)
+
+    picture = actions.add_parser(
+        "synth-picture", help="generate an NER corpus whose entity types only the picture tells",
+        description="Writes OUT/{train,dev,test}.jsonl (unified NER records, each with its image in `grounding`) and "
+                    "OUT/images/IMGID.jpg. Each text names one thing from a pool of names that are people, places, "
+                    "organisations and other things alike ('Jordan', 'Phoenix'), in a sentence that fits any of "
+                    "them; its picture shows one shape whose kind gives the type (circle PER, square ORG, triangle "
+                    "LOC, star OTHER). Text and type are drawn independently: without the picture, a model can only "
+                    "guess among the four types.")
+    picture.add_argument("--out", required=True, help="output directory (new or empty)")
+    picture.add_argument("--n", type=positive_int, default=1000, help="records in all, split 70/15/15 (default 1000)")
+    picture.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    picture.set_defaults(run=cmd_synth_picture)

@@ -120,19 +120,31 @@ def write_boxes(path: Path, image_id: str, width: int, height: int, objects) -> 
     path.write_text("".join(parts) + "</annotation>\n")
 
 
-def synthesize(out, n: int, seed: int = 0) -> dict[str, int]:
-    """Writes `n` tweets split 70/15/15 into train/dev/test; returns the tweets per split."""
+def prepare_out(out, n: int, subdirectories) -> Path:
+    """The new or empty output directory of a synthetic corpus of `n` examples, with its subdirectories."""
     out = Path(out)
     if n < 3:
-        raise UserError(f"--n {n}: at least 3 tweets are needed (one per split)")
+        raise UserError(f"--n {n}: at least 3 examples are needed (one per split)")
     if out.exists() and any(out.iterdir()):
         raise UserError("output directory is not empty", out)
-    for sub in ("txt", "xml", "images"):
+    for sub in subdirectories:
         (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def split_sizes(n: int) -> dict[str, int]:
+    """{split: examples} of `n` examples split as SPLITS says, each split at least one."""
+    sizes = {split: max(1, round(n * fraction)) for split, fraction in SPLITS[:-1]}
+    sizes[SPLITS[-1][0]] = n - sum(sizes.values())
+    return sizes
+
+
+def synthesize(out, n: int, seed: int = 0) -> dict[str, int]:
+    """Writes `n` tweets split 70/15/15 into train/dev/test; returns the tweets per split."""
+    out = prepare_out(out, n, ("txt", "xml", "images"))
     rng = random.Random(seed)
     sizes, start, proposals = {}, 0, {}
-    for i, (split, fraction) in enumerate(SPLITS):
-        count = n - start if i == len(SPLITS) - 1 else max(1, round(n * fraction))
+    for split, count in split_sizes(n).items():
         blocks = []
         for j in range(count):
             image_id = str(100000 + start + j)
