@@ -38,6 +38,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("channels", None),
     ("positions", None),
     ("classes", None),
+    ("vision_embed", None),  # the input width of the multimodal projector (models/multimodal.py)
 )
 
 

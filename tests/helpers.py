@@ -1,4 +1,4 @@
-"""Builders shared by the tests: small random Hugging Face LLaMA checkpoints."""
+"""Builders shared by the tests: small random Hugging Face checkpoints."""
 
 import json
 from pathlib import Path
@@ -39,6 +39,19 @@ def save_random_hf_llama(out: Path, config: dict, seed: int = 0, dtype: str = "f
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(str(out), **save_kwargs)
     return model
+
+
+def randomize(model, seed: int) -> None:
+    """Every parameter of a torch model drawn anew, biases and norms included, so that none of them goes
+    unchecked."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.copy_(1 + 0.1 * noise if is_norm_scale else 0.02 * noise if p.ndim > 1 else 0.1 * noise)
 
 
 def random_tokens(shape, vocab: int, seed: int = 0) -> np.ndarray:

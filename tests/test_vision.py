@@ -14,6 +14,7 @@ from oie_jax.convert import vision as convert_vision
 from oie_jax.errors import UserError
 from oie_jax.models.encoders import load_vision_config, load_vision_model
 from oie_jax.models.vision import bicubic_matrix
+from tests.helpers import randomize
 
 # The vision towers of openai/clip-vit-base-patch32 and google/siglip-base-patch16-224 as published, but with
 # 2 of their 12 layers: the layers are scanned, so more of them add minutes, not coverage.
@@ -23,16 +24,6 @@ SIGLIP_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=2, 
                   image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
 HF_CLASSES = {"clip": (transformers.CLIPVisionConfig, transformers.CLIPVisionModel),
               "siglip": (transformers.SiglipVisionConfig, transformers.SiglipVisionModel)}
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter drawn anew, biases and norms included, so that none of them goes unchecked."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
-            is_norm_scale = "norm" in name and name.endswith("weight")
-            p.copy_(1 + 0.1 * noise if is_norm_scale else 0.02 * noise if p.ndim > 1 else 0.1 * noise)
 
 
 def hf_vision_model(layout: str, config: dict, directory, seed: int = 0):

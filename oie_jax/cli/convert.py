@@ -1,5 +1,5 @@
-"""`oie-jax convert hf-to-jax | jax-to-hf | vision-to-jax | vision-to-hf`: LLaMA and vision encoder
-weights between Hugging Face (or torchvision) and oie-jax."""
+"""`oie-jax convert hf-to-jax | jax-to-hf | vision-to-jax | vision-to-hf | llava-to-jax | jax-to-llava`:
+LLaMA, vision encoder and multimodal (LLaVA) weights between Hugging Face (or torchvision) and oie-jax."""
 
 from oie_jax.models.policies import DTYPES
 
@@ -34,13 +34,28 @@ def cmd_vision_to_hf(args):
     print(f"wrote {out}: load it with transformers.AutoModel.from_pretrained({str(out)!r})")
 
 
+def cmd_llava_to_jax(args):
+    from oie_jax.convert import llava
+
+    llama_cfg, vision_cfg, _ = llava.convert(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {vision_cfg.layout} ViT + projector + LLaMA with {llama_cfg.num_params() / 1e6:.1f}M "
+          f"parameters in {llama_cfg.param_dtype}")
+
+
+def cmd_jax_to_llava(args):
+    from oie_jax.convert import llava
+
+    out = llava.to_hf(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {out}: load it with transformers.LlavaForConditionalGeneration.from_pretrained({str(out)!r})")
+
+
 def add_hf_export_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, help="tensor dtype (default: the model's)")
     parser.add_argument("--max-shard-gb", type=float, default=5.0, help="start a new shard above this size")
 
 
 def add_parsers(commands) -> None:
-    convert = commands.add_parser("convert", help="move LLaMA and vision encoder weights between Hugging Face "
+    convert = commands.add_parser("convert", help="move LLaMA, vision encoder and LLaVA weights between Hugging Face "
                                                   "(or torchvision) and oie-jax")
     directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
     to_jax = directions.add_parser(
@@ -84,3 +99,23 @@ def add_parsers(commands) -> None:
     vision_out.add_argument("out", help="output Hugging Face model directory")
     vision_out.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     vision_out.set_defaults(run=cmd_vision_to_hf)
+
+    llava_in = directions.add_parser(
+        "llava-to-jax", help="Hugging Face LLaVA directory -> oie-jax multimodal model directory",
+        description="SRC is a LlavaForConditionalGeneration directory with a CLIP or SigLIP vision tower and a LLaMA "
+                    "language model (LLaVA's GELU projector with biases, one vision feature layer; CLIP's class token "
+                    "dropped, SigLIP's whole grid). OUT holds llama/ (with the tokenizer files), vision/ (with the "
+                    "image preprocessing of preprocessor_config.json), projector/ and oie_multimodal.json.")
+    llava_in.add_argument("src", help="Hugging Face LLaVA model directory")
+    llava_in.add_argument("out", help="output oie-jax multimodal model directory")
+    llava_in.add_argument("--dtype", choices=DTYPES, help="parameter and compute dtype (default: the source's)")
+    llava_in.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    llava_in.set_defaults(run=cmd_llava_to_jax)
+
+    llava_out = directions.add_parser(
+        "jax-to-llava", help="oie-jax multimodal model directory -> Hugging Face LlavaForConditionalGeneration")
+    llava_out.add_argument("src", help="oie-jax multimodal model directory (ViT tower, no grid pooling)")
+    llava_out.add_argument("out", help="output Hugging Face model directory")
+    llava_out.add_argument("--dtype", choices=DTYPES, help="tensor dtype (default: the model's)")
+    llava_out.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    llava_out.set_defaults(run=cmd_jax_to_llava)

@@ -104,7 +104,7 @@ def cmd_extract(args):
     labels = model_label_sets(args.model, args.labels) if args.constrained else None
     max_new_tokens = args.max_new_tokens or model_budget(args.model)
     for result in extract(args.model, texts, args.task, max_new_tokens=max_new_tokens,
-                          batch_size=args.batch_size, dtype=args.dtype, labels=labels):
+                          batch_size=args.batch_size, dtype=args.dtype, labels=labels, image=args.image):
         print(json.dumps(result.to_json(), ensure_ascii=False))
 
 
@@ -168,8 +168,10 @@ help=BUDGET_HELP)
         description="Prints one JSON line per text: label, items (fields, and for each value that should be a span "
                     "of the text, all its occurrences as [start, end) character offsets), well_formed and the raw "
                     "output.")
-    extraction.add_argument("--model", required=True, help="oie-jax model directory")
+    extraction.add_argument("--model", required=True, help="oie-jax model directory (text or multimodal)")
     extraction.add_argument("--task", required=True, choices=list(fmt.TASKS), help="instruction word")
+    extraction.add_argument("--image", help="a picture (JPEG, PNG, WebP) that a multimodal model reads every text "
+                                            "with")
     texts = extraction.add_mutually_exclusive_group(required=True)
     texts.add_argument("--text", help="one text")
     texts.add_argument("--input", help="a UTF-8 file with one text per non-empty line")

@@ -1,7 +1,7 @@
 """Safetensors in, parameter trees out: what the LLaMA and the vision converters share. Tensors are read one
 at a time into preallocated output arrays, so peak host memory stays near the size of the output."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ml_dtypes
@@ -31,14 +31,31 @@ def safetensors_files(src: Path) -> list[Path]:
     return files
 
 
-def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray, Path]]:
+def iter_safetensors(files: list[Path], rename: Callable[[str], str | None] | None = None
+                     ) -> Iterator[tuple[str, np.ndarray, Path]]:
+    """(name, tensor, file) of every tensor; with `rename`, of those it gives a name to (under that name),
+    the others not read."""
     from safetensors import SafetensorError, safe_open
 
     for path in files:
         try:
             with safe_open(str(path), framework="np") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name), path
+                    new_name = name if rename is None else rename(name)
+                    if new_name is not None:
+                        yield new_name, f.get_tensor(name), path
+        except SafetensorError as exc:
+            raise UserError(f"corrupt safetensors file ({exc})", path) from None
+
+
+def tensor_names(files: list[Path]) -> Iterator[tuple[str, Path]]:
+    """(name, file) of every tensor, none of them read."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in files:
+        try:
+            with safe_open(str(path), framework="np") as f:
+                yield from ((name, path) for name in f.keys())
         except SafetensorError as exc:
             raise UserError(f"corrupt safetensors file ({exc})", path) from None
 

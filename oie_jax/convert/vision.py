@@ -115,13 +115,24 @@ def to_hf(src, out, overwrite: bool = False) -> Path:
         raise UserError("only ViT (CLIP, SigLIP) encoders have a Hugging Face layout", src)
     params = encoders.load_vision_params(src, cfg)
     out = prepare_output_dir(out, overwrite)
+    with staged(out) as local:
+        save_file(hf_tower_tensors(cfg, params), str(local / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
+    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(hf_processor_config(cfg, preprocess), indent=2) + "\n")
+    return out
+
+
+def hf_tower_tensors(cfg: ViTConfig, params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """A ViT's parameters as the Hugging Face tensors of its tower, names prefixed."""
     tensors = {}
     for name, entry, layer in vision_layout.hf_names(cfg):
         parts = tuple(np.asarray(_get(params, p) if layer is None else _get(params, p)[layer]) for p in entry.paths)
-        tensors[name] = np.ascontiguousarray(entry.to_hf(parts, cfg))
-    with staged(out) as local:
-        save_file(tensors, str(local / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
+        tensors[prefix + name] = np.ascontiguousarray(entry.to_hf(parts, cfg))
+    return tensors
+
+
+def hf_processor_config(cfg: ViTConfig, preprocess: Preprocess) -> dict:
+    """The image processor's config that prepares images as `preprocess` does."""
     processor = {"image_processor_type": {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}[cfg.layout],
                  "image_mean": list(preprocess.mean), "image_std": list(preprocess.std),
                  "do_center_crop": preprocess.resize == "crop",
@@ -129,8 +140,7 @@ def to_hf(src, out, overwrite: bool = False) -> Path:
     if preprocess.resize == "crop":
         processor.update(size={"shortest_edge": min(preprocess.size)},
                          crop_size={"height": preprocess.size[0], "width": preprocess.size[1]})
-    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
-    return out
+    return processor
 
 
 # ---- MobileNetV2 (torchvision) --------------------------------------------------------------------

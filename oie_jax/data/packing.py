@@ -37,20 +37,34 @@ def answer_tokens(record: Record, tokenizer: Tokenizer) -> list[int]:
     return tokenizer.encode(render(record)[1], add_special_tokens=False) + [tokenizer.eos_id]
 
 
-def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats) -> Sequence | None:
+def with_placeholders(prompt: list[int], bos_id: int | None, image_token_id: int, count: int) -> list[int]:
+    """A prompt's token ids with `count` image placeholders first (after its BOS): the picture, then the
+    text, as LLaVA's processors put "<image>" before the question."""
+    keep = int(bool(prompt) and prompt[0] == bos_id)
+    return prompt[:keep] + [image_token_id] * count + prompt[keep:]
+
+
+def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats,
+           placeholders: tuple[int, int] | None = None) -> Sequence | None:
+    """BOS, the prompt and the target, the prompt cut from the left when the whole is longer than
+    `max_length`; `placeholders` (image token id, count): a multimodal model's image placeholders after the
+    BOS, as at generation (`with_placeholders`)."""
     answer = answer_tokens(record, tokenizer)
     prompt = tokenizer.encode(render(record)[0], add_special_tokens=True)
-    keep = len(prompt) > 0 and prompt[0] == tokenizer.bos_id  # BOS survives any cut
-    room = max_length - len(answer) - int(keep)
+    keep = int(len(prompt) > 0 and prompt[0] == tokenizer.bos_id)
+    head = prompt[:keep]  # BOS and the image survive any cut
+    if placeholders is not None:
+        head = with_placeholders(head, tokenizer.bos_id, *placeholders)
+    room = max_length - len(answer) - len(head)
     if room < 1:
         stats.skipped["target longer than max_length"] += 1
         return None
-    text = prompt[int(keep):]
+    text = prompt[keep:]
     if len(text) > room:
         stats.prompts_cut += 1
         stats.prompt_tokens_cut += len(text) - room
         text = text[len(text) - room:]
-    tokens = prompt[:int(keep)] + text + answer
+    tokens = head + text + answer
     mask = [0] * (len(tokens) - len(answer)) + [1] * len(answer)
     stats.encoded += 1
     return Sequence(np.asarray(tokens, np.int32), np.asarray(mask, np.int32))

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from oie_jax.data import format as fmt
 from oie_jax.data.format import Record
 from oie_jax.errors import UserError
@@ -59,12 +61,18 @@ def read_output(text: str, task: str, output: str) -> Extraction:
 
 def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=None, max_new_tokens: int = 128,
             batch_size: int = 8, dtype: str | None = None, progress: bool = False,
-            labels=None) -> Extraction | list[Extraction]:
+            labels=None, image=None, preprocess=None) -> Extraction | list[Extraction]:
     """Extractions of one text (an Extraction) or of several (a list). `model` is an oie-jax model
-    directory (loaded on each call, with its tokenizer) or a loaded model with `tokenizer` given.
-    `labels` (label sets, `infer.constrain`) constrain decoding to the format, those labels and
-    entities copied from the text; {} constrains the format and the copies only."""
+    directory, text or multimodal (loaded on each call, with its tokenizer), or a loaded model with
+    `tokenizer` given (and `preprocess`, a multimodal one's image preparation). `labels` (label sets,
+    `infer.constrain`) constrain decoding to the format, those labels and entities copied from the text;
+    {} constrains the format and the copies only. `image` (a file, or an RGB uint8 array) is the picture
+    a multimodal model reads every text with."""
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.files import location
     from oie_jax.infer.predict import generate_outputs
+    from oie_jax.models import multimodal_dir
+    from oie_jax.models.checkpoint import load_model
 
     if task not in fmt.TASKS:
         raise UserError(f"unknown task {task!r}; the tasks are: {', '.join(fmt.TASKS)}")
@@ -72,16 +80,39 @@ def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=N
     texts = [texts] if single else list(texts)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise UserError("extract needs non-empty texts")
-    if isinstance(model, str | Path):
-        from oie_jax.data.tokenizer import load_tokenizer
-        from oie_jax.models.checkpoint import load_model
-
+    overrides = {"dtype": dtype} if dtype else {}
+    if isinstance(model, str | Path) and multimodal_dir.is_multimodal(model):
+        tokenizer = tokenizer or load_tokenizer(location(model) / "llama")
+        model, preprocess = multimodal_dir.load_multimodal_model(model, **overrides)
+    elif isinstance(model, str | Path):
         tokenizer = tokenizer or load_tokenizer(model)
-        model = load_model(model, **({"dtype": dtype} if dtype else {}))
+        model = load_model(model, **overrides)
     elif tokenizer is None:
         raise UserError("a loaded model needs its tokenizer (tokenizer=...)")
+    images = None
+    if image is not None:
+        images = np.repeat(prepared_image(model, image, preprocess)[None], len(texts), axis=0)
     records = [Record(text=text, task=task) for text in texts]
     outputs, _ = generate_outputs(model, tokenizer, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  progress=progress, labels=labels)
+                                  progress=progress, labels=labels, images=images)
     extractions = [read_output(text, task, output) for text, output in zip(texts, outputs)]
     return extractions[0] if single else extractions
+
+
+def prepared_image(model, image, preprocess) -> np.ndarray:
+    """A picture (file or RGB uint8 array) as a multimodal model's input, or a one-line error."""
+    from oie_jax.data.images import ImageError, decode, prepare
+    from oie_jax.models.multimodal import MultimodalLlama
+    from oie_jax.models.multimodal_dir import CONFIG_FILE
+
+    if not isinstance(model, MultimodalLlama):
+        raise UserError("an image was given, but the model has no vision encoder (a multimodal model directory has "
+                        f"{CONFIG_FILE})")
+    if preprocess is None:
+        raise UserError("a loaded multimodal model needs its image preparation (preprocess=...)")
+    if isinstance(image, str | Path):
+        try:
+            image = decode(image)
+        except ImageError as exc:
+            raise UserError(str(exc), image) from None
+    return prepare(np.asarray(image, np.uint8), preprocess)[0]

@@ -24,6 +24,7 @@ from oie_jax.errors import UserError
 from oie_jax.infer import constrain
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama, init_cache, unstack_layers
+from oie_jax.models.multimodal import MultimodalLlama, check_placeholders
 
 MIN_LENGTH_BUCKET = 16
 _traces = {"count": 0}
@@ -117,16 +118,20 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "observe"))
-def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, *,
+def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, images, *,
               max_new_tokens, filters, eos_ids, pad_id, observe=False):
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
-    model: Llama = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    inputs_embeds = None
+    if images is not None:  # a MultimodalLlama: the images fill the prompt's placeholders, the rest is its LLaMA's
+        inputs_embeds = model.prompt_embeds(tokens, images)
+        model = model.llama
     keys = jax.random.wrap_key_data(key_data)  # each row its own: a row's sample does not depend on the others
     split = jax.vmap(jax.random.split)
     batch, prompt_length = tokens.shape
     cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    hidden, cache = model.hidden_states(tokens, positions, prompt_mask, cache, layers)
+    hidden, cache = model.hidden_states(tokens, positions, prompt_mask, cache, layers, inputs_embeds=inputs_embeds)
     logits = model.logits(hidden[:, -1:])  # only the last position picks a token
     eos = jnp.asarray(eos_ids, jnp.int32)
 
@@ -174,10 +179,10 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     return jax.lax.while_loop(keep_going, step_once, carry)[5]
 
 
-def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-             eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
+def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_tokens: int,
+             sampling: Sampling = Sampling(), eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
              constraints: "Constraints | None" = None, on_tokens=None,
-             row_seeds: list[tuple[int, int]] | None = None) -> list[list[int]]:
+             row_seeds: list[tuple[int, int]] | None = None, images: np.ndarray | None = None) -> list[list[int]]:
     """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
     config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
     sharded model (default: the rules of the current `sharding.activation_rules` context).
@@ -186,14 +191,25 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     tokens after its EOS, and past max_new_tokens, mean nothing) and may return, per row, whether it ends
     there (a stop string it completed). A sampled row draws from its own key,
     `fold_in(key(seed), salt)` with each prompt's `row_seeds` (default: the sampling's seed and the
-    prompt's index), so its sample does not depend on the prompts that share its batch."""
+    prompt's index), so its sample does not depend on the prompts that share its batch. `images` (a
+    multimodal model's, prepared: one image per prompt (prompts, height, width, channels) or several
+    (prompts, images, height, width, channels)) fill each prompt's image placeholders at the prefill."""
     if constraints is not None and len(constraints.automata) != len(prompts):
         raise ValueError(f"{len(constraints.automata)} automata for {len(prompts)} prompts")
     if any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: every prompt needs at least one token")
     if max_new_tokens < 1 or batch_size < 1:
         raise UserError(f"max_new_tokens and batch_size must be at least 1 (got {max_new_tokens}, {batch_size})")
-    cfg = model.cfg
+    text_model = model.llama if isinstance(model, MultimodalLlama) else model
+    if images is not None:
+        if text_model is model:
+            raise UserError("images were given to a model without a vision encoder")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        check_placeholders(prompts, model.cfg.image_token_id, model.image_tokens(images.shape[1:]))
+    else:
+        model = text_model  # text-only prompts: the LLaMA alone
+    cfg = text_model.cfg
     outside = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
     if outside:
         raise UserError(f"token id {outside[0]} is outside the model's vocabulary of {cfg.vocab_size} "
@@ -208,7 +224,7 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
     placement = Placement.of(state, rules or sharding.current_rules())
     # XLA fuses a layer's slice of the stacked parameters into its matmuls on GPU and TPU; on CPU it
     # copies them at every token, so there each layer gets arrays of its own (for this call).
-    layers = unstack_layers(model) if jax.devices()[0].platform == "cpu" else None
+    layers = unstack_layers(text_model) if jax.devices()[0].platform == "cpu" else None
     filters = filters_of(sampling, cfg.vocab_size)
     seeds = np.asarray(row_seeds if row_seeds is not None else [(sampling.seed, i) for i in range(len(prompts))],
                        np.uint32).reshape(len(prompts), 2)
@@ -223,6 +239,11 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
         tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
         batch_keys = np.zeros((tokens.shape[0], *key_data.shape[1:]), key_data.dtype)  # padding rows: any key
         batch_keys[:len(rows)] = key_data[rows]
+        batch_images = None
+        if images is not None:  # padding rows: blank images, no placeholders to fill
+            batch_images = np.zeros((tokens.shape[0], *images.shape[1:]), np.float32)
+            batch_images[:len(rows)] = images[rows]
+            batch_images = placement.rows(batch_images)
         constraint = None
         if constraints is not None:
             stacked = constrain.stack([constraints.automata[i] for i in rows], tokens.shape[0])
@@ -243,8 +264,8 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, sampli
             with placement.context():
                 out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
                                 placement.rows(batch_keys), np.float32(sampling.temperature),
-                                np.float32(sampling.top_p), constraint, max_new_tokens=max_new_tokens, filters=filters,
-                                eos_ids=eos_ids, pad_id=pad_id, observe=on_tokens is not None)
+                                np.float32(sampling.top_p), constraint, batch_images, max_new_tokens=max_new_tokens,
+                                filters=filters, eos_ids=eos_ids, pad_id=pad_id, observe=on_tokens is not None)
             out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)
         finally:
             _sink["observe"] = None

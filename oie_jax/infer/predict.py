@@ -6,11 +6,15 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from oie_jax.data.format import Record, render_input
 from oie_jax.data.labels import LabelSet, label_set_for
+from oie_jax.data.packing import with_placeholders
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
+from oie_jax.models.multimodal import MultimodalLlama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +52,14 @@ class GenerationStats:
                 "steady_tokens_per_second": round(self.steady_tokens_per_second, 2)}
 
 
-def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer) -> list[list[int]]:
-    """BOS + the rendered input, as the training sequences begin (oie_jax.data.packing.encode)."""
-    return tokenizer.encode_batch([render_input(r.text, r.task) for r in records], add_special_tokens=True)
+def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer, placeholders: tuple[int, int] | None = None
+                  ) -> list[list[int]]:
+    """BOS + the rendered input, as the training sequences begin (oie_jax.data.packing.encode); with
+    `placeholders` (image token id, count), a multimodal model's image placeholders after the BOS."""
+    prompts = tokenizer.encode_batch([render_input(r.text, r.task) for r in records], add_special_tokens=True)
+    if placeholders is not None:
+        prompts = [with_placeholders(p, tokenizer.bos_id, *placeholders) for p in prompts]
+    return prompts
 
 
 def record_automata(records: Sequence[Record], tokenizer: Tokenizer, labels: dict[str, LabelSet],
@@ -70,15 +79,21 @@ def record_constraints(records: Sequence[Record], tokenizer: Tokenizer, labels: 
 
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
-                     max_new_tokens: int = 128, progress: bool = True,
-                     labels: dict[str, LabelSet] | None = None) -> tuple[list[str], GenerationStats]:
+                     max_new_tokens: int = 128, progress: bool = True, labels: dict[str, LabelSet] | None = None,
+                     images: np.ndarray | None = None) -> tuple[list[str], GenerationStats]:
     """Greedy output text for each record, in the records' order. Prompts are sorted by length and cut
     into batches, so a batch pads little and most batches fall into a shape bucket compiled before.
     With `labels` (label sets, possibly empty: any label), decoding is constrained to the format of each
-    record's task, its labels and the entities of its text (infer/constrain.py)."""
-    prompts = prompt_tokens(records, tokenizer)
-    eos_ids = gen.stop_ids(model.cfg, tokenizer)
-    constraints = None if labels is None else record_constraints(records, tokenizer, labels, model.cfg.vocab_size)
+    record's task, its labels and the entities of its text (infer/constrain.py). `images` (a multimodal
+    model's, prepared, one per record) go into the prompts after the BOS."""
+    text_model = model.llama if isinstance(model, MultimodalLlama) else model
+    placeholders = None
+    if images is not None:
+        placeholders = (model.cfg.image_token_id, model.image_tokens(images.shape[1:]))
+    prompts = prompt_tokens(records, tokenizer, placeholders)
+    eos_ids = gen.stop_ids(text_model.cfg, tokenizer)
+    constraints = None if labels is None else record_constraints(records, tokenizer, labels,
+                                                                 text_model.cfg.vocab_size)
     if constraints is not None:
         warn_short_budget(constraints.automata, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -94,7 +109,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
         rows_constraints = None if constraints is None else dataclasses.replace(
             constraints, automata=[constraints.automata[i] for i in rows])
         new_tokens = gen.generate(model, batch, max_new_tokens, eos_ids=eos_ids, batch_size=batch_size,
-                                  constraints=rows_constraints)
+                                  constraints=rows_constraints, images=None if images is None else images[rows])
         elapsed, compiled = time.perf_counter() - began, gen.trace_count() - traced
         produced = sum(map(len, new_tokens))
         compiles, tokens = compiles + compiled, tokens + produced

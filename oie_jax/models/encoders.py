@@ -18,7 +18,7 @@ from oie_jax import sharding
 from oie_jax.errors import UserError
 from oie_jax.files import location
 from oie_jax.models.directory import PARAMS_DIR, config_file, restore_params, save_params
-from oie_jax.models.mobilenet import MobileNetV2, MobileNetV2Config
+from oie_jax.models.mobilenet import HEAD_CHANNELS, MobileNetV2, MobileNetV2Config
 from oie_jax.models.vision import ViT, ViTConfig
 
 CONFIG_FILE = "oie_vision.json"
@@ -46,6 +46,11 @@ def preset(name: str):
 def image_size(cfg) -> tuple[int, int]:
     """The encoder's pretraining resolution (height, width)."""
     return (cfg.image_size,) * 2 if isinstance(cfg, ViTConfig) else (224, 224)
+
+
+def vision_width(cfg) -> int:
+    """The width of an encoder's grid features."""
+    return HEAD_CHANNELS if isinstance(cfg, MobileNetV2Config) else cfg.hidden_size
 
 
 def num_params(cfg) -> int:

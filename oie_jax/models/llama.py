@@ -138,14 +138,18 @@ class Llama(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, cfg, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None):
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None,
+                 inputs_embeds=None):
         """Float32 logits (batch, length, vocab) and the updated cache (None without one); see
         `hidden_states` for the arguments."""
-        x, cache = self.hidden_states(tokens, positions, segment_ids, cache, layers)
+        x, cache = self.hidden_states(tokens, positions, segment_ids, cache, layers, inputs_embeds=inputs_embeds)
         return self.logits(x), cache
 
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        return constrain(self.embed[...][tokens].astype(self.cfg.dtype), RESIDUAL)
+
     def hidden_states(self, tokens, positions=None, segment_ids=None, cache: KVCache | None = None, layers=None,
-                      dropout_key=None):
+                      dropout_key=None, inputs_embeds=None):
         """The final-normed hidden states (batch, length, embed) and the updated cache.
 
         positions: per-token RoPE positions (restart per packed segment); default 0..length-1, after
@@ -153,6 +157,8 @@ class Llama(nnx.Module):
         segment_ids: 1, 2, ... per packed segment, 0 for padding; default all 1.
         layers: `unstack_layers(self)`, used with a cache instead of slicing the stacked parameters.
         dropout_key: a random key for the adapters' dropout (training a LoRA model); None = no dropout.
+        inputs_embeds: (batch, length, embed) to use instead of the tokens' embeddings (image features
+            spliced in, models/multimodal.py); the tokens still give the shape.
         """
         batch, length = tokens.shape
         slots = jnp.arange(length, dtype=jnp.int32)
@@ -171,7 +177,8 @@ class Llama(nnx.Module):
 
         inv_freq = rope.inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
         cos, sin = rope.rotation_tables(positions, inv_freq)
-        x = constrain(self.embed[...][tokens].astype(self.cfg.dtype), RESIDUAL)
+        x = self.embed_tokens(tokens) if inputs_embeds is None else constrain(inputs_embeds.astype(self.cfg.dtype),
+                                                                              RESIDUAL)
         x, cache = self._run_layers(x, cos, sin, mask, cache, layers, dropout_key)
         return self.final_norm(x), cache
 

@@ -9,9 +9,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def check_policies(cfg) -> None:
-    """A config's `param_dtype`, `dtype` and `remat`, each one of the known names, or a one-line error."""
+    """A config's `param_dtype`, `dtype` and `remat` (where it has one), each one of the known names, or a
+    one-line error."""
     for name in ("param_dtype", "dtype"):
         if getattr(cfg, name) not in DTYPES:
             raise UserError(f"{name}={getattr(cfg, name)!r} is not one of {DTYPES}")
-    if cfg.remat not in REMAT_POLICIES:
+    if getattr(cfg, "remat", "none") not in REMAT_POLICIES:
         raise UserError(f"remat={cfg.remat!r} is not one of {REMAT_POLICIES}")

@@ -285,6 +285,35 @@ class ViT(nnx.Module):
     def __call__(self, images: jax.Array) -> VisionOutput:
         """images (batch, height, width, channels), normalised; any size of at least one patch (pixels
         beyond the last whole patch are ignored, as a strided convolution does)."""
+        x, (gh, gw) = self._embed(images)
+        x = scan_layers(self.layers, x, self._block, self.cfg.remat)
+        if self.cfg.class_token:
+            grid, pooled = x[:, 1:], self.post_norm(x[:, 0])
+        else:
+            grid = self.post_norm(x)
+            pooled = self.head(grid)
+        return VisionOutput(grid.reshape(images.shape[0], gh, gw, -1), pooled)
+
+    def hidden_state(self, images: jax.Array, layer: int) -> jax.Array:
+        """The tokens (batch, class token + patches, embed) after `layer` blocks, no final norm: Hugging
+        Face's `hidden_states[layer]` (0 = the embeddings, -1 = the last block's output), which LLaVA's
+        projector reads."""
+        count = layer if layer >= 0 else self.cfg.num_layers + 1 + layer
+        if not 0 <= count <= self.cfg.num_layers:
+            raise UserError(f"vision feature layer {layer} is outside a {self.cfg.num_layers}-layer encoder")
+        x, _ = self._embed(images)
+        if count == 0:
+            return x
+        graphdef, state = nnx.split(self.layers)
+        first = nnx.merge(graphdef, jax.tree.map(lambda a: a[:count], state))
+        return scan_layers(first, x, self._block, self.cfg.remat)
+
+    @staticmethod
+    def _block(block, x):
+        return constrain(block(x), TOKENS)
+
+    def _embed(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+        """The tokens entering the first block, and the patch grid (height, width)."""
         cfg, dtype = self.cfg, self.cfg.dtype
         b, height, width, c = images.shape
         p = cfg.patch_size
@@ -301,11 +330,4 @@ class ViT(nnx.Module):
             x = self.pre_norm(x + jnp.concatenate([positions[:1], patch_positions])[None])
         else:
             x = x + self.patch_bias[...].astype(dtype) + resize_positions(positions, cfg.grid, gh, gw)[None]
-        x = constrain(x, TOKENS)
-        x = scan_layers(self.layers, x, lambda block, x: constrain(block(x), TOKENS), cfg.remat)
-        if cfg.class_token:
-            grid, pooled = x[:, 1:], self.post_norm(x[:, 0])
-        else:
-            grid = self.post_norm(x)
-            pooled = self.head(grid)
-        return VisionOutput(grid.reshape(b, gh, gw, -1), pooled)
+        return constrain(x, TOKENS), (gh, gw)

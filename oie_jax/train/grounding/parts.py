@@ -4,6 +4,9 @@ state for them only); the others come into the step as frozen arrays, so that a 
 its forward pass and nothing more. A LLaMA with LoRA adapters (`setup.llama.lora`) is split in two: its
 adapters train, its base is frozen (`split`).
 
+The functions below the setup serve any setup of parts: one with `parts`, `trainable`, `llama` (its
+LoRA), `modules()` and `objective(params, batch)` (the multimodal LLaMA's, `train/multimodal.py`).
+
 The objective per batch: KL to H-Index's target per entity, plus L1 and 1 - GIoU per gold box (weighted
 as DETR does, 5 and 2), plus the LLaMA's next-token loss when the LLaMA is trained (it must keep
 extracting the entities it is asked to ground).
@@ -26,7 +29,6 @@ from oie_jax.models.checkpoint import model_from_params
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.grounding import GroundingConfig, GroundingHead, entity_queries, grounding_losses
 from oie_jax.models.llama import Llama
-from oie_jax.models.mobilenet import HEAD_CHANNELS, MobileNetV2Config
 from oie_jax.train.loss import LossSums, chunked_token_losses
 from oie_jax.train.step import TrainState, init_state
 
@@ -44,35 +46,34 @@ class GroundingSetup:
     l1_weight: float = 5.0
     giou_weight: float = 2.0
 
+    parts = PARTS
+
     def __post_init__(self):
         if "head" not in self.trainable or not set(self.trainable) <= set(PARTS):
             raise UserError(f"trainable parts {self.trainable}: the head and any of {PARTS}")
 
+    def modules(self) -> dict[str, Callable[[nnx.Rngs], nnx.Module]]:
+        return {"llama": lambda rngs: Llama(self.llama, rngs=rngs),
+                "vision": lambda rngs: encoders.build(self.vision, rngs),
+                "head": lambda rngs: GroundingHead(self.head, rngs=rngs)}
 
-def vision_width(cfg) -> int:
-    """The width of an encoder's grid features."""
-    return HEAD_CHANNELS if isinstance(cfg, MobileNetV2Config) else cfg.hidden_size
-
-
-def _modules(setup: GroundingSetup) -> dict[str, Callable[[nnx.Rngs], nnx.Module]]:
-    return {"llama": lambda rngs: Llama(setup.llama, rngs=rngs),
-            "vision": lambda rngs: encoders.build(setup.vision, rngs),
-            "head": lambda rngs: GroundingHead(setup.head, rngs=rngs)}
+    def objective(self, params: dict, batch: dict) -> tuple[jax.Array, dict]:
+        return objective(self, params, batch)
 
 
-def abstract_state(setup: GroundingSetup, part: str) -> nnx.State:
+def abstract_state(setup, part: str) -> nnx.State:
     """A part's parameters as shapes, with their logical axes."""
-    return nnx.state(nnx.eval_shape(lambda: _modules(setup)[part](nnx.Rngs(0))))
+    return nnx.state(nnx.eval_shape(lambda: setup.modules()[part](nnx.Rngs(0))))
 
 
-def init_part(setup: GroundingSetup, part: str, seed: int) -> dict:
-    return nnx.to_pure_dict(nnx.state(_modules(setup)[part](nnx.Rngs(seed))))
+def init_part(setup, part: str, seed: int) -> dict:
+    return nnx.to_pure_dict(nnx.state(setup.modules()[part](nnx.Rngs(seed))))
 
 
-def merged(setup: GroundingSetup, part: str, params: dict) -> nnx.Module:
+def merged(setup, part: str, params: dict) -> nnx.Module:
     if part == "llama":
         return model_from_params(setup.llama, params)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: _modules(setup)[part](nnx.Rngs(0))))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: setup.modules()[part](nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
 
@@ -126,22 +127,22 @@ def objective(setup: GroundingSetup, params: dict, batch: dict) -> tuple[jax.Arr
     return loss, metrics
 
 
-def split(setup: GroundingSetup, tree: dict) -> tuple[dict, dict]:
+def split(setup, tree: dict) -> tuple[dict, dict]:
     """(trained, frozen) of a tree over the parts (parameters, or their shardings or shapes): whole parts,
     but of a LoRA LLaMA the adapters train and the base stays frozen. `lora.join` puts them together."""
-    trained = {p: tree[p] for p in PARTS if p in setup.trainable and p in tree}
-    frozen = {p: tree[p] for p in PARTS if p not in setup.trainable and p in tree}
+    trained = {p: tree[p] for p in setup.parts if p in setup.trainable and p in tree}
+    frozen = {p: tree[p] for p in setup.parts if p not in setup.trainable and p in tree}
     if setup.llama.lora is not None and "llama" in tree:
         trained["llama"], frozen["llama"] = lora.split(tree["llama"])
     return trained, frozen
 
 
-def make_train_step(setup: GroundingSetup, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(setup, optimizer: optax.GradientTransformation) -> Callable:
     """train_step(state, frozen, batch) -> (state, metrics); `state.params` holds the trainable parts."""
 
     def train_step(state: TrainState, frozen: dict, batch: dict):
         def loss_fn(trainable):
-            return objective(setup, lora.join(frozen, trainable), batch)
+            return setup.objective(lora.join(frozen, trainable), batch)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -151,20 +152,21 @@ def make_train_step(setup: GroundingSetup, optimizer: optax.GradientTransformati
     return train_step
 
 
-def make_eval_step(setup: GroundingSetup) -> Callable:
+def make_eval_step(setup) -> Callable:
     """eval_step(params, frozen, batch) -> (loss, 1): summed over batches and divided, the mean batch loss."""
 
     def eval_step(params, frozen, batch):
-        return objective(setup, lora.join(frozen, params), batch)[0], jnp.float32(1)
+        return setup.objective(lora.join(frozen, params), batch)[0], jnp.float32(1)
 
     return eval_step
 
 
-def part_shardings(setup: GroundingSetup, mesh, rules=sharding.DEFAULT_RULES, parts=PARTS) -> dict:
-    return {part: sharding.param_shardings(abstract_state(setup, part), mesh, rules) for part in parts}
+def part_shardings(setup, mesh, rules=sharding.DEFAULT_RULES, parts=None) -> dict:
+    return {part: sharding.param_shardings(abstract_state(setup, part), mesh, rules)
+            for part in (parts or setup.parts)}
 
 
-def state_shardings(setup: GroundingSetup, optimizer, mesh, rules=sharding.DEFAULT_RULES,
+def state_shardings(setup, optimizer, mesh, rules=sharding.DEFAULT_RULES,
                     placed: dict | None = None) -> TrainState:
     """The trainable parts by the logical rules (or as `placed`, `part_shardings` computed already), their
     optimizer moments alike, scalars replicated."""
@@ -184,7 +186,7 @@ def create_state(optimizer, shardings: TrainState, params: dict) -> TrainState:
                    donate_argnums=0)(params)
 
 
-def abstract_train_state(setup: GroundingSetup, optimizer, shardings: TrainState) -> TrainState:
+def abstract_train_state(setup, optimizer, shardings: TrainState) -> TrainState:
     abstract = split(setup, {p: nnx.to_pure_dict(abstract_state(setup, p)) for p in setup.trainable})[0]
     state = jax.eval_shape(lambda params: init_state(params, optimizer), abstract)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)

@@ -24,18 +24,23 @@ from oie_jax.train.step import jit_on_mesh
 
 
 class GroundingRun(Run):
+    def prepare_vision(self) -> None:
+        """The encoder's config and init directory, and how images are prepared for it (`vision.*`)."""
+        vision = self.config.vision
+        self.vision_cfg, self.vision_init = build.vision_config(vision)
+        self.preprocess = encoders.preprocess_for(self.vision_cfg, self.vision_init)
+        if vision.resize:
+            self.preprocess = dataclasses.replace(self.preprocess, resize=vision.resize)
+        if vision.image_size:
+            self.preprocess = dataclasses.replace(self.preprocess, size=(vision.image_size,) * 2)
+
     def make_pipelines(self, records, mine: slice):
         config = self.config
-        self.vision_cfg, self.vision_init = build.vision_config(config.vision)
-        self.preprocess = encoders.preprocess_for(self.vision_cfg, self.vision_init)
-        if config.vision.resize:
-            self.preprocess = dataclasses.replace(self.preprocess, resize=config.vision.resize)
-        if config.vision.image_size:
-            self.preprocess = dataclasses.replace(self.preprocess, size=(config.vision.image_size,) * 2)
+        self.prepare_vision()
         g = config.grounding
         trainable = ("head",) + (("vision",) if config.vision.trainable else ()) + (
             ("llama",) if g.llama in ("full", "lora") else ())
-        head = GroundingConfig(query_size=self.cfg.hidden_size, vision_size=parts.vision_width(self.vision_cfg),
+        head = GroundingConfig(query_size=self.cfg.hidden_size, vision_size=encoders.vision_width(self.vision_cfg),
                                size=g.size, cells=g.cells, param_dtype=self.cfg.param_dtype, dtype=self.cfg.dtype)
         self.setup = parts.GroundingSetup(self.cfg, self.vision_cfg, head, trainable, g.lm_weight, g.l1_weight,
                                           g.giou_weight)
@@ -66,7 +71,7 @@ class GroundingRun(Run):
         """A part's parameters from its init directory, else a random init (seeded per part), placed; of a
         LoRA LLaMA, new adapters (its base is `lora_base`)."""
         placed = self.part_shardings[part]
-        seed = self.config.train.seed + parts.PARTS.index(part)
+        seed = self.config.train.seed + self.setup.parts.index(part)
         if part == "llama" and self.cfg.lora is not None:
             adapters = lambda: lora.split(parts.init_part(self.setup, part, seed))[0]  # noqa: E731
             return jax.jit(adapters, out_shardings=lora.split(placed)[0])()
@@ -77,7 +82,7 @@ class GroundingRun(Run):
         return jax.jit(lambda: parts.init_part(self.setup, part, seed), out_shardings=placed)()
 
     def load_frozen(self) -> dict:
-        frozen = {part: self.load_part(part) for part in parts.PARTS if part not in self.setup.trainable}
+        frozen = {part: self.load_part(part) for part in self.setup.parts if part not in self.setup.trainable}
         if self.cfg.lora is not None:
             frozen["llama"] = self.lora_base(self.frozen_shardings["llama"])
         return frozen
