@@ -46,6 +46,16 @@ def base_config() -> ConfigDict:
         giou_weight=2.0,
         lm_weight=1.0,  # the LLaMA's next-token loss, when it trains
     ))
+    c.multimodal = ConfigDict(dict(
+        enabled=False,  # the picture goes into the LLaMA: image tokens in the prompt (models/multimodal.py); needs a
+        # `vision` encoder and records with images (their grounding's image id)
+        images="",  # directory of the data's images (IMGID.jpg, .png, ...)
+        image_token_id=-1,  # the placeholder token; -1 = the vocabulary's last id (its embedding is never read)
+        feature_layer=-2,  # the encoder hidden state the projector reads (as Hugging Face counts them; ViTs only)
+        pool=1,  # average the grid over pool x pool cells: pool^2 times fewer image tokens (LLaVA export needs 1)
+        llama="full",  # full: the LLaMA trains with the projector; frozen: the projector alone learns; lora: the
+        # adapters of train.lora (rank > 0) train
+    ))
     c.data = ConfigDict(dict(
         train="sample:train",  # "sample:SPLIT" (embedded corpus) or files, directories, globs, comma-separated
         dev="sample:dev",  # same forms, or "holdout:N" = N records per (subset, language) held out of train; "" = none

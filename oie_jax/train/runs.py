@@ -8,12 +8,13 @@ from ml_collections import ConfigDict
 
 from oie_jax.train.grounding.run import GroundingRun
 from oie_jax.train.loop import Outcome, Run
+from oie_jax.train.multimodal import MultimodalRun
 
-KINDS = {"text": Run, "grounding": GroundingRun}
+KINDS = {"text": Run, "grounding": GroundingRun, "multimodal": MultimodalRun}
 
 
 def kind_of(config: ConfigDict) -> str:
-    return "grounding" if config.grounding.enabled else "text"
+    return "grounding" if config.grounding.enabled else "multimodal" if config.multimodal.enabled else "text"
 
 
 def train(config: ConfigDict, workdir, on_step=None) -> Outcome:

@@ -64,6 +64,8 @@ RULES = (
     ("grounding.l1_weight", lambda v: v >= 0, ">= 0"),
     ("grounding.giou_weight", lambda v: v >= 0, ">= 0"),
     ("grounding.lm_weight", lambda v: v >= 0, ">= 0"),
+    ("multimodal.llama", lambda v: v in ("frozen", "lora", "full"), "frozen, lora or full"),
+    ("multimodal.pool", lambda v: v >= 1, ">= 1"),
     ("mesh.platform", lambda v: v in ("", "tpu", "gpu", "cpu"), "tpu, gpu, cpu or ''"),
     ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
     ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
@@ -156,6 +158,19 @@ def check_config(config: ConfigDict) -> None:
         if (config.grounding.llama == "lora") != bool(config.train.lora.rank):
             raise UserError("config fields grounding.llama and train.lora.rank: LoRA adapters of the LLaMA in a "
                             "grounding run take both, grounding.llama = 'lora' and the adapters' train.lora.rank > 0")
+    if config.multimodal.enabled:
+        if config.grounding.enabled:
+            raise UserError("config fields grounding.enabled and multimodal.enabled: one kind of run at a time")
+        if not (config.vision.init or config.vision.preset):
+            raise UserError("config field multimodal.enabled: a multimodal run needs an image encoder (vision.init or "
+                            "vision.preset)")
+        if not config.multimodal.images:
+            raise UserError("config field multimodal.images: a multimodal run needs the directory of its images")
+        if config.train.micro_batches != 1:
+            raise UserError("config field train.micro_batches: a multimodal run takes whole batches (1)")
+        if (config.multimodal.llama == "lora") != bool(config.train.lora.rank):
+            raise UserError("config fields multimodal.llama and train.lora.rank: LoRA adapters of the LLaMA in a "
+                            "multimodal run take both, multimodal.llama = 'lora' and the adapters' train.lora.rank > 0")
     try:
         holdout.parse_spec(config.data.dev)
     except ValueError as exc:
