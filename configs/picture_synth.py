@@ -38,5 +38,6 @@ def get_config():
     c.eval.f1_every = 40
     c.eval.f1_examples = 64
     c.checkpoint.best_metric = "micro/wl/f1"
+    c.checkpoint.best_mode = "max"
     c.log.every = 10
     return c

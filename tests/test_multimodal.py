@@ -12,17 +12,18 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from PIL import Image
 from safetensors.numpy import load_file
 
 from oie_jax import cli, sharding
 from oie_jax.convert import llava
 from oie_jax.data import synth_picture
-from oie_jax.data.format import render_input
+from oie_jax.data.format import Grounding, Record, render_input
 from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource, decode, prepare
 from oie_jax.data.packing import EncodeStats, encode
 from oie_jax.data.pipeline import PipelineConfig
-from oie_jax.data.sources.registry import load_source
+from oie_jax.data.sources.registry import load_source, write_jsonl
 from oie_jax.data.tokenizer import ByteTokenizer, load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.infer.extract import extract
@@ -165,6 +166,26 @@ def test_extract_with_an_image_equals_transformers(tmp_path, capsys):
     with pytest.raises(UserError, match="no vision encoder"):
         extract(tmp_path / "ours" / "llama", text, "NER", image=PHOTO)
 
+    # `eval` reads each record with its own image: the same outputs as `extract` with that image.
+    (tmp_path / "images").mkdir()
+    photo = decode(PHOTO)
+    pictures = {"upright": photo, "flipped": photo[::-1].copy(), "inverted": 255 - photo, "dark": photo // 8}
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(tmp_path / "images" / f"{name}.png")
+    golds = [Record(text, "NER", items=(("PER", "t40"),), id=name, grounding=Grounding(name, 0, 0, ((),)))
+             for name in pictures]
+    write_jsonl(golds, tmp_path / "gold.jsonl")
+    assert cli.main(["eval", "--model", str(tmp_path / "ours"), "--data", str(tmp_path / "gold.jsonl"), "--images",
+                     str(tmp_path / "images"), "--no-constrained", "--max-new-tokens", "6", "--no-progress",
+                     "--out", str(tmp_path / "eval")]) == 0
+    predicted = [json.loads(line)["output"] for line in (tmp_path / "eval" / "predictions.jsonl").open()]
+    expected = [extract(tmp_path / "ours", text, "NER", image=tmp_path / "images" / f"{name}.png",
+                        max_new_tokens=6).output for name in pictures]
+    assert predicted == expected and len(set(expected)) > 1  # the pictures lead some outputs apart
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(tmp_path / "ours"), "--data", str(tmp_path / "gold.jsonl")]) == 2
+    assert "such a model needs it" in capsys.readouterr().err
+
 
 def test_sharded_forward_equals_one_device(tmp_path):
     save_hf_llava("siglip", tmp_path / "hf", seed=2)
@@ -226,3 +247,37 @@ def test_image_batches_put_the_placeholders_after_bos_and_keep_them_when_the_pro
             assert tokens[mask == 1].tolist() == answer.tolist()  # the target whole, the prompt cut if need be
             np.testing.assert_array_equal(batch["image"][row], images.load(record.grounding.image)[0])
         assert (pipeline.stats.prompts_cut > 0) == (seq_len == 60)
+
+
+def test_served_oie_requests_read_image_url_parts_as_extract_reads_the_image(tmp_path):
+    import asyncio
+    import base64
+
+    import aiohttp
+
+    from tests.test_serve import TINY_TEMPLATE, post, server
+
+    save_hf_llava("clip", tmp_path / "hf", seed=6)
+    save_word_tokenizer(tmp_path / "hf", TEXT["vocab_size"])
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=TINY_TEMPLATE)))
+    llava.convert(tmp_path / "hf", tmp_path / "ours")
+    text = "t40 t41 t300 t7"
+    expected = extract(tmp_path / "ours", text, "NER", image=PHOTO, max_new_tokens=6).output
+    data_url = "data:image/jpeg;base64," + base64.b64encode(PHOTO.read_bytes()).decode()
+
+    def request(*parts):
+        return {"messages": [{"role": "user", "content": [{"type": "text", "text": text}, *parts]}],
+                "oie": {"task": "NER", "constrained": False}, "max_tokens": 6}
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as session:
+            chat = url + "/v1/chat/completions"
+            return [await post(session, chat, request({"type": "image_url", "image_url": {"url": where}}))
+                    for where in (data_url, str(PHOTO), "https://example.com/x.jpg")]
+
+    with server(tmp_path / "ours") as (url, _):
+        by_data_url, by_path, by_network = asyncio.run(scenario(url))
+    assert by_data_url[0] == 200 and by_data_url[1]["choices"][0]["message"]["content"] == expected
+    assert by_path[0] == 200 and by_path[1]["choices"][0]["message"]["content"] == expected
+    assert by_network[0] == 400 and "network" in by_network[1]["error"]["message"]

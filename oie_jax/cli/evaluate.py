@@ -53,24 +53,31 @@ def cmd_score(args):
 
 
 def cmd_eval(args):
+    from oie_jax.data.images import ImageSource
     from oie_jax.data.labels import model_label_sets
-    from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.eval import errors, report
     from oie_jax.eval.evaluate import evaluate
     from oie_jax.eval.predictions import write_predictions
     from oie_jax.files import location, prepare_output_dir
     from oie_jax.infer.budget import model_budget
-    from oie_jax.models.checkpoint import load_model
+    from oie_jax.infer.predict import load_for_generation, record_images
 
     golds = load_gold(args.data, args.source, args.strict)[: args.limit]
+    model, tokenizer, preprocess = load_for_generation(args.model, args.dtype)
+    if (preprocess is None) != (args.images is None):
+        raise UserError("--images is for a multimodal model (a directory with oie_multimodal.json), and such a "
+                        "model needs it", args.model)
+    images = None
+    if preprocess is not None:
+        source = ImageSource(args.images, preprocess, strict=args.strict)
+        images = record_images(golds, source)
+        print(source.summary(), file=sys.stderr)
     out = prepare_output_dir(args.out or f"eval-{location(args.model).name}", args.overwrite)
-    tokenizer = load_tokenizer(args.model)
     max_new_tokens = args.max_new_tokens or model_budget(args.model)
-    model = load_model(args.model, **({"dtype": args.dtype} if args.dtype else {}))
     labels = model_label_sets(args.model, args.labels) if args.constrained else None
     outputs, scores = evaluate(model, tokenizer, golds, batch_size=args.batch_size,
                                max_new_tokens=max_new_tokens, progress=not args.no_progress,
-                               log=print_warning, labels=labels)
+                               log=print_warning, labels=labels, images=images)
     if labels is not None:
         scores = dataclasses.replace(scores, notes=(*scores.notes, constrained_note(labels)))
     write_predictions(out / "predictions.jsonl", golds, outputs)
@@ -150,7 +157,10 @@ def add_parsers(commands) -> None:
                     "report.md, scores.json and f1.png into --out, and the error analysis (per-label P/R/F1, labels "
                     "confused on the same span, missed/spurious/wrong-label/boundary errors) as errors.md, "
                     "errors.json and errors.png; reports compilations and tokens/s.")
-    evaluation.add_argument("--model", required=True, help="oie-jax model directory")
+    evaluation.add_argument("--model", required=True, help="oie-jax model directory (text or multimodal)")
+    evaluation.add_argument("--images", metavar="DIR",
+                            help="a multimodal model's: the records' images, DIR/IMGID.jpg (or .jpeg, .png, .webp; "
+                                 "the id of the record's grounding, else its own)")
     add_gold_arguments(evaluation, "--data", "records to evaluate on (unified JSONL or any corpus format)")
     evaluation.add_argument("--batch-size", type=positive_int, default=16)
     evaluation.add_argument("--max-new-tokens", type=positive_int,

@@ -185,7 +185,7 @@ class GroundingPipeline(EpochBatches):
 
     def describe(self) -> str:
         skipped = sum(self.stats.skipped.values())
-        return (f"{len(self.examples):,} tweets of at most {self.cfg.seq_len} tokens, up to {self.entities} entities "
+        return (f"{len(self.examples):,} records of at most {self.cfg.seq_len} tokens, up to {self.entities} entities "
                 f"and {self.boxes_per_entity} boxes each; {self.stats.prompts_cut:,} prompts cut; {skipped:,} records "
                 "skipped" + (f" ({dict(self.stats.skipped)})" if skipped else ""))
 

@@ -9,6 +9,7 @@ on pixel boundaries: a box of one pixel at (0, 0) is (0, 0, 1, 1).
 """
 
 import dataclasses
+import io
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -65,8 +66,17 @@ def decode(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError("image not found")
+    return _decoded(path)
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """As `decode`, of an image file's bytes (a data URL's)."""
+    return _decoded(io.BytesIO(data))
+
+
+def _decoded(source) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:

@@ -2,12 +2,16 @@
 (tokenizer_config.json, or chat_template.jinja beside it), rendered as Hugging Face's
 `apply_chat_template` renders it (sandboxed, blocks trimmed, the special tokens as variables)."""
 
+import base64
+import binascii
 import datetime
 import functools
 import json
 
+import numpy as np
 from etils import epath
 
+from oie_jax.data.images import ImageError, decode, decode_bytes
 from oie_jax.data.tokenizer import read_config
 from oie_jax.errors import UserError
 
@@ -77,20 +81,46 @@ def _content(token):
 
 def checked_messages(messages) -> list[dict]:
     """OpenAI chat messages as the template expects them: a non-empty list of {role, content} with a
-    known role and text content (an array of text parts is joined). Raises UserError naming the message."""
+    known role and text content (an array of text parts is joined); the URLs of a message's `image_url`
+    parts in its "images". Raises UserError naming the message."""
     if not isinstance(messages, list) or not messages:
         raise UserError("'messages' must be a non-empty list of {role, content} objects")
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise UserError(f"messages[{i}]: needs a 'role' among {', '.join(ROLES)}")
-        content = message.get("content")
-        if isinstance(content, list):  # content parts: only text ones can reach a text model
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise UserError(f"messages[{i}].content: only parts of type 'text' are supported")
-            content = "".join(p["text"] for p in content)
+        content, images = message.get("content"), []
+        if isinstance(content, list):  # content parts: text, and images for a multimodal model
+            texts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif (isinstance(part, dict) and part.get("type") == "image_url"
+                      and isinstance((part.get("image_url") or {}).get("url"), str)):
+                    images.append(part["image_url"]["url"])
+                else:
+                    raise UserError(f"messages[{i}].content: parts are of type 'text' or 'image_url' ({{url}})")
+            content = "".join(texts)
         if not isinstance(content, str):
-            raise UserError(f"messages[{i}].content must be a string or a list of text parts")
-        out.append({"role": message["role"], "content": content})
+            raise UserError(f"messages[{i}].content must be a string or a list of text and image_url parts")
+        out.append({"role": message["role"], "content": content, **({"images": images} if images else {})})
     return out
+
+
+def read_image_url(url: str) -> np.ndarray:
+    """The RGB picture of an `image_url` part: a base64 data URL, or a file on the server's machine (a
+    path or a file:// URL). Nothing is fetched from the network."""
+    try:
+        if url.startswith("data:"):
+            header, _, payload = url.partition(",")
+            if not header.endswith(";base64"):
+                raise UserError("an image data URL must be base64 (data:image/png;base64,...)")
+            try:
+                return decode_bytes(base64.b64decode(payload, validate=True))
+            except binascii.Error:
+                raise UserError("the image data URL is not valid base64") from None
+        if url.startswith(("http://", "https://")):
+            raise UserError("the server fetches no image from the network: send a data URL, or a path on the server")
+        return decode(url.removeprefix("file://"))
+    except ImageError as exc:
+        raise UserError(f"image_url {url[:60]!r}: {exc}") from None

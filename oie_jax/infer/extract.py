@@ -68,11 +68,7 @@ def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=N
     `infer.constrain`) constrain decoding to the format, those labels and entities copied from the text;
     {} constrains the format and the copies only. `image` (a file, or an RGB uint8 array) is the picture
     a multimodal model reads every text with."""
-    from oie_jax.data.tokenizer import load_tokenizer
-    from oie_jax.files import location
-    from oie_jax.infer.predict import generate_outputs
-    from oie_jax.models import multimodal_dir
-    from oie_jax.models.checkpoint import load_model
+    from oie_jax.infer.predict import generate_outputs, load_for_generation
 
     if task not in fmt.TASKS:
         raise UserError(f"unknown task {task!r}; the tasks are: {', '.join(fmt.TASKS)}")
@@ -80,13 +76,9 @@ def extract(model, texts: str | Sequence[str], task: str = "NER", *, tokenizer=N
     texts = [texts] if single else list(texts)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise UserError("extract needs non-empty texts")
-    overrides = {"dtype": dtype} if dtype else {}
-    if isinstance(model, str | Path) and multimodal_dir.is_multimodal(model):
-        tokenizer = tokenizer or load_tokenizer(location(model) / "llama")
-        model, preprocess = multimodal_dir.load_multimodal_model(model, **overrides)
-    elif isinstance(model, str | Path):
-        tokenizer = tokenizer or load_tokenizer(model)
-        model = load_model(model, **overrides)
+    if isinstance(model, str | Path):
+        model, own_tokenizer, preprocess = load_for_generation(model, dtype)
+        tokenizer = tokenizer or own_tokenizer
     elif tokenizer is None:
         raise UserError("a loaded model needs its tokenizer (tokenizer=...)")
     images = None

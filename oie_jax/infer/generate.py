@@ -53,6 +53,11 @@ class Sampling:
             raise UserError(f"invalid sampling settings {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
 
 
+def text_model(model: Llama | MultimodalLlama) -> Llama:
+    """The LLaMA of a model: itself, or a multimodal model's."""
+    return model.llama if isinstance(model, MultimodalLlama) else model
+
+
 def stop_ids(cfg: LlamaConfig, tokenizer=None) -> tuple[int, ...]:
     """Where generation ends: any end-of-sequence id of the model (config.json and, since the import,
     generation_config.json) or of its tokenizer."""
@@ -200,16 +205,16 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
         raise UserError("empty prompt: every prompt needs at least one token")
     if max_new_tokens < 1 or batch_size < 1:
         raise UserError(f"max_new_tokens and batch_size must be at least 1 (got {max_new_tokens}, {batch_size})")
-    text_model = model.llama if isinstance(model, MultimodalLlama) else model
+    llama = text_model(model)
     if images is not None:
-        if text_model is model:
+        if llama is model:
             raise UserError("images were given to a model without a vision encoder")
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         check_placeholders(prompts, model.cfg.image_token_id, model.image_tokens(images.shape[1:]))
     else:
-        model = text_model  # text-only prompts: the LLaMA alone
-    cfg = text_model.cfg
+        model = llama  # text-only prompts: the LLaMA alone
+    cfg = llama.cfg
     outside = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
     if outside:
         raise UserError(f"token id {outside[0]} is outside the model's vocabulary of {cfg.vocab_size} "
@@ -224,7 +229,7 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
     placement = Placement.of(state, rules or sharding.current_rules())
     # XLA fuses a layer's slice of the stacked parameters into its matmuls on GPU and TPU; on CPU it
     # copies them at every token, so there each layer gets arrays of its own (for this call).
-    layers = unstack_layers(text_model) if jax.devices()[0].platform == "cpu" else None
+    layers = unstack_layers(llama) if jax.devices()[0].platform == "cpu" else None
     filters = filters_of(sampling, cfg.vocab_size)
     seeds = np.asarray(row_seeds if row_seeds is not None else [(sampling.seed, i) for i in range(len(prompts))],
                        np.uint32).reshape(len(prompts), 2)

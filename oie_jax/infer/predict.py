@@ -9,12 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from oie_jax.data.format import Record, render_input
+from oie_jax.data.grounding import image_id
 from oie_jax.data.labels import LabelSet, label_set_for
 from oie_jax.data.packing import with_placeholders
-from oie_jax.data.tokenizer import Tokenizer
+from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
+from oie_jax.files import location
 from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
-from oie_jax.models.multimodal import MultimodalLlama
+from oie_jax.models import multimodal_dir
+from oie_jax.models.checkpoint import load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,23 @@ class GenerationStats:
                 "steady_tokens_per_second": round(self.steady_tokens_per_second, 2)}
 
 
+def load_for_generation(directory, dtype: str | None = None):
+    """(model, tokenizer, image preparation) of a model directory: a text one (preparation None), or a
+    multimodal one (`models/multimodal_dir.py`, its tokenizer in llama/)."""
+    overrides = {"dtype": dtype} if dtype else {}
+    if multimodal_dir.is_multimodal(directory):
+        model, preprocess = multimodal_dir.load_multimodal_model(directory, **overrides)
+        return model, load_tokenizer(location(directory) / "llama"), preprocess
+    return load_model(directory, **overrides), load_tokenizer(directory), None
+
+
+def record_images(records: Sequence[Record], images) -> np.ndarray:
+    """Each record's image (its grounding's id, else its own) prepared by `images` (an ImageSource), in
+    parallel; one that cannot be read is reported there and left blank (`strict`: an error)."""
+    ids = [image_id(r) for r in records]
+    return np.concatenate([batch["image"] for batch in images.batches(ids, 16)]) if ids else np.zeros((0,))
+
+
 def prompt_tokens(records: Sequence[Record], tokenizer: Tokenizer, placeholders: tuple[int, int] | None = None
                   ) -> list[list[int]]:
     """BOS + the rendered input, as the training sequences begin (oie_jax.data.packing.encode); with
@@ -86,7 +106,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     With `labels` (label sets, possibly empty: any label), decoding is constrained to the format of each
     record's task, its labels and the entities of its text (infer/constrain.py). `images` (a multimodal
     model's, prepared, one per record) go into the prompts after the BOS."""
-    text_model = model.llama if isinstance(model, MultimodalLlama) else model
+    text_model = gen.text_model(model)
     placeholders = None
     if images is not None:
         placeholders = (model.cfg.image_token_id, model.image_tokens(images.shape[1:]))

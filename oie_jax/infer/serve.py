@@ -19,11 +19,13 @@ import threading
 import time
 import uuid
 
+import numpy as np
 from aiohttp import web
 
+from oie_jax.data.images import prepare
 from oie_jax.errors import UserError
 from oie_jax.infer import generate as gen
-from oie_jax.infer.chat import checked_messages, load_chat_template
+from oie_jax.infer.chat import checked_messages, load_chat_template, read_image_url
 
 MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
 SAMPLING_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
@@ -56,6 +58,7 @@ class Job:
     salt: int = 0  # the choice's index in its request: its draw is fold_in(key(seed), salt), whatever its batch
     cancelled: bool = False  # its client went away: dropped if it has not started
     stop: tuple[str, ...] = ()  # stop strings: the row ends at the step that completes one
+    image: np.ndarray | None = None  # a multimodal model's prepared picture, read at the prompt's placeholders
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -74,7 +77,7 @@ class Batcher:
 
     def __init__(self, model, tokenizer, limits: Limits):
         self.model, self.limits, self.tokenizer = model, limits, tokenizer
-        self.eos_ids = gen.stop_ids(model.cfg, tokenizer)
+        self.eos_ids = gen.stop_ids(gen.text_model(model).cfg, tokenizer)
         self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
         self.requests = self.batches = self.dropped = 0  # dropped: jobs whose client left before they started
         self._thread = threading.Thread(target=self._run, name="oie-jax-generation", daemon=True)
@@ -122,7 +125,8 @@ class Batcher:
             if stopping:
                 return
             # Seeds do not split batches: each row draws from its own key (`generate`'s row_seeds).
-            kind = lambda j: (repr(dataclasses.replace(j.sampling, seed=0)), j.constraints is not None)  # noqa: E731
+            kind = lambda j: (repr(dataclasses.replace(j.sampling, seed=0)), j.constraints is not None,  # noqa: E731
+                              j.image is not None)
             for _, group in itertools.groupby(sorted(batch, key=kind), key=kind):
                 group = list(group)
                 self._generate(group[0].sampling, group)
@@ -156,7 +160,8 @@ class Batcher:
             outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
                                    eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints,
                                    on_tokens=on_tokens if streamed else None,
-                                   row_seeds=[(job.sampling.seed, job.salt) for job in jobs])
+                                   row_seeds=[(job.sampling.seed, job.salt) for job in jobs],
+                                   images=None if jobs[0].image is None else np.stack([job.image for job in jobs]))
         except Exception as exc:  # the server keeps serving; a failing row fails only its own request
             if len(jobs) == 1:
                 jobs[0].settle(error=exc)
@@ -203,8 +208,10 @@ async def openai_errors(request, handler):
 
 class Server:
     def __init__(self, model, tokenizer, name: str, limits: Limits = Limits(), chat_template=None,
-                 model_dir=None, label_sets: dict | None = None, budget: int = 128):
+                 model_dir=None, label_sets: dict | None = None, budget: int = 128, preprocess=None):
+        """`preprocess`: a multimodal model's image preparation (its `oie` requests then read an image)."""
         self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
+        self.preprocess = preprocess
         self.chat_template, self.model_dir = chat_template, model_dir
         self.label_sets, self.budget = label_sets or {}, budget  # what `oie` requests decode with by default
         self.batcher = Batcher(model, tokenizer, limits)
@@ -215,14 +222,13 @@ class Server:
         from etils import epath
 
         from oie_jax.data.labels import model_label_sets
-        from oie_jax.data.tokenizer import load_tokenizer
         from oie_jax.infer.budget import model_budget
-        from oie_jax.models.checkpoint import load_model
+        from oie_jax.infer.predict import load_for_generation
 
-        model = load_model(model_dir, **({"dtype": dtype} if dtype else {}))
-        return cls(model, load_tokenizer(model_dir), name or epath.Path(model_dir).name, limits,
-                   load_chat_template(model_dir), model_dir, model_label_sets(model_dir, None),
-                   model_budget(model_dir))
+        model, tokenizer, preprocess = load_for_generation(model_dir, dtype)
+        tokenizer_dir = epath.Path(model_dir) / ("llama" if preprocess is not None else "")
+        return cls(model, tokenizer, name or epath.Path(model_dir).name, limits, load_chat_template(tokenizer_dir),
+                   model_dir, model_label_sets(model_dir, None), model_budget(model_dir), preprocess)
 
     @functools.cached_property
     def weights(self) -> str | None:
@@ -234,7 +240,7 @@ class Server:
     @functools.cached_property
     def vocabulary(self) -> gen.Constraints:
         """The vocabulary's token bytes and trie for `oie` requests (no automaton), built at the first one."""
-        return gen.Constraints.of([], self.tokenizer, self.model.cfg.vocab_size)
+        return gen.Constraints.of([], self.tokenizer, gen.text_model(self.model).cfg.vocab_size)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
@@ -279,9 +285,13 @@ class Server:
             raise HTTPError(400, f"model {self.name} has no chat template in its tokenizer files; "
                                  "use /v1/completions")
         messages = checked_messages(body.get("messages"))
+        images = [url for message in messages for url in message.get("images", ())]
+        if images and ("oie" not in body or len(images) > 1 or not messages[-1].get("images")):
+            raise HTTPError(400, "an image is read by an 'oie' request, one, in its last message (the training "
+                                 "layout: the picture, then the text)", param="messages")
         if "oie" in body:  # the last message is the text; the answer is `oie-jax extract`'s
             return web.json_response(await self.extract("chat.completion", "chatcmpl", [messages[-1]["content"]],
-                                                        body))
+                                                        body, image=images[0] if images else None))
         ids = [self.chat_tokens(messages)]
         if body.get("stream"):
             return await self.stream(request, "chat.completion", "chatcmpl", ids, body)
@@ -290,11 +300,12 @@ class Server:
                     "logprobs": None} for i, (text, reason, _) in enumerate(results)]
         return web.json_response(self._reply("chat.completion", "chatcmpl", choices, ids, results))
 
-    async def extract(self, kind: str, prefix: str, texts: list[str], body: dict) -> dict:
+    async def extract(self, kind: str, prefix: str, texts: list[str], body: dict, image: str | None = None) -> dict:
         """`oie-jax extract` through the server: each text with the `oie` field's task as the prompt (the
         training layout, not a chat), greedy, constrained to the format with the model's label sets (or
         the request's; "constrained": false decodes freely), at most the model's generation budget (or
-        max_tokens); each choice carries the extraction (label, items, spans) beside the text."""
+        max_tokens); each choice carries the extraction (label, items, spans) beside the text. `image` (an
+        image_url's URL) is the picture a multimodal model reads the texts with."""
         from oie_jax.data import format as fmt
         from oie_jax.data.format import Record
         from oie_jax.data.labels import parse_label_sets
@@ -313,7 +324,16 @@ class Server:
         except UserError as exc:
             raise HTTPError(400, str(exc), param="oie") from None
         records = [Record(text=text, task=task) for text in texts]
-        prompts = prompt_tokens(records, self.tokenizer)
+        picture, placeholders = None, None
+        if image is not None:
+            if self.preprocess is None:
+                raise HTTPError(400, f"model {self.name} has no vision encoder: send text parts only", param="messages")
+            try:
+                picture = prepare(read_image_url(image), self.preprocess)[0]
+            except UserError as exc:
+                raise HTTPError(400, str(exc), param="messages") from None
+            placeholders = (self.model.cfg.image_token_id, self.model.image_tokens(picture.shape))
+        prompts = prompt_tokens(records, self.tokenizer, placeholders)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens", self.budget))
         if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
             raise HTTPError(400, f"max_tokens must be an integer from 1 to {self.limits.max_tokens}",
@@ -323,7 +343,8 @@ class Server:
             vocabulary = self.vocabulary
             constraints = [vocabulary.with_automata([auto]) for auto in
                            record_automata(records, self.tokenizer, sets, vocabulary.pieces)]
-        results = await self.generate(prompts, max_tokens, gen.Sampling(), constraints=constraints)
+        results = await self.generate(prompts, max_tokens, gen.Sampling(), constraints=constraints,
+                                      images=None if picture is None else [picture] * len(prompts))
         choices = []
         for i, ((text, reason, _), source) in enumerate(zip(results, texts)):
             answer = {"text": text} if kind == "text_completion" else {"message": {"role": "assistant",
@@ -359,7 +380,8 @@ class Server:
         return body
 
     def _settings(self, body: dict, prompts: list[list[int]]) -> tuple[int, gen.Sampling, tuple[str, ...]]:
-        room = self.model.cfg.max_position_embeddings - max(map(len, prompts))  # OpenAI's default: the rest
+        context = gen.text_model(self.model).cfg.max_position_embeddings
+        room = context - max(map(len, prompts))  # OpenAI's default: the rest
         default = max(1, min(room, self.limits.max_tokens))  # (a prompt that fills the context: `generate` says so)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens", default))
         if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
@@ -461,11 +483,11 @@ class Server:
 
     async def generate(self, prompts: list[list[int]], max_tokens: int, sampling: gen.Sampling,
                        stop: tuple[str, ...] = (), constraints=None, streams=None,
-                       salts=None) -> list[tuple[str, str, int]]:
+                       salts=None, images=None) -> list[tuple[str, str, int]]:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
         (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
         constraints (`oie` requests: one-row `gen.Constraints`)."""
-        context = self.model.cfg.max_position_embeddings
+        context = gen.text_model(self.model).cfg.max_position_embeddings
         for prompt in prompts:
             if not prompt:
                 raise HTTPError(400, "the prompt is empty")
@@ -474,8 +496,11 @@ class Server:
                                      f"context of {context} tokens")
         loop = asyncio.get_running_loop()
         constraints, streams = constraints or [None] * len(prompts), streams or [None] * len(prompts)
-        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, constraint, stream, salt, stop=stop)
-                for prompt, constraint, stream, salt in zip(prompts, constraints, streams, salts or [0] * len(prompts))]
+        images = images or [None] * len(prompts)
+        jobs = [Job(prompt, max_tokens, sampling, loop.create_future(), loop, constraint, stream, salt, stop=stop,
+                    image=image)
+                for prompt, constraint, stream, salt, image in zip(prompts, constraints, streams,
+                                                                   salts or [0] * len(prompts), images)]
         try:
             if len(jobs) <= self.limits.max_queue:
                 try:

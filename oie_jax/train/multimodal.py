@@ -12,11 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from oie_jax import sharding
-from oie_jax.data.grounding import GroundingPipeline, image_id
+from oie_jax.data.grounding import GroundingPipeline
 from oie_jax.data.images import ImageSource
 from oie_jax.data.labels import copy_label_sets
 from oie_jax.data.pipeline import PipelineConfig
@@ -103,11 +102,12 @@ class MultimodalRun(GroundingRun):
     def dev_f1(self, step: int) -> dict:
         """Greedy generation on the dev records with their images, scored as `oie-jax eval` scores."""
         from oie_jax.eval.evaluate import evaluate
+        from oie_jax.infer.predict import record_images
 
         cfg, params = self.full_params(self.state.params)
         model = dataclasses.replace(self.setup, llama=cfg).model(params)
         records = self.dev_records[: self.config.eval.f1_examples or None]
-        images = np.stack([self.images.load(image_id(r))[0] for r in records])
+        images = record_images(records, self.images)
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
                                  max_new_tokens=self.max_new_tokens, progress=False,
