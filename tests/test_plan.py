@@ -32,6 +32,17 @@ def test_dry_run_plans_every_config(name):
     assert f"= {devices} devices" in report
 
 
+def test_a_multimodal_config_plans_its_image_tokens_and_projector():
+    config = load_config_file(CONFIGS / "picture_synth.py")  # MobileNetV2 at 128 px: a 4 x 4 grid
+    report = plan(config)
+    assert "MobileNetV2 at 128x128" in report and "16 image tokens per row after the BOS (of the 64" in report
+    parts = memory(config)
+    projector = 1280 * 576 + 576 * 576 + 2 * 576  # LLaVA's two linears with biases, MobileNetV2 to SmolLM2
+    assert parts["projector weights"] == 4 * projector and parts["projector moments"] == 8 * projector
+    config.multimodal.pool = 2
+    assert "4 image tokens per row" in plan(config)
+
+
 @pytest.mark.parametrize("name, kernel", [("llama3_8b_mmm_tpu", "splash"), ("llama3_8b_mmm_gpu", "cudnn"),
                                           ("smollm2_mmm", "xla")])
 def test_the_accelerator_configs_plan_their_fused_attention_and_chunked_logits(name, kernel):

@@ -84,13 +84,17 @@ def vision_activation_bytes(cfg, images: int, size: tuple[int, int], trainable: 
     return sum(blocks) if trainable else max(blocks)
 
 
-def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int) -> tuple[list[str], dict[str, int]]:
+def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
+                text_width: int) -> tuple[list[str], dict[str, int]]:
     """The report lines and memory parts per device of the run's image encoder (none without one): its
-    parameters laid out by the rules, its forward traced on the planned mesh for one image per row."""
+    parameters laid out by the rules, its forward traced on the planned mesh for one image per row; of a
+    multimodal run, also its image tokens and the projector to the LLaMA's `text_width`."""
     cfg, init = vision_config(config.vision, planning=True)
     if cfg is None:
         return [], {}
     size = encoders.preprocess_for(cfg, init).size
+    if config.vision.image_size:
+        size = (config.vision.image_size,) * 2
     graphdef, state = nnx.split(nnx.eval_shape(lambda: encoders.build(cfg, nnx.Rngs(0))))
     shardings = sharding.param_shardings(state, mesh, rules)
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -127,6 +131,15 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int) -> tupl
         "forward traced on the planned mesh",
         f"  sharding: {split or 'nothing split'}; whole on every device: {whole}",
     ]
+    if config.multimodal.enabled:  # the projector always trains: weights, two Adam moments, gradients
+        pool = config.multimodal.pool
+        tokens = (grid.shape[1] // pool) * (grid.shape[2] // pool)
+        count = encoders.vision_width(cfg) * text_width + text_width * text_width + 2 * text_width
+        projector = count * np.dtype(config.model.param_dtype or "float32").itemsize
+        parts.update({"projector weights": projector, "projector moments": 2 * count * 4,
+                      "projector gradients": projector})
+        lines.append(f"  {tokens} image tokens per row after the BOS (of the {config.data.seq_len} of data.seq_len), "
+                     f"projector {count / 1e6:.1f}M parameters, trained")
     return lines, parts
 
 
@@ -229,7 +242,7 @@ def _plan(config: ConfigDict, compile_here: bool) -> tuple[str, dict[str, int]]:
              "gradients": params * (2 if train.micro_batches > 1 else 1)}
     activations = activation_bytes(cfg, local_rows, config.data.seq_len, mesh.shape["tensor"], train.loss_chunk)
     parts["activations"] = sum(activations.values())
-    vision_lines, vision_parts = vision_plan(config, mesh, rules, local_rows)
+    vision_lines, vision_parts = vision_plan(config, mesh, rules, local_rows, cfg.hidden_size)
     parts.update(vision_parts)
     parts["total"] = sum(parts.values())
     logits = (f"logits of {train.loss_chunk} positions at a time" if train.loss_chunk
