@@ -81,6 +81,13 @@ def cmd_synth_picture(args):
           + ", ".join(f"{split} {count:,}" for split, count in sizes.items()) + "): {train,dev,test}.jsonl, images/")
 
 
+def add_synth_arguments(parser, what: str) -> None:
+    """--out, --n and --seed of a synthetic corpus."""
+    parser.add_argument("--out", required=True, help="output directory (new or empty)")
+    parser.add_argument("--n", type=positive_int, default=1000, help=f"{what} in all, split 70/15/15 (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
 def add_source_argument(parser, what: str = "corpus format") -> None:
     parser.add_argument("--from", dest="source", choices=("auto", *SOURCES), default="auto",
                         help=f"{what} (default: guessed from the first path)")
@@ -121,9 +128,7 @@ def add_parsers(commands) -> None:
                     "boxes named by entity) and OUT/images/IMGID.jpg: pictures of coloured shapes, and tweets that "
                     "name some of them ('Red Circle', a PER; squares are ORG, triangles LOC, stars OTHER) and some "
                     "that are not in the picture. The ground truth is exact; the same seed gives the same corpus.")
-    synth.add_argument("--out", required=True, help="output directory (new or empty)")
-    synth.add_argument("--n", type=positive_int, default=1000, help="tweets in all, split 70/15/15 (default 1000)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_synth_arguments(synth, "tweets")
     synth.set_defaults(run=cmd_synth_gmner)
 
     picture = actions.add_parser(
@@ -134,7 +139,5 @@ def add_parsers(commands) -> None:
                     "them; its picture shows one shape whose kind gives the type (circle PER, square ORG, triangle "
                     "LOC, star OTHER). Text and type are drawn independently: without the picture, a model can only "
                     "guess among the four types.")
-    picture.add_argument("--out", required=True, help="output directory (new or empty)")
-    picture.add_argument("--n", type=positive_int, default=1000, help="records in all, split 70/15/15 (default 1000)")
-    picture.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_synth_arguments(picture, "records")
     picture.set_defaults(run=cmd_synth_picture)
