@@ -28,9 +28,10 @@ from oie_jax.data.tokenizer import ByteTokenizer, load_tokenizer
 from oie_jax.errors import UserError
 from oie_jax.infer.extract import extract
 from oie_jax.infer.generate import cut_at_eos, generate
+from oie_jax.models import encoders
 from oie_jax.models.encoders import Preprocess
 from oie_jax.models.llama import init_cache
-from oie_jax.models.multimodal import check_placeholders
+from oie_jax.models.multimodal import MultimodalConfig, check_placeholders
 from oie_jax.models.multimodal_dir import load_multimodal_model
 from tests.helpers import randomize, save_word_tokenizer
 
@@ -281,3 +282,15 @@ def test_served_oie_requests_read_image_url_parts_as_extract_reads_the_image(tmp
     assert by_data_url[0] == 200 and by_data_url[1]["choices"][0]["message"]["content"] == expected
     assert by_path[0] == 200 and by_path[1]["choices"][0]["message"]["content"] == expected
     assert by_network[0] == 400 and "network" in by_network[1]["error"]["message"]
+
+
+@pytest.mark.parametrize("preset", ["mobilenet-v2", "clip-vit-b32"])
+def test_image_tokens_count_the_cells_of_the_encoders_grid(preset):
+    cfg = encoders.preset(preset)
+    if preset != "mobilenet-v2":  # the grid depends on the patches alone: a narrow, one-layer tower
+        cfg = cfg.replace(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4)
+    model = encoders.build(cfg, nnx.Rngs(0))
+    for size in [(128, 128), (100, 97), (224, 64)]:  # MobileNetV2 counts a partial cell, a ViT whole patches
+        grid = jax.eval_shape(lambda x: model(x).grid, jax.ShapeDtypeStruct((1, *size, 3), np.float32))
+        assert MultimodalConfig(0).image_tokens(cfg, size) == grid.shape[1] * grid.shape[2], size
+        assert MultimodalConfig(0, pool=2).image_tokens(cfg, size) == (grid.shape[1] // 2) * (grid.shape[2] // 2)

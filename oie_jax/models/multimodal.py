@@ -45,9 +45,13 @@ class MultimodalConfig:
         check_policies(self)
 
     def image_tokens(self, vision_cfg, size: tuple[int, int]) -> int:
-        """How many placeholders one image of `size` (height, width) pixels fills."""
-        cell = vision_cfg.patch_size if isinstance(vision_cfg, ViTConfig) else 32
-        return (size[0] // cell // self.pool) * (size[1] // cell // self.pool)
+        """How many placeholders one image of `size` (height, width) pixels fills: a ViT's whole patches,
+        MobileNetV2's cells of 32 pixels (its padded convolutions count a partial one), pooled."""
+        if isinstance(vision_cfg, ViTConfig):
+            grid = [n // vision_cfg.patch_size for n in size]
+        else:
+            grid = [-(-n // 32) for n in size]
+        return (grid[0] // self.pool) * (grid[1] // self.pool)
 
     def replace(self, **changes) -> "MultimodalConfig":
         return dataclasses.replace(self, **changes)
