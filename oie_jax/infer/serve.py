@@ -211,6 +211,7 @@ class Server:
                  model_dir=None, label_sets: dict | None = None, budget: int = 128, preprocess=None):
         """`preprocess`: a multimodal model's image preparation (its `oie` requests then read an image)."""
         self.model, self.tokenizer, self.name, self.limits = model, tokenizer, name, limits
+        self.text_cfg = gen.text_model(model).cfg  # the LLaMA's: vocabulary and context
         self.preprocess = preprocess
         self.chat_template, self.model_dir = chat_template, model_dir
         self.label_sets, self.budget = label_sets or {}, budget  # what `oie` requests decode with by default
@@ -240,7 +241,7 @@ class Server:
     @functools.cached_property
     def vocabulary(self) -> gen.Constraints:
         """The vocabulary's token bytes and trie for `oie` requests (no automaton), built at the first one."""
-        return gen.Constraints.of([], self.tokenizer, gen.text_model(self.model).cfg.vocab_size)
+        return gen.Constraints.of([], self.tokenizer, self.text_cfg.vocab_size)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[openai_errors])
@@ -380,8 +381,7 @@ class Server:
         return body
 
     def _settings(self, body: dict, prompts: list[list[int]]) -> tuple[int, gen.Sampling, tuple[str, ...]]:
-        context = gen.text_model(self.model).cfg.max_position_embeddings
-        room = context - max(map(len, prompts))  # OpenAI's default: the rest
+        room = self.text_cfg.max_position_embeddings - max(map(len, prompts))  # OpenAI's default: the rest
         default = max(1, min(room, self.limits.max_tokens))  # (a prompt that fills the context: `generate` says so)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens", default))
         if type(max_tokens) is not int or not 1 <= max_tokens <= self.limits.max_tokens:
@@ -487,7 +487,7 @@ class Server:
         """(text, finish_reason, completion tokens) per prompt, generated in the batcher's thread
         (started by `serve`, or by the caller of an in-process server); `automata`: each prompt's output
         constraints (`oie` requests: one-row `gen.Constraints`)."""
-        context = gen.text_model(self.model).cfg.max_position_embeddings
+        context = self.text_cfg.max_position_embeddings
         for prompt in prompts:
             if not prompt:
                 raise HTTPError(400, "the prompt is empty")

@@ -32,6 +32,13 @@ def abstract_model(llama_cfg, vision_cfg, cfg: MultimodalConfig) -> MultimodalLl
     return nnx.eval_shape(lambda: MultimodalLlama(llama_cfg, vision_cfg, cfg, rngs=nnx.Rngs(0)))
 
 
+def model_from_params(llama_cfg, vision_cfg, cfg: MultimodalConfig, params: dict) -> MultimodalLlama:
+    """The model of a parameter tree {"llama", "vision", "projector"} (placed arrays, or tracers in a step)."""
+    graphdef, state = nnx.split(abstract_model(llama_cfg, vision_cfg, cfg))
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
 def save_multimodal(directory, llama_cfg, vision_cfg, preprocess: encoders.Preprocess, cfg: MultimodalConfig,
                     params: dict) -> epath.Path:
     """Writes `params` ({"llama", "vision", "projector"}) and the configs; every process calls it. The
@@ -74,7 +81,6 @@ def load_multimodal_model(directory, **llama_overrides) -> tuple[MultimodalLlama
     """(ready model, the images' Preprocess); `llama_overrides` may change the LLaMA's dtypes or remat."""
     llama_cfg, vision_cfg, preprocess, cfg = load_configs(directory)
     llama_cfg = llama_cfg.replace(**llama_overrides)
-    graphdef, state = nnx.split(abstract_model(llama_cfg, vision_cfg, cfg))
-    params = load_params(directory, llama_cfg, vision_cfg, cfg, sharding.inference_shardings(state))
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state), preprocess
+    shardings = sharding.inference_shardings(nnx.state(abstract_model(llama_cfg, vision_cfg, cfg)))
+    params = load_params(directory, llama_cfg, vision_cfg, cfg, shardings)
+    return model_from_params(llama_cfg, vision_cfg, cfg, params), preprocess

@@ -8,11 +8,11 @@ BOS; the objective is the LLaMA's next-token loss on the targets. Chosen by `mul
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from oie_jax import sharding
 from oie_jax.data.grounding import GroundingPipeline
@@ -27,7 +27,7 @@ from oie_jax.models import encoders
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.llama import Llama
 from oie_jax.models.multimodal import MultimodalConfig, MultimodalLlama, Projector
-from oie_jax.models.multimodal_dir import save_multimodal
+from oie_jax.models.multimodal_dir import model_from_params, save_multimodal
 from oie_jax.train import build
 from oie_jax.train.grounding.run import GroundingRun
 from oie_jax.train.loop import Run
@@ -58,10 +58,7 @@ class MultimodalSetup:
 
     def model(self, params: dict) -> MultimodalLlama:
         """The model of a parameter tree {"llama", "vision", "projector"}."""
-        abstract = nnx.eval_shape(lambda: MultimodalLlama(self.llama, self.vision, self.multimodal, rngs=nnx.Rngs(0)))
-        graphdef, state = nnx.split(abstract)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(graphdef, state)
+        return model_from_params(self.llama, self.vision, self.multimodal, params)
 
     def objective(self, params: dict, batch: dict) -> tuple[jax.Array, dict]:
         """The mean next-token loss of the targets, each row's prompt seeing its image."""
@@ -102,18 +99,24 @@ class MultimodalRun(GroundingRun):
     def dev_f1(self, step: int) -> dict:
         """Greedy generation on the dev records with their images, scored as `oie-jax eval` scores."""
         from oie_jax.eval.evaluate import evaluate
-        from oie_jax.infer.predict import record_images
 
         cfg, params = self.full_params(self.state.params)
         model = dataclasses.replace(self.setup, llama=cfg).model(params)
-        records = self.dev_records[: self.config.eval.f1_examples or None]
-        images = record_images(records, self.images)
+        records, images = self.f1_records_and_images
         with sharding.activation_rules(self.rules):
             _, scores = evaluate(model, self.tokenizer, records, batch_size=self.config.eval.batch_size,
                                  max_new_tokens=self.max_new_tokens, progress=False,
                                  log=lambda line: self.write(f"step {step}: {line}"),
                                  labels=self.label_sets if self.config.eval.constrained else None, images=images)
         return scores.metrics()
+
+    @functools.cached_property
+    def f1_records_and_images(self):
+        """The dev records dev F1 reads and their prepared images: read once, for every evaluation."""
+        from oie_jax.infer.predict import record_images
+
+        records = self.dev_records[: self.config.eval.f1_examples or None]
+        return records, record_images(records, self.images)
 
     f1_decoding = Run.f1_decoding
 

@@ -17,6 +17,7 @@ from oie_jax.models import attention, encoders
 from oie_jax.models.checkpoint import abstract_params
 from oie_jax.models.config import LlamaConfig
 from oie_jax.models.lora import num_adapter_params
+from oie_jax.models.multimodal import MultimodalConfig, Projector
 from oie_jax.models.vision import ViTConfig
 from oie_jax.train import step as step_module
 from oie_jax.train import validate
@@ -132,9 +133,10 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
         f"  sharding: {split or 'nothing split'}; whole on every device: {whole}",
     ]
     if config.multimodal.enabled:  # the projector always trains: weights, two Adam moments, gradients
-        pool = config.multimodal.pool
-        tokens = (grid.shape[1] // pool) * (grid.shape[2] // pool)
-        count = encoders.vision_width(cfg) * text_width + text_width * text_width + 2 * text_width
+        multimodal = MultimodalConfig(0, pool=config.multimodal.pool)
+        tokens = multimodal.image_tokens(cfg, size)
+        shapes = nnx.eval_shape(lambda: Projector(encoders.vision_width(cfg), text_width, multimodal, rngs=nnx.Rngs(0)))
+        count = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(shapes)))
         projector = count * np.dtype(config.model.param_dtype or "float32").itemsize
         parts.update({"projector weights": projector, "projector moments": 2 * count * 4,
                       "projector gradients": projector})
