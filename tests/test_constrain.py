@@ -17,6 +17,7 @@ CASES = [  # (text, task, label set)
     ("東京タワーは港区にある。", "NER", LabelSet(None, None)),
     ("Soseki was born in Edo.", "Relation Extraction", LabelSet(("Literature",), ("born in", "born"))),
     ("Tanaka won the 2020 election in Tokyo.", "Event Extraction", LabelSet(None, ("Election", "Elect"))),
+    ("Red Circle met Blue Star; 10 of them.", "Grounded NER", LabelSet(("",), ("PER", "LOC"))),
 ]
 
 
@@ -44,6 +45,10 @@ def reference_pattern(text: str, task: str, labels: LabelSet) -> regex.Pattern:
         body = b"(?::" + label + b";" + entity + b")*"
     elif kind == "triples":
         body = b"(?:(?::" + entity + b";" + label + b";" + entity + b")+:)?"
+    elif kind == "grounded":
+        number = rb"(?:100|[1-9]?[0-9])"
+        region = b"(?:none|" + b" ".join([number] * 4) + b")"
+        body = b"(?::" + label + b";" + entity + b";" + region + b")*"
     else:
         body = b"(?:(?::" + label + b";" + entity + b"(?:;" + entity + b")*)+:)?"
     return regex.compile(head + body)
@@ -58,7 +63,8 @@ def vocabulary(rng: random.Random, pieces_from: list[str]) -> list[bytes]:
         for _ in range(60):
             i = rng.randrange(len(data))
             pieces.add(data[i:i + rng.randint(1, 6)])
-    pieces |= {b"/NER/", b":Person;", b";born in;", b"Marie Curie worked in Paris", b"x" * 20}
+    pieces |= {b"/NER/", b":Person;", b";born in;", b"Marie Curie worked in Paris", b"x" * 20, b";none", b" 100",
+               b"00", b"10 20", b";1"}
     return [b""] + sorted(pieces)
 
 

@@ -1,5 +1,7 @@
 """The unified format: exact rendering, parsing back, and parsing model output that is not well formed."""
 
+import dataclasses
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -93,12 +95,20 @@ PLAIN = st.lists(st.sampled_from(list("abc東京北京株式会社 😀/") + ["/
                  min_size=1, max_size=8).map("".join)  # labels that hold or end with a task word too
 
 
+REGION = st.one_of(st.just(fmt.REGION_NONE),
+                   st.lists(st.integers(0, fmt.REGION_STEPS), min_size=4, max_size=4).map(lambda v: " ".join(map(str, v))))
+
+
 @st.composite
 def records(draw):
     task = draw(st.sampled_from(sorted(fmt.TASKS)))
     kind = fmt.TASKS[task]
-    width = {"pairs": st.just(2), "triples": st.just(3), "events": st.integers(2, 5)}[kind]
-    items = draw(st.lists(width.flatmap(lambda n: st.tuples(*[VALUE] * n)), max_size=5))
+    if kind == "grounded":
+        item = st.tuples(VALUE, VALUE, REGION)
+    else:
+        width = {"pairs": st.just(2), "triples": st.just(3), "events": st.integers(2, 5)}[kind]
+        item = width.flatmap(lambda n: st.tuples(*[VALUE] * n))
+    items = draw(st.lists(item, max_size=5))
     label = draw(st.one_of(st.just(""), PLAIN))
     record = Record(text=draw(st.text(min_size=1, max_size=40)), task=task, label=label, items=tuple(items))
     assume(not fmt.unrenderable(record))
@@ -115,6 +125,23 @@ def test_parse_inverts_render(record):
     # Each item's span is exactly its rendered text, ':' included.
     assert [target[a:b] for a, b in parsed.spans] == [":" + ";".join(item) for item in record.items]
     assert fmt.parse_input(source) == (record.text, record.task)
+
+
+def test_grounded_items_and_regions():
+    record = Record(text="Red Circle; Blue Star", task="Grounded NER", items=(
+        ("PER", "Red Circle; Blue Star", "0 5 100 99"), ("OTHER", "Blue Star", "none")))
+    _, output = render(record)
+    assert output == "/Grounded NER/:PER;Red Circle; Blue Star;0 5 100 99:OTHER;Blue Star;none"
+    assert parse(output, "Grounded NER").items == record.items
+    for bad in ("01 5 9 9", "0 5 101 9", "0 5 9", "0  5 9 9", " 0 5 9 9", "None", "１ 2 3 4"):
+        assert "region" in fmt.unrenderable(dataclasses.replace(record, items=(("PER", "Red", bad),)))
+        assert not parse(f"/Grounded NER/:PER;Red;{bad}", "Grounded NER").well_formed
+    assert "':'" in fmt.unrenderable(dataclasses.replace(record, items=(("PER", "Red: Circle", "none"),)))
+    # A box of a 320 x 200 image and back: within half a hundredth of each side.
+    box = (13.0, 150.0, 301.0, 199.0)
+    assert fmt.render_region(box, 320, 200) == "4 75 94 100"
+    assert fmt.region_box("4 75 94 100", 320, 200) == pytest.approx((12.8, 150.0, 300.8, 200.0))
+    assert fmt.render_region(None, 320, 200) == "none" and fmt.region_box("none", 320, 200) is None
 
 
 @settings(max_examples=300, deadline=None)

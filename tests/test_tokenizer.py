@@ -8,7 +8,7 @@ import pytest
 import transformers
 
 from oie_jax.assets import llama3_tokenizer_json
-from oie_jax.data.tokenizer import load_tokenizer
+from oie_jax.data.tokenizer import ByteTokenizer, copy_tokenizer_files, load_tokenizer
 from oie_jax.errors import UserError
 
 PIECES = [
@@ -81,8 +81,16 @@ def test_sentencepiece_model_matches_transformers(tmp_path):
     assert ours.decode(ours.encode("東京都 budget cuts")) == "東京都 budget cuts"
 
 
+def test_a_model_directory_of_a_byte_tokenizer_run_loads_it(tmp_path):
+    assert copy_tokenizer_files("bytes", tmp_path) == ["tokenizer.bytes"]
+    (tmp_path / "copy").mkdir()
+    copy_tokenizer_files(tmp_path, tmp_path / "copy")  # a run that starts from that model keeps it
+    for directory in (tmp_path, tmp_path / "copy"):
+        assert isinstance(load_tokenizer(directory), ByteTokenizer)
+
+
 def test_bad_tokenizer_files(tmp_path):
-    with pytest.raises(UserError, match="no tokenizer.json or tokenizer.model"):
+    with pytest.raises(UserError, match="no tokenizer.json, tokenizer.model or tokenizer.bytes"):
         load_tokenizer(tmp_path)
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{not json")

@@ -61,7 +61,14 @@ def cmd_convert(args):
         print(line, file=sys.stderr)
     for problem in result.problems:
         print(f"rejected: {problem}", file=sys.stderr)
-    count = write_jsonl(result.records, Path(args.out))
+    records = result.records
+    if args.grounded:
+        from oie_jax.data.entities import grounded_record
+
+        if source != "gmner":
+            raise UserError(f"--grounded needs Twitter-GMNER input (entities with boxes), not {source}")
+        records = [grounded_record(r) for r in records]
+    count = write_jsonl(records, Path(args.out))
     print(f"wrote {count:,} {source} records to {args.out} ({len(result.problems):,} rejected, listed above)")
 
 
@@ -120,6 +127,10 @@ def add_parsers(commands) -> None:
     convert.add_argument("src", nargs="+", help="files, directories or glob patterns")
     convert.add_argument("out", help="output .jsonl file")
     convert.add_argument("--strict", action="store_true", help="fail (exit code 2) on the first rejected record")
+    convert.add_argument("--grounded", action="store_true",
+                         help="GMNER input as `Grounded NER` records, whose output writes each entity's region "
+                              "(`none`, or its largest box as 'x1 y1 x2 y2' in hundredths of the image): training "
+                              "data for GMNER as generation with a multimodal model (score it with eval-gmner)")
     convert.set_defaults(run=cmd_convert)
 
     synth = actions.add_parser(

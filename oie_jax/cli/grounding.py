@@ -81,13 +81,31 @@ def report_and_print(scores, slices, notes, title: str, out=None) -> None:
 
 def cmd_eval_gmner(args):
     from oie_jax.data.entities import gold_entities
-    from oie_jax.data.images import ImageSource
     from oie_jax.eval.gmner import breakdown
-    from oie_jax.eval.grounded import evaluate
     from oie_jax.files import location, prepare_output_dir
-    from oie_jax.infer.ground import load_grounder
+    from oie_jax.models.multimodal_dir import is_multimodal
 
     golds = load_gmner_gold(args.data, args.strict)[: args.limit]
+    if is_multimodal(args.model):
+        results, scores, notes = generated_regions(args, golds)
+    else:
+        results, scores, notes = head_regions(args, golds)
+    out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
+    with (out / "predictions.jsonl").open("w") as f:
+        for result in results:
+            f.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+    slices = breakdown([gold_entities(r) for r in golds], [[e.as_entity() for e in r.entities] for r in results])
+    report_and_print(scores, slices, notes, f"Grounded NER of {args.model} on {args.data}", out)
+    print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score-gmner`), report.md, scores.json, "
+          "scores.png", file=sys.stderr)
+
+
+def head_regions(args, golds):
+    """(results, scores, notes) of a grounding model: the LLaMA extracts, the head grounds."""
+    from oie_jax.data.images import ImageSource
+    from oie_jax.eval.grounded import evaluate
+    from oie_jax.infer.ground import load_grounder
+
     proposals = None
     if args.proposals:
         from oie_jax.data.proposals import read_proposals
@@ -96,20 +114,37 @@ def cmd_eval_gmner(args):
         proposals.check_ids(args.images)
     grounder = load_grounder(args.model)
     images = ImageSource(args.images, grounder.preprocess, strict=args.strict)
-    out = prepare_output_dir(args.out or f"eval-gmner-{location(args.model).name}", args.overwrite)
-    results, scores, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens,
-                                 progress=not args.no_progress, proposals=proposals, gold_output=args.gold_entities)
+    results, scores, notes = evaluate(grounder, golds, images, args.batch_size, args.max_new_tokens or 64,
+                                      progress=not args.no_progress, proposals=proposals,
+                                      gold_output=args.gold_entities)
     if args.gold_entities:
         notes.append("the gold entities stood for the LLaMA's output (--gold-entities): the grounding alone")
     if args.strict and images.problems:
         raise UserError(f"image problem (--strict): {images.problems[0]}")
-    with (out / "predictions.jsonl").open("w") as f:
-        for result in results:
-            f.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-    slices = breakdown([gold_entities(r) for r in golds], [[e.as_entity() for e in r.entities] for r in results])
-    report_and_print(scores, slices, notes, f"Grounded NER of {args.model} on {args.data}", out)
-    print(f"wrote {out}: predictions.jsonl (score it again with `oie-jax score-gmner`), report.md, scores.json, "
-          "scores.png", file=sys.stderr)
+    return results, scores, notes
+
+
+def generated_regions(args, golds):
+    """(results, scores, notes) of a multimodal model that writes each entity's region (GMNER as generation)."""
+    from oie_jax.data.images import ImageSource
+    from oie_jax.data.labels import model_label_sets
+    from oie_jax.eval.grounded import evaluate_generation
+    from oie_jax.infer.budget import model_budget
+    from oie_jax.infer.predict import load_for_generation
+
+    for flag, given in (("--proposals", args.proposals), ("--gold-entities", args.gold_entities)):
+        if given:
+            raise UserError(f"{flag} is for a grounding model's head; a multimodal model writes the regions itself",
+                            args.model)
+    model, tokenizer, preprocess = load_for_generation(args.model)
+    images = ImageSource(args.images, preprocess, strict=args.strict)
+    labels = model_label_sets(args.model, None) if args.constrained else None
+    results, scores, notes = evaluate_generation(model, tokenizer, golds, images, args.batch_size,
+                                                 args.max_new_tokens or model_budget(args.model),
+                                                 progress=not args.no_progress, labels=labels)
+    notes.append("the multimodal model wrote each entity's region (GMNER as generation)"
+                 + (", decoding constrained to the format" if labels is not None else ""))
+    return results, scores, notes
 
 
 def cmd_score_gmner(args):
@@ -150,9 +185,11 @@ def add_parsers(commands) -> None:
 
     evaluation = commands.add_parser(
         "eval-gmner", help="ground a Twitter-GMNER-layout corpus with a model and score GMNER, MNER and EEG",
-        description="Writes predictions.jsonl ({id, entities: [{text, type, box}]}, boxes in image pixels), "
+        description="The model is a grounding model (a head grounds the LLaMA's entities) or a multimodal model "
+                    "trained on `Grounded NER` records (`data convert --from gmner --grounded`), which writes each entity's region "
+                    "itself. Writes predictions.jsonl ({id, entities: [{text, type, box}]}, boxes in image pixels), "
                     "report.md, scores.json and scores.png into --out. Definitions: docs/metrics.md.")
-    evaluation.add_argument("--model", required=True, help="grounding model directory")
+    evaluation.add_argument("--model", required=True, help="grounding or multimodal model directory")
     evaluation.add_argument("--data", required=True, help="GMNER text file or folder (txt/ with xml/ beside it)")
     evaluation.add_argument("--images", required=True, help="directory of the images (IMGID.jpg, ...)")
     evaluation.add_argument("--proposals", help=f"candidate boxes per image, JSON {PROPOSALS} in image pixels "
@@ -160,7 +197,10 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--strict", action="store_true",
                             help="fail on the first inconsistent gold record, unreadable image or proposal problem")
     evaluation.add_argument("--batch-size", type=positive_int, default=8)
-    evaluation.add_argument("--max-new-tokens", type=positive_int, default=64)
+    evaluation.add_argument("--max-new-tokens", type=positive_int,
+                            help="output budget (default: 64 for a grounding model, a multimodal model's own budget)")
+    evaluation.add_argument("--constrained", action="store_true",
+                            help="a multimodal model's: decoding constrained to the format, its labels and regions")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N tweets only")
     evaluation.add_argument("--gold-entities", action="store_true",
                             help="ground the gold entities instead of the LLaMA's: scores the grounding alone (EEG "

@@ -6,7 +6,10 @@
 Items are written `:{field};{field}...`, one after another. Pairs are `(label, entity)`; relation
 items are `(head, relation, tail)` triples; event items are `(event type, trigger, argument...)`,
 two fields or more. Relation and event lists end with one more `:` (`:h;r;t:` for one triple), so
-that a closing colon tells them apart from pairs. A real record:
+that a closing colon tells them apart from pairs. Grounded items (`Grounded NER`, GMNER as
+generation) are `(label, entity, region)`, the region of the entity in the record's picture written
+as `none` (not in the picture) or four integers `x1 y1 x2 y2`, the box's edges in hundredths of the
+image's width and height (`render_region`). A real record:
 
     input : In 1953, filming of "On the Waterfront" starring Marlon Brando began, ... class./NER
     output: Literature/NER/:Person;Marlon Brando:Product Name;On the Waterfront:Person;Kazan:Person;Spiegel
@@ -15,17 +18,20 @@ Separators inside values. `:` starts an item and `;` separates fields, and neith
 the format. `parse` resolves them like this: an item label, relation or event type never holds `:`
 or `;`; a `:`-separated piece that holds no `;` continues the last field of the item before it
 (so "Star Wars: A New Hope" survives); in a pair, everything after the first `;` is the entity, and
-in a triple everything after the second `;` is the tail (so `;` inside an entity or tail survives).
+in a triple everything after the second `;` is the tail (so `;` inside an entity or tail survives);
+in a grounded item the label is before the first `;`, the region after the last one.
 What stays ambiguous: a value in which a `:` is later followed by a `;` (": x;y" reads as a new
-item). `render` refuses such records, so `parse(render(r))` gives back `r` whenever render succeeds.
+item), and a `:` in a grounded entity. `render` refuses such records, so `parse(render(r))` gives back
+`r` whenever render succeeds.
 """
 
 import dataclasses
 import unicodedata
 from typing import Literal
 
-Kind = Literal["pairs", "triples", "events"]
+Kind = Literal["pairs", "triples", "events", "grounded"]
 
+GROUNDED_TASK = "Grounded NER"  # GMNER as generation: each entity's region in the record's picture
 # Instruction word -> item kind. Users may add their own with `register_task`.
 TASKS: dict[str, Kind] = {
     "NER": "pairs",
@@ -35,6 +41,7 @@ TASKS: dict[str, Kind] = {
     "Sentiment N": "pairs",
     "Relation Extraction": "triples",
     "Event Extraction": "events",
+    GROUNDED_TASK: "grounded",
 }
 
 # The 21 sub-datasets are these 7 in each language; TCREE holds relation and event records.
@@ -48,13 +55,15 @@ SUBSET_TASKS: dict[str, tuple[str, ...]] = {
     "TCONER": ("NER",),
 }
 LANGUAGES = ("en", "ja", "zh")
-FIELDS: dict[Kind, int] = {"pairs": 2, "triples": 3, "events": 2}  # events: at least 2
+FIELDS: dict[Kind, int] = {"pairs": 2, "triples": 3, "events": 2, "grounded": 3}  # events: at least 2
+REGION_NONE = "none"  # a grounded entity that is not in the picture
+REGION_STEPS = 100  # a region's coordinates are integers 0..100: hundredths of the image's width or height
 
 
 def register_task(word: str, kind: Kind) -> None:
     if not word or "/" in word or ":" in word or ";" in word:
         raise ValueError(f"an instruction word must be non-empty and hold no '/', ':' or ';': {word!r}")
-    if kind not in ("pairs", "triples", "events"):
+    if kind not in FIELDS:
         raise ValueError(f"unknown item kind {kind!r}")
     TASKS[word] = kind
 
@@ -120,7 +129,8 @@ def text_values(task: str, item: tuple[str, ...]) -> tuple[str, ...]:
 
 def text_value_indices(task: str, length: int) -> tuple[int, ...]:
     """Where the text spans sit in an item of `length` fields (see `text_values`)."""
-    return (0, 2) if TASKS[task] == "triples" else tuple(range(1, length))
+    kind = TASKS[task]
+    return (0, 2) if kind == "triples" else (1,) if kind == "grounded" else tuple(range(1, length))
 
 
 def missing_from_text(record: Record) -> str | None:
@@ -145,7 +155,7 @@ def render(record: Record) -> tuple[str, str]:
         raise ValueError(f"record {record.id or record.text[:40]!r}: {problem}")
     kind = TASKS[record.task]
     items = "".join(":" + ";".join(item) for item in record.items)
-    if kind != "pairs" and items:
+    if kind in ("triples", "events") and items:
         items += ":"
     return render_input(record.text, record.task), f"{record.label}/{record.task}/{items}"
 
@@ -160,6 +170,12 @@ def unrenderable(record: Record) -> str:
     for item in record.items:
         if len(item) != FIELDS[kind] and not (kind == "events" and len(item) >= 2):
             return f"item {item!r} does not have the fields of {kind}"
+        if kind == "grounded":
+            if any(":" in field for field in item) or ";" in item[0] + item[2]:
+                return f"grounded item {item!r}: no field may hold ':', nor its label or region ';'"
+            if not is_region(item[2]):
+                return f"grounded item {item!r}: region {item[2]!r} is neither {REGION_NONE!r} nor 'x1 y1 x2 y2'"
+            continue
         *fixed, last = item
         if any(":" in field or ";" in field for field in fixed):
             return f"item {item!r}: only its last field may hold ':' or ';'"
@@ -193,7 +209,9 @@ def parse(output: str, task: str) -> Parsed:
     if not body.startswith(":"):
         return Parsed(label, (), False, "items do not start with ':'")
     reasons = []
-    if kind != "pairs":
+    if kind == "grounded":
+        return _parse_grounded(label, body, cut + len(marker))
+    if kind in ("triples", "events"):
         if body.endswith(":") and len(body) > 1:
             body = body[:-1]
         else:
@@ -219,6 +237,60 @@ def parse(output: str, task: str) -> Parsed:
         start = end
     return Parsed(label, tuple(tuple(f) for f in items), not reasons, "; ".join(reasons),
                   tuple(tuple(span) for span in spans))
+
+
+def _parse_grounded(label: str, body: str, start: int) -> Parsed:
+    """Grounded items: `:label;entity;region` each, the entity everything between the first and last `;`."""
+    items, spans, reasons = [], [], []
+    for piece in body[1:].split(":"):
+        end = start + 1 + len(piece)
+        fields = piece.split(";")
+        if len(fields) < 3:
+            reasons.append(f"grounded item {piece!r} does not have label;entity;region")
+        elif not is_region(fields[-1]):
+            reasons.append(f"grounded item {piece!r}: region {fields[-1]!r} is neither {REGION_NONE!r} nor "
+                           "'x1 y1 x2 y2'")
+        else:
+            items.append((fields[0], ";".join(fields[1:-1]), fields[-1]))
+            spans.append((start, end))
+        start = end
+    return Parsed(label, tuple(items), not reasons, "; ".join(reasons), tuple(spans))
+
+
+def render_region(box: tuple[float, float, float, float] | None, width: int, height: int) -> str:
+    """A grounded item's region: `none`, or the box's edges in hundredths of the image's size, rounded."""
+    if box is None:
+        return REGION_NONE
+    x1, y1, x2, y2 = (min(REGION_STEPS, max(0, round(v / size * REGION_STEPS)))
+                      for v, size in zip(box, (width, height) * 2))
+    return f"{x1} {y1} {x2} {y2}"
+
+
+def region_steps(region: str) -> tuple[int, int, int, int] | None:
+    """A region's hundredths (x1, y1, x2, y2), None for `none`; ValueError when it is neither (integers
+    0..100, one space between them, no leading zeros)."""
+    if region == REGION_NONE:
+        return None
+    values = region.split(" ")
+    if len(values) == 4 and all(v.isascii() and v.isdigit() and (v == "0" or v[0] != "0") for v in values):
+        numbers = tuple(map(int, values))
+        if max(numbers) <= REGION_STEPS:
+            return numbers
+    raise ValueError(f"region {region!r} is neither {REGION_NONE!r} nor 'x1 y1 x2 y2' (integers 0..{REGION_STEPS})")
+
+
+def is_region(region: str) -> bool:
+    try:
+        region_steps(region)
+    except ValueError:
+        return False
+    return True
+
+
+def region_box(region: str, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """The box in image pixels of a region (`region_steps`); None for `none`."""
+    steps = region_steps(region)
+    return None if steps is None else tuple(v / REGION_STEPS * size for v, size in zip(steps, (width, height) * 2))
 
 
 def normalize(value: str) -> str:

@@ -7,17 +7,21 @@ from etils import epath
 
 from oie_jax.errors import UserError
 
+BYTES_FILE = "tokenizer.bytes"  # in a model directory: its tokenizer is the byte tokenizer (no vocabulary file)
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    BYTES_FILE,
 )
 
 
 def copy_tokenizer_files(src, dst) -> list[str]:
-    """Copies the tokenizer files of `src` (a directory, or one tokenizer.json / .model file; "bytes"
-    has none) into the directory `dst`; returns their names."""
-    if str(src) == "bytes":
-        return []
-    src, dst = epath.Path(src), epath.Path(dst)
+    """Copies the tokenizer files of `src` (a directory, or one tokenizer.json / .model file; "bytes":
+    the marker BYTES_FILE) into the directory `dst`; returns their names."""
+    src, dst = str(src), epath.Path(dst)
+    if src == "bytes":
+        (dst / BYTES_FILE).write_text("oie-jax byte tokenizer: UTF-8 bytes as tokens 3..258, pad 0, BOS 1, EOS 2\n")
+        return [BYTES_FILE]
+    src = epath.Path(src)
     if src.is_dir():
         pairs = [(src / name, name) for name in TOKENIZER_FILES if (src / name).is_file()]
     else:  # a lone file takes the name a model directory gives it
@@ -184,12 +188,14 @@ def load_tokenizer(path) -> Tokenizer:
         return ByteTokenizer()
     path = epath.Path(path)
     if path.is_dir():
+        if (path / BYTES_FILE).exists():
+            return ByteTokenizer()
         config = read_config(path / "tokenizer_config.json")
         if (path / "tokenizer.json").exists():
             return HFTokenizer(path / "tokenizer.json", config)
         if (path / "tokenizer.model").exists():
             return SentencePieceTokenizer(path / "tokenizer.model")
-        raise UserError("no tokenizer.json or tokenizer.model in this directory", path)
+        raise UserError(f"no tokenizer.json, tokenizer.model or {BYTES_FILE} in this directory", path)
     if not path.exists():
         raise UserError("no such tokenizer file", path)
     if path.suffix == ".json":

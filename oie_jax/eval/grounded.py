@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from oie_jax.data import format as fmt
 from oie_jax.data.entities import Entity, gold_entities
 from oie_jax.data.format import Record
 from oie_jax.data.grounding import image_id
@@ -103,6 +104,48 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
     notes = [f"{len(images.problems)} images could not be read: {images.summary()}"] if images.problems else []
     if proposals is not None:
         notes += proposals.problems
+    return results, scores, notes
+
+
+def written_regions(tweet: str, output: str, width: int, height: int):
+    """The GroundedResult of a `Grounded NER` output for an image of `width` x `height` pixels: its
+    well-formed items, regions as boxes in those pixels."""
+    from oie_jax.infer.ground import GroundedEntity, GroundedResult
+
+    parsed = fmt.parse(output, fmt.GROUNDED_TASK)
+    entities = tuple(GroundedEntity(text, label, fmt.region_box(region, width, height))
+                     for label, text, region in parsed.items)
+    return GroundedResult(tweet, output, entities, parsed.well_formed, parsed.reason)
+
+
+def evaluate_generation(model, tokenizer, records: Sequence[Record], images: ImageSource, batch_size: int = 16,
+                        max_new_tokens: int = 96, progress: bool = True, labels=None):
+    """(grounded results, scores, notes) of a multimodal model that writes each entity's region itself
+    (GMNER as generation: `Grounded NER` outputs, `fmt.render_region`), on GMNER records. Regions become
+    boxes in the pixels of each tweet's image; malformed items are left out of the prediction and their
+    outputs counted in the notes; a tweet whose image cannot be read is reported by `images` and its
+    entities predicted "not in the image". `labels`: constrained decoding (`infer/constrain.py`)."""
+    from oie_jax.data.entities import grounded_record
+    from oie_jax.infer.predict import generate_outputs
+
+    loaded = [images.load(image_id(r)) for r in records]
+    outputs, stats = generate_outputs(model, tokenizer, [grounded_record(r) for r in records], batch_size,
+                                      max_new_tokens, progress, labels, images=np.stack([i for i, _, _ in loaded]))
+    results = []
+    for record, output, (_, placement, ok) in zip(records, outputs, loaded):
+        result = written_regions(image_id(record), output, placement.width, placement.height)
+        if not ok:
+            result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
+                                                                for e in result.entities))
+        results.append(result)
+    scores = score([gold_entities(r) for r in records], [[e.as_entity() for e in r.entities] for r in results])
+    malformed = [r for r in results if not r.well_formed]
+    notes = [stats.summary()]
+    if malformed:
+        notes.append(f"{len(malformed)} outputs are not well formed (their well-formed items are scored); first: "
+                     f"{malformed[0].id}: {malformed[0].reason}")
+    if images.problems:
+        notes.append(f"{len(images.problems)} images could not be read: {images.summary()}")
     return results, scores, notes
 
 

@@ -6,12 +6,14 @@ For each record an automaton over UTF-8 bytes accepts exactly the outputs the co
     pairs    TEXT_LABEL "/" TASK "/" (":" LABEL ";" ENTITY)*
     triples  TEXT_LABEL "/" TASK "/" [(":" ENTITY ";" RELATION ";" ENTITY)+ ":"]
     events   TEXT_LABEL "/" TASK "/" [(":" TYPE ";" ENTITY (";" ENTITY)*)+ ":"]
+    grounded TEXT_LABEL "/" TASK "/" (":" LABEL ";" ENTITY ";" REGION)*
 
 where labels come from label sets (a trie each; any label without '/', ':' or ';' when a set is not
 known) and ENTITY is any non-empty substring of the input text (a suffix automaton of its bytes) that
 starts and ends on a character boundary and holds no ':' or ';' (the format's separators; an entity
 with one cannot be generated under the constraint). The automaton is a dense table (states x 256
-bytes) with state 0 dead; a token is allowed in a state when running its bytes through the table does
+bytes) with state 0 dead; REGION is `none` or four integers 0..100 with a space between them
+(`fmt.region_steps`); a token is allowed in a state when running its bytes through the table does
 not reach the dead state, and end-of-sequence ids are allowed in accepting states. The table of every
 record of a batch goes to the device once; each decoding step runs every vocabulary token's bytes
 through it, one jitted gather per level of a trie of the vocabulary (TokenTrie).
@@ -125,6 +127,31 @@ class _Table:
                 ends.append(ids[s])
         return ids[0], ends
 
+    def hundredths(self, root: int) -> list[int]:
+        """States where an integer 0..100 without leading zeros ends (the minimal automaton: `0`; `1`, then
+        `0` and maybe one more `0`, or another digit; `2`..`9`, then maybe one digit)."""
+        zero, one, other, ten, last = (self.new() for _ in range(5))
+        self.edge(root, ord("0"), zero)
+        self.edge(root, ord("1"), one)
+        for digit in b"0123456789":
+            if digit > ord("1"):
+                self.edge(root, digit, other)
+            self.edge(one, digit, ten if digit == ord("0") else last)
+            self.edge(other, digit, last)
+        self.edge(ten, ord("0"), last)
+        return [zero, one, other, ten, last]
+
+    def region(self, root: int) -> list[int]:
+        """States where a grounded item's region (`none` or `x1 y1 x2 y2`) ends."""
+        assert fmt.REGION_STEPS == 100, "hundredths() spells 0..100"
+        ends = self.hundredths(root)
+        for _ in range(3):
+            space = self.new()
+            for end in ends:
+                self.edge(end, ord(" "), space)
+            ends = self.hundredths(space)
+        return ends + [self.chain(root, fmt.REGION_NONE.encode())]
+
     def copy_edges(self, source: int, target: int) -> None:
         for byte, nxt in enumerate(self.rows[source]):
             if nxt != DEAD:
@@ -186,6 +213,17 @@ def automaton(text: str, task: str, labels: LabelSet = LabelSet(), leading_space
         t.copy_edges(head_root, after_item)
         for end in tail_ends:
             t.edge(end, ord(":"), after_item)
+    elif kind == "grounded":
+        label_root, region_root = t.new(), t.new()
+        t.edge(items, ord(":"), label_root)
+        entity_root, entity_ends = t.substrings(source)
+        for end in t.label(label_root, labels.items, label_bytes):
+            t.edge(end, ord(";"), entity_root)
+        for end in entity_ends:
+            t.edge(end, ord(";"), region_root)
+        for end in t.region(region_root):
+            t.accept[end] = True
+            t.edge(end, ord(":"), label_root)
     else:
         type_root = t.new()
         t.edge(items, ord(":"), type_root)

@@ -51,11 +51,12 @@ class GroundedEntity:
     text: str
     type: str
     box: tuple[float, float, float, float] | None  # original pixels; None: not in the image
-    probability: float  # of the head's choice
+    probability: float | None = None  # of the head's choice; None: a region written by a multimodal model
 
     def to_json(self) -> dict:
         box = None if self.box is None else [round(v, 1) for v in self.box]
-        return {"text": self.text, "type": self.type, "box": box, "probability": round(self.probability, 4)}
+        probability = None if self.probability is None else round(self.probability, 4)
+        return {"text": self.text, "type": self.type, "box": box, "probability": probability}
 
     def as_entity(self) -> Entity:
         return Entity(self.text, self.type, () if self.box is None else (self.box,))

@@ -65,7 +65,7 @@ def structure(source: Record, translated: Record, tables: LabelTables, target: s
         return Rejection("structure", "empty_text")
     labels = [("text", translated.label)] if translated.label else []
     kind = fmt.TASKS[translated.task]
-    section = {"pairs": "pair", "triples": "relation", "events": "event"}[kind]
+    section = {"pairs": "pair", "grounded": "pair", "triples": "relation", "events": "event"}[kind]
     labels += [(section, item[1] if kind == "triples" else item[0]) for item in translated.items]
     for section, label in labels:
         if label not in tables.target_labels(section, target):

@@ -67,7 +67,7 @@ class LabelTables:
         kind = fmt.TASKS[record.task]
         try:
             label = one("text", record.label)
-            if kind == "pairs":
+            if kind in ("pairs", "grounded"):
                 items = tuple((one("pair", item[0]), *item[1:]) for item in record.items)
             elif kind == "triples":
                 items = tuple((item[0], one("relation", item[1]), item[2]) for item in record.items)
