@@ -1,6 +1,8 @@
-"""CoNLL BIO files (`token<TAB>tag`, blank lines between sentences) as /NER records, and the
-Twitter-GMNER variant: each tweet opens with `IMGID:<id>`, and `<xml dir>/<id>.xml` (Pascal VOC)
-holds boxes whose `<name>` is an entity's surface string. Text is the tokens joined by spaces."""
+"""CoNLL BIO files (`token<TAB>tag`, blank lines between sentences) as /NER records, and two Twitter
+variants where each tweet opens with `IMGID:<id>`: multimodal NER (Twitter-2015 and Twitter-2017, Yu et
+al., ACL 2020: `train.txt`, `valid.txt`, `test.txt`, the images apart as `<id>.jpg`), whose records carry
+the image id in `grounding` (no boxes), and Twitter-GMNER, where `<xml dir>/<id>.xml` (Pascal VOC) holds
+boxes whose `<name>` is an entity's surface string. Text is the tokens joined by spaces."""
 
 import dataclasses
 import functools
@@ -17,12 +19,17 @@ def read(path: Path, language: str = "en") -> Iterator[Checked | Problem]:
     yield from _read(path, language, xml_dir=None)
 
 
+def read_mner(path: Path) -> Iterator[Checked | Problem]:
+    """Twitter-2015/2017 MNER tweets: every one must name its image."""
+    yield from _read(path, "en", xml_dir=None, images=True)
+
+
 def read_gmner(path: Path, xml_dir: Path | None = None) -> Iterator[Checked | Problem]:
     """GMNER tweets; boxes from `xml_dir` (default: `xml/` beside the folder of the text file)."""
-    yield from _read(path, "en", xml_dir or path.parent.parent / "xml")
+    yield from _read(path, "en", xml_dir or path.parent.parent / "xml", images=True)
 
 
-def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Checked | Problem]:
+def _read(path: Path, language: str, xml_dir: Path | None, images: bool = False) -> Iterator[Checked | Problem]:
     text = read_text(path)
     if isinstance(text, Problem):
         yield text
@@ -32,16 +39,18 @@ def _read(path: Path, language: str, xml_dir: Path | None) -> Iterator[Checked |
         if line.strip():
             block.append((number, line))
         elif block:
-            yield _sentence(path, block, language, xml_dir)
+            yield _sentence(path, block, language, xml_dir, images)
             block = []
 
 
-def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) -> Checked | Problem:
+def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir, images: bool) -> Checked | Problem:
     first_line = block[0][0]
     image = ""
     if block[0][1].startswith("IMGID:"):
         image = block[0][1][len("IMGID:"):].strip()
         block = block[1:]
+    if images and not image:
+        return Problem(str(path), first_line, "IMGID", "missing image id", "a tweet opens with an IMGID:<id> line")
     if not block:
         return Problem(str(path), first_line, "tokens", "empty text")
     tokens, tags = [], []
@@ -58,6 +67,9 @@ def _sentence(path: Path, block: list[tuple[int, str]], language: str, xml_dir) 
     record = Record(text=" ".join(tokens), task="NER", items=items, language=language,
                     id=image or f"{path.stem}:{first_line}", subset="GMNER" if xml_dir is not None else "")
     if xml_dir is None:
+        if images:  # the image id where multimodal runs and `--images` look for it; no boxes are known
+            grounding = Grounding(image, 0, 0, ((),) * len(items))
+            record = dataclasses.replace(record, subset="Twitter-MNER", grounding=grounding)
         return checked(record, path, first_line)
     xml = Path(xml_dir) / f"{image}.xml"
     boxes = read_boxes(xml)

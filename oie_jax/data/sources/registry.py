@@ -12,6 +12,7 @@ SOURCES = {
     "mmm": (mmm.read, (".json", ".jsonl")),
     "stockmark": (stockmark.read, (".json",)),
     "conll": (conll.read, (".txt", ".conll", ".bio")),
+    "mner": (conll.read_mner, (".txt",)),
     "gmner": (conll.read_gmner, (".txt",)),
     "mnre": (mnre.read, (".txt",)),
 }
@@ -21,8 +22,8 @@ ALL_SUFFIXES = tuple(sorted({s for _, suffixes in SOURCES.values() for s in suff
 
 
 def detect(path: str) -> str:
-    """gmner for Twitter-GMNER text (IMGID lines) or its folder, mnre for text of dict lines (MNRE), conll
-    for other text, stockmark for JSON with `curid`, records for our unified JSON lines (`items`), mmm
+    """gmner for Twitter-GMNER text (IMGID lines, an xml/ folder beside its own) or its folder, mner for other
+    text of IMGID lines (Twitter-2015/2017), mnre for text of dict lines (MNRE), conll for other text, stockmark for JSON with `curid`, records for our unified JSON lines (`items`), mmm
     otherwise."""
     p = Path(path)
     if p.is_dir():
@@ -33,7 +34,9 @@ def detect(path: str) -> str:
     if p.suffix in (".txt", ".conll", ".bio"):
         with open(p, encoding="utf-8", errors="replace") as f:
             first = f.readline()
-        return "gmner" if first.startswith("IMGID:") else "mnre" if first.lstrip().startswith("{") else "conll"
+        if first.startswith("IMGID:"):
+            return "gmner" if (p.resolve().parent.parent / "xml").is_dir() else "mner"
+        return "mnre" if first.lstrip().startswith("{") else "conll"
     with open(p, encoding="utf-8", errors="replace") as f:
         head = f.read(4096)
     if '"curid"' in head:
