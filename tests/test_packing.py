@@ -43,6 +43,20 @@ def test_truncation_cuts_the_prompt_start_never_the_target(tokenizer):
     assert stats.skipped == {"target longer than max_length": 1}
 
 
+def test_a_record_whose_text_holds_the_image_placeholder_id_is_skipped_and_counted():
+    from oie_jax.data.format import Record
+    from oie_jax.data.tokenizer import ByteTokenizer
+
+    tokenizer, stats = ByteTokenizer(), EncodeStats()
+    placeholder = ord("#") + ByteTokenizer.OFFSET  # a byte's id stands for the image here
+    records = [Record("Jordan wins", "NER", items=(("PER", "Jordan"),)), Record("#Jordan wins", "NER"),
+               Record("Jordan wins", "NER", items=(("PER#", "Jordan"),))]
+    encoded = [encode(r, tokenizer, 64, stats, placeholders=(placeholder, 4)) for r in records]
+    assert encoded[1] is None and encoded[2] is None
+    assert list(encoded[0].tokens[:5]) == [tokenizer.bos_id] + [placeholder] * 4
+    assert stats.skipped == {"text holds the image placeholder id": 2} and stats.encoded == 1
+
+
 def test_packed_rows_keep_sequences_apart(tokenizer):
     stats = EncodeStats()
     sequences = [encode(r, tokenizer, 256, stats) for r in load_sample()]

@@ -48,9 +48,13 @@ def encode(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeS
            placeholders: tuple[int, int] | None = None) -> Sequence | None:
     """BOS, the prompt and the target, the prompt cut from the left when the whole is longer than
     `max_length`; `placeholders` (image token id, count): a multimodal model's image placeholders after the
-    BOS, as at generation (`with_placeholders`)."""
+    BOS, as at generation (`with_placeholders`); a record whose own tokens hold that id is skipped and
+    counted (the image would not fill its placeholders)."""
     answer = answer_tokens(record, tokenizer)
     prompt = tokenizer.encode(render(record)[0], add_special_tokens=True)
+    if placeholders is not None and placeholders[0] in prompt + answer:
+        stats.skipped["text holds the image placeholder id"] += 1
+        return None
     keep = int(len(prompt) > 0 and prompt[0] == tokenizer.bos_id)
     head = prompt[:keep]  # BOS and the image survive any cut
     if placeholders is not None:
