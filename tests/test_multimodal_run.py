@@ -17,7 +17,7 @@ from oie_jax.train.config_file import load_config_file
 from oie_jax.train.grounding import parts
 from oie_jax.train.metrics_log import read_metrics
 from oie_jax.train.runs import train
-from tests.test_train_loop import SIGNAL_AFTER_STEP, cli, losses, run
+from tests.test_train_loop import SIGNAL_AFTER_STEP, cli, losses, run, two_processes
 
 CONFIG = textwrap.dedent("""
     from oie_jax.train.defaults import base_config
@@ -87,6 +87,24 @@ def test_sigkill_then_rerun_equals_uninterrupted(uninterrupted, config_file, tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step 5" in resumed.stdout
     assert losses(tmp_path / "run") == losses(uninterrupted)  # bitwise: same batches, same state
+
+
+def test_two_processes_train_and_evaluate_like_one(uninterrupted, config_file, tmp_path):
+    """2 processes x 2 CPU devices: each reads and prepares its share of the images, the dev F1's generation
+    with images is split over both; losses, dev losses and F1 equal the one-process run's."""
+    statuses, errors = two_processes(tmp_path, config=config_file, offset=5300)
+    assert statuses == [0, 0], [e[-2000:] for e in errors]
+
+    def curves(workdir):
+        metrics = read_metrics(workdir)
+        return {name: {m["step"]: m[name] for m in metrics if name in m} for name in ("loss", "dev_loss", "micro/wl/f1")}
+
+    multi, single = curves(tmp_path), curves(uninterrupted)
+    assert sorted(multi["loss"]) == list(range(1, 13)) and sorted(multi["micro/wl/f1"]) == [0, 10, 12]
+    for name in ("loss", "dev_loss"):
+        np.testing.assert_allclose([multi[name][s] for s in sorted(single[name])],
+                                   [single[name][s] for s in sorted(single[name])], rtol=1e-5)
+    assert multi["micro/wl/f1"] == single["micro/wl/f1"]
 
 
 def test_sharded_objective_and_gradients_equal_one_device(config_file, tmp_path):

@@ -72,13 +72,13 @@ def cli(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     return run(["-m", "oie_jax.cli", "train", *map(str, args)], env=env, cwd=cwd)
 
 
-def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: int = 0) -> tuple[list, list]:
-    """`COMMAND train` of the tiny config on `workdir` in two CPU processes of two devices each (fsdp over the
-    four, two per process), run to their end: (exit statuses, stderrs)."""
+def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: int = 0, config=TINY) -> tuple[list, list]:
+    """`COMMAND train` of `config` (the tiny one) on `workdir` in two CPU processes of two devices each (fsdp
+    over the four, two per process), run to their end: (exit statuses, stderrs)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     port = 21000 + (os.getpid() + offset) % 9000
     procs = [subprocess.Popen(
-        [sys.executable, *command, "train", "--config", str(TINY), "--workdir", str(workdir), *args,
+        [sys.executable, *command, "train", "--config", str(config), "--workdir", str(workdir), *args,
          "--config.mesh.shape=(1, 2, 1)", "--config.mesh.dcn_shape=(1, 2, 1)",
          "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]

@@ -125,10 +125,13 @@ def batch_arrays(examples: Sequence[GroundingExample], images: ImageSource, leng
 def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_size: int, images: ImageSource,
             length: int, entities: int, boxes_per_entity: int, pad_id: int,
             proposals: Proposals | None = None) -> Iterator[dict]:
-    """Batches of `examples` in `order`, the last one filled with empty rows (no loss, no entities)."""
-    for first in range(0, len(order), batch_size):
+    """Batches of `examples` in `order`, the last one filled with empty rows (no loss, no entities); an
+    empty `order` gives one batch of empty rows (a process that holds no row of a global batch)."""
+    for first in range(0, max(len(order), 1), batch_size):
         chosen = [examples[i] for i in order[first:first + batch_size]]
-        arrays = batch_arrays(chosen, images, length, entities, boxes_per_entity, pad_id, proposals)
+        arrays = batch_arrays(chosen or examples[:1], images, length, entities, boxes_per_entity, pad_id, proposals)
+        if not chosen:  # the arrays' shapes, no row
+            arrays = {name: value[:0] for name, value in arrays.items()}
         missing = batch_size - len(chosen)
         if missing:
             arrays = {name: np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
