@@ -17,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # short ones fill the gaps at the end.
 SLOW_FIRST = ("test_train_loop.py", "test_train_learned.py", "test_grounding_run.py", "test_lora.py", "test_smollm2.py",
               "test_multimodal.py", "test_bucket_workdir.py", "test_pipeline.py", "test_evaluate.py",
-              "test_multimodal_run.py", "test_run_checks.py", "test_serve.py",
+              "test_multimodal_run.py", "test_grounded_generation.py", "test_run_checks.py", "test_serve.py",
               "test_constrain.py", "test_sweep.py", "test_benchmarks.py", "test_translate_run.py", "test_tpu_pod.py",
               "test_checkpoint_errors.py")
 

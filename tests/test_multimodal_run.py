@@ -107,6 +107,33 @@ def test_two_processes_train_and_evaluate_like_one(uninterrupted, config_file, t
     assert multi["micro/wl/f1"] == single["micro/wl/f1"]
 
 
+def test_a_run_with_a_lora_llama_holds_its_adapters_and_exports_them_merged(config_file, tmp_path):
+    """The run's state and export (its train step is the grounding run's: tests/test_grounding_train.py)."""
+    import dataclasses
+
+    from oie_jax.models import lora
+    from oie_jax.train.multimodal import MultimodalRun
+
+    config = load_config_file(config_file)
+    config.multimodal.llama = "lora"
+    config.train.lora.rank, config.train.lora.alpha = 4, 8.0
+    config.data.dev, config.checkpoint.best_metric = "", ""
+    run_ = MultimodalRun(config, tmp_path)
+    assert set(run_.state.params) == {"llama", "projector"} and set(run_.frozen) == {"llama", "vision"}
+    assert all(lora.is_adapter(str(path[-1].key)) for path, _ in
+               jax.tree_util.tree_flatten_with_path(run_.state.params["llama"])[0])
+    adapters = jax.tree.map(lambda a: a + 0.1, run_.state.params["llama"])  # as if trained (B starts at zero)
+    run_.state = dataclasses.replace(run_.state, params={**run_.state.params, "llama": adapters})
+    run_.outcome.step = 3
+    run_.export()
+    model, _ = load_multimodal_model(tmp_path / "model")
+    assert model.llama.cfg.lora is None  # a plain LLaMA, the adapters folded in
+    base = jax.device_get(run_.frozen["llama"])
+    expected = lora.merge(run_.cfg, lora.join(base, jax.device_get(adapters)))[1]["layers"]["attn"]["q"]
+    np.testing.assert_allclose(np.asarray(model.llama.layers.attn.q[...]), expected, atol=1e-6)
+    assert np.abs(expected - base["layers"]["attn"]["q"]).max() > 0.1
+
+
 def test_sharded_objective_and_gradients_equal_one_device(config_file, tmp_path):
     from oie_jax.train.multimodal import MultimodalRun
 
