@@ -94,8 +94,8 @@ def record_automata(records: Sequence[Record], tokenizer: Tokenizer, labels: dic
 
 def record_constraints(records: Sequence[Record], tokenizer: Tokenizer, labels: dict[str, LabelSet],
                        vocab_size: int) -> gen.Constraints:
-    pieces = tokenizer.token_bytes()  # the whole vocabulary's: read once
-    return gen.Constraints.of(record_automata(records, tokenizer, labels, pieces), tokenizer, vocab_size, pieces)
+    pieces, _ = gen.vocabulary(tokenizer, vocab_size)
+    return gen.Constraints.of(record_automata(records, tokenizer, labels, pieces), tokenizer, vocab_size)
 
 
 def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], batch_size: int = 16,
