@@ -7,41 +7,31 @@ projector train. CPU, about a quarter of an hour.
 
     oie-jax data synth-gmner --out runs/synth-gmner --n 1500 --seed 0
     for split in train dev test; do
-        oie-jax data convert --from gmner --grounded runs/synth-gmner/txt/$split.txt runs/synth-gmner/$split.grounded.jsonl
+        oie-jax data convert --from gmner --grounded runs/synth-gmner/txt/$split.txt \\
+            runs/synth-gmner/$split.grounded.jsonl
     done
     oie-jax train --config configs/gmner_generation.py --workdir runs/gmner_generation
     oie-jax eval-gmner --model runs/gmner_generation/model --data runs/synth-gmner/txt/test.txt \\
         --images runs/synth-gmner/images --constrained
 """
 
-from oie_jax.train.defaults import base_config
+from pathlib import Path
+
+from oie_jax.train.config_file import load_config_file
 
 
 def get_config():
-    c = base_config()
-    c.model.init = "runs/smollm2-135m-instruct"
-    c.model.preset = "smollm2-135m"
-    c.model.param_dtype = c.model.dtype = "float32"
-    c.vision.init = "runs/mobilenet-v2"
-    c.vision.preset = "mobilenet-v2"
+    c = load_config_file(Path(__file__).with_name("picture_synth.py"))  # the same model, another corpus
     c.vision.image_size = 256
-    c.vision.resize = "squash"  # regions are fractions of the image's width and height, as the squashed grid's
-    c.multimodal.enabled = True
     c.multimodal.images = "runs/synth-gmner/images"
     c.multimodal.pool = 2
-    c.multimodal.llama = "full"
     c.data.train = "runs/synth-gmner/train.grounded.jsonl"
     c.data.dev = "runs/synth-gmner/dev.grounded.jsonl"
-    c.data.source = "records"
     c.data.seq_len = 96  # BOS, 16 image tokens, the tweet, its entities with their regions: at most 91 here
-    c.data.batch_size = 8
     c.train.steps = 100
-    c.train.lr = 3e-4
-    c.train.warmup_fraction = 0.1
-    c.mesh.shape = (1, -1, 1)
     c.checkpoint.every = 50
-    c.checkpoint.keep = 1
     c.checkpoint.best_metric = "dev_loss"  # GMNER F1 needs generation: `oie-jax eval-gmner` scores the test split
+    c.checkpoint.best_mode = "min"
     c.eval.every = 50
-    c.log.every = 10
+    c.eval.f1_every = 0
     return c

@@ -96,7 +96,8 @@ PLAIN = st.lists(st.sampled_from(list("abc東京北京株式会社 😀/") + ["/
 
 
 REGION = st.one_of(st.just(fmt.REGION_NONE),
-                   st.lists(st.integers(0, fmt.REGION_STEPS), min_size=4, max_size=4).map(lambda v: " ".join(map(str, v))))
+                   st.lists(st.integers(0, fmt.REGION_STEPS), min_size=4, max_size=4).map(
+                       lambda v: " ".join(map(str, v))))
 
 
 @st.composite

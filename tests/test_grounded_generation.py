@@ -4,7 +4,6 @@ multimodal run on them trains, and `eval-gmner` of its model writes predictions 
 scores the same."""
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,29 +18,7 @@ from oie_jax.eval.gmner import score
 from oie_jax.eval.grounded import written_regions
 from oie_jax.train.config_file import load_config_file
 from oie_jax.train.runs import train
-
-CONFIG = textwrap.dedent("""
-    from oie_jax.train.defaults import base_config
-
-    def get_config():
-        c = base_config()
-        c.model.preset = "tiny"
-        c.model.tokenizer = "bytes"
-        c.vision.preset = "mobilenet-v2"  # random, frozen: 4 image tokens at 64 px
-        c.vision.image_size = 64
-        c.vision.resize = "squash"
-        c.multimodal.enabled = True
-        c.multimodal.images = "{corpus}/images"
-        c.data.train, c.data.dev, c.data.source = "{root}/boxed.jsonl", "{root}/dev.jsonl", "records"
-        c.data.seq_len = 160
-        c.data.batch_size = 8
-        c.train.steps = 4
-        c.train.lr = 1e-3
-        c.checkpoint.every = 4
-        c.eval.every = 4
-        c.log.every = 1
-        return c
-""")
+from tests.test_multimodal_run import CONFIG as TINY_MULTIMODAL
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +50,25 @@ def test_gold_regions_written_and_read_back_score_like_the_gold(corpus):
         x1, y1, x2, y2 = e.box
         return Entity(e.text, e.type, ((x1 + width / 3, y1, x2 + width / 3, y2),))
 
-    f1 = score(gold_sets, [[e.as_entity() if e.box is None else moved(e) for e in r.entities] for r in results]).prf[:, 2]
+    predicted = [[e.as_entity() if e.box is None else moved(e) for e in r.entities] for r in results]
+    f1 = score(gold_sets, predicted).prf[:, 2]
     assert f1[0] < 1 and f1[1] == 1 and f1[2] < 1
 
 
 def test_a_multimodal_run_on_grounded_records_and_eval_gmner_of_its_model(corpus, capsys):
-    # Training outputs whose regions are all boxes, so that even a 4-step model writes boxes.
+    # The tiny multimodal run of tests/test_multimodal_run.py on training outputs whose regions are all
+    # boxes, so that even a 4-step model writes boxes.
     boxed = [line.replace('"none"]', '"10 20 60 70"]') for line in (corpus / "train.jsonl").read_text().splitlines()]
     assert not any('"none"' in line for line in boxed)
-    (corpus / "boxed.jsonl").write_text("\n".join(boxed) + "\n")
-    config = corpus / "tiny_grounded.py"
-    config.write_text(CONFIG.format(root=corpus, corpus=corpus / "corpus"))
+    (corpus / "corpus" / "train.jsonl").write_text("\n".join(boxed) + "\n")
+    (corpus / "corpus" / "dev.jsonl").write_text((corpus / "dev.jsonl").read_text())
+    (corpus / "tiny_grounded.py").write_text(TINY_MULTIMODAL.format(corpus=corpus / "corpus"))
+    config = load_config_file(corpus / "tiny_grounded.py")
+    config.data.seq_len, config.train.steps = 160, 4
+    config.checkpoint.every = config.eval.every = 4
+    config.eval.f1_every = 0
     workdir = corpus / "run"
-    assert train(load_config_file(config), workdir).step == 4
+    assert train(config, workdir).step == 4
     out = corpus / "eval"
     assert main(["eval-gmner", "--model", str(workdir / "model"), "--data", str(corpus / "corpus" / "txt" / "test.txt"),
                  "--images", str(corpus / "corpus" / "images"), "--constrained", "--max-new-tokens", "48",
@@ -105,5 +88,6 @@ def test_a_multimodal_run_on_grounded_records_and_eval_gmner_of_its_model(corpus
                  "--pred", str(out / "predictions.jsonl"), "--out", str(corpus / "rescored")]) == 0
     assert json.loads((corpus / "rescored" / "scores.json").read_text())["counts"] == evaluated["counts"]
     assert main(["eval-gmner", "--model", str(workdir / "model"), "--data", str(corpus / "corpus" / "txt" / "test.txt"),
-                 "--images", str(corpus / "corpus" / "images"), "--gold-entities", "--out", str(corpus / "refused")]) != 0
+                 "--images", str(corpus / "corpus" / "images"), "--gold-entities",
+                 "--out", str(corpus / "refused")]) != 0
     assert "writes the regions itself" in capsys.readouterr().err

@@ -97,7 +97,8 @@ def test_two_processes_train_and_evaluate_like_one(uninterrupted, config_file, t
 
     def curves(workdir):
         metrics = read_metrics(workdir)
-        return {name: {m["step"]: m[name] for m in metrics if name in m} for name in ("loss", "dev_loss", "micro/wl/f1")}
+        names = ("loss", "dev_loss", "micro/wl/f1")
+        return {name: {m["step"]: m[name] for m in metrics if name in m} for name in names}
 
     multi, single = curves(tmp_path), curves(uninterrupted)
     assert sorted(multi["loss"]) == list(range(1, 13)) and sorted(multi["micro/wl/f1"]) == [0, 10, 12]

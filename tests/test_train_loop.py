@@ -72,7 +72,8 @@ def cli(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     return run(["-m", "oie_jax.cli", "train", *map(str, args)], env=env, cwd=cwd)
 
 
-def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: int = 0, config=TINY) -> tuple[list, list]:
+def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: int = 0,
+                  config=TINY) -> tuple[list, list]:
     """`COMMAND train` of `config` (the tiny one) on `workdir` in two CPU processes of two devices each (fsdp
     over the four, two per process), run to their end: (exit statuses, stderrs)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

@@ -186,9 +186,9 @@ def add_parsers(commands) -> None:
     evaluation = commands.add_parser(
         "eval-gmner", help="ground a Twitter-GMNER-layout corpus with a model and score GMNER, MNER and EEG",
         description="The model is a grounding model (a head grounds the LLaMA's entities) or a multimodal model "
-                    "trained on `Grounded NER` records (`data convert --from gmner --grounded`), which writes each entity's region "
-                    "itself. Writes predictions.jsonl ({id, entities: [{text, type, box}]}, boxes in image pixels), "
-                    "report.md, scores.json and scores.png into --out. Definitions: docs/metrics.md.")
+                    "trained on `Grounded NER` records (`data convert --from gmner --grounded`), which writes each "
+                    "entity's region itself. Writes predictions.jsonl ({id, entities: [{text, type, box}]}, boxes in "
+                    "image pixels), report.md, scores.json and scores.png into --out. Definitions: docs/metrics.md.")
     evaluation.add_argument("--model", required=True, help="grounding or multimodal model directory")
     evaluation.add_argument("--data", required=True, help="GMNER text file or folder (txt/ with xml/ beside it)")
     evaluation.add_argument("--images", required=True, help="directory of the images (IMGID.jpg, ...)")

@@ -23,8 +23,8 @@ ALL_SUFFIXES = tuple(sorted({s for _, suffixes in SOURCES.values() for s in suff
 
 def detect(path: str) -> str:
     """gmner for Twitter-GMNER text (IMGID lines, an xml/ folder beside its own) or its folder, mner for other
-    text of IMGID lines (Twitter-2015/2017), mnre for text of dict lines (MNRE), conll for other text, stockmark for JSON with `curid`, records for our unified JSON lines (`items`), mmm
-    otherwise."""
+    text of IMGID lines (Twitter-2015/2017), mnre for text of dict lines (MNRE), conll for other text,
+    stockmark for JSON with `curid`, records for our unified JSON lines (`items`), mmm otherwise."""
     p = Path(path)
     if p.is_dir():
         if (p / "txt").is_dir() and (p / "xml").is_dir():
