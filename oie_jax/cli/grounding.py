@@ -119,8 +119,7 @@ def head_regions(args, golds):
                                       gold_output=args.gold_entities)
     if args.gold_entities:
         notes.append("the gold entities stood for the LLaMA's output (--gold-entities): the grounding alone")
-    if args.strict and images.problems:
-        raise UserError(f"image problem (--strict): {images.problems[0]}")
+    images.check()
     return results, scores, notes
 
 
@@ -142,6 +141,7 @@ def generated_regions(args, golds):
     results, scores, notes = evaluate_generation(model, tokenizer, golds, images, args.batch_size,
                                                  args.max_new_tokens or model_budget(args.model),
                                                  progress=not args.no_progress, labels=labels)
+    images.check()
     notes.append("the multimodal model wrote each entity's region (GMNER as generation)"
                  + (", decoding constrained to the format" if labels is not None else ""))
     return results, scores, notes

@@ -38,4 +38,3 @@ def grounded_record(record: Record) -> Record:
     items = tuple((label, text, render_region(largest(boxes), g.width, g.height))
                   for (label, text), boxes in zip(record.items, g.boxes))
     return dataclasses.replace(record, task=GROUNDED_TASK, items=items)
-

@@ -173,8 +173,8 @@ def unrenderable(record: Record) -> str:
         if kind == "grounded":
             if any(":" in field for field in item) or ";" in item[0] + item[2]:
                 return f"grounded item {item!r}: no field may hold ':', nor its label or region ';'"
-            if not is_region(item[2]):
-                return f"grounded item {item!r}: region {item[2]!r} is neither {REGION_NONE!r} nor 'x1 y1 x2 y2'"
+            if problem := region_problem(item[2]):
+                return f"grounded item {item!r}: {problem}"
             continue
         *fixed, last = item
         if any(":" in field or ";" in field for field in fixed):
@@ -247,9 +247,8 @@ def _parse_grounded(label: str, body: str, start: int) -> Parsed:
         fields = piece.split(";")
         if len(fields) < 3:
             reasons.append(f"grounded item {piece!r} does not have label;entity;region")
-        elif not is_region(fields[-1]):
-            reasons.append(f"grounded item {piece!r}: region {fields[-1]!r} is neither {REGION_NONE!r} nor "
-                           "'x1 y1 x2 y2'")
+        elif problem := region_problem(fields[-1]):
+            reasons.append(f"grounded item {piece!r}: {problem}")
         else:
             items.append((fields[0], ";".join(fields[1:-1]), fields[-1]))
             spans.append((start, end))
@@ -279,12 +278,13 @@ def region_steps(region: str) -> tuple[int, int, int, int] | None:
     raise ValueError(f"region {region!r} is neither {REGION_NONE!r} nor 'x1 y1 x2 y2' (integers 0..{REGION_STEPS})")
 
 
-def is_region(region: str) -> bool:
+def region_problem(region: str) -> str:
+    """Why `region` is not one ('' when it is)."""
     try:
         region_steps(region)
-    except ValueError:
-        return False
-    return True
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def region_box(region: str, width: int, height: int) -> tuple[float, float, float, float] | None:

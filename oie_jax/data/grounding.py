@@ -129,9 +129,7 @@ def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_si
     empty `order` gives one batch of empty rows (a process that holds no row of a global batch)."""
     for first in range(0, max(len(order), 1), batch_size):
         chosen = [examples[i] for i in order[first:first + batch_size]]
-        arrays = batch_arrays(chosen or examples[:1], images, length, entities, boxes_per_entity, pad_id, proposals)
-        if not chosen:  # the arrays' shapes, no row
-            arrays = {name: value[:0] for name, value in arrays.items()}
+        arrays = batch_arrays(chosen, images, length, entities, boxes_per_entity, pad_id, proposals)
         missing = batch_size - len(chosen)
         if missing:
             arrays = {name: np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
@@ -208,8 +206,7 @@ class GroundingPipeline(EpochBatches):
                 continue
             (batch,) = batches(self.examples, mine, rows, self.images, self.cfg.seq_len,
                                self.entities, self.boxes_per_entity, self.pad_id, self.proposals)
-            if self.images.strict and self.images.problems:
-                raise UserError(f"image problem (--strict): {self.images.problems[0]}")
+            self.images.check()
             yield batch
 
     def _fingerprint_parts(self) -> Iterator[bytes]:

@@ -176,9 +176,13 @@ class ImageSource:
     def batches(self, image_ids: Sequence[str], batch_size: int, parallel: int | None = None) -> Iterator[dict]:
         """The dataset's batches as numpy arrays; with `strict`, the first problem stops with a UserError."""
         for batch in self.dataset(image_ids, batch_size, parallel).as_numpy_iterator():
-            if self.strict and self.problems:
-                raise UserError(f"image problem (--strict): {self.problems[0]}")
+            self.check()
             yield batch
+
+    def check(self) -> None:
+        """With `strict`, a UserError naming the first problem so far."""
+        if self.strict and self.problems:
+            raise UserError(f"image problem (--strict): {self.problems[0]}")
 
     def summary(self) -> str:
         """One line for the end of a pass: images read, and how many could not be used (first few named)."""

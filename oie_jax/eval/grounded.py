@@ -65,6 +65,11 @@ def pair(golds: Sequence[Record], predictions: dict[str, list[Entity]]) -> tuple
     return [predictions.get(i, []) for i in ids], notes
 
 
+def without_boxes(result):
+    """A tweet's result whose image could not be read: every entity "not in the image"."""
+    return dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None) for e in result.entities))
+
+
 def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_size: int = 8,
              max_new_tokens: int = 64, progress: bool = True, proposals: Proposals | None = None,
              gold_output: bool = False):
@@ -91,11 +96,7 @@ def evaluate(grounder, records: Sequence[Record], images: ImageSource, batch_siz
         outputs = [answer_tokens(r, grounder.tokenizer) for r in part] if gold_output else None
         found = ground(grounder, part, [image for image, _, _ in loaded], placements=[p for _, p, _ in loaded],
                        outputs=outputs, max_new_tokens=max_new_tokens, batch_size=batch_size, proposals=regions)
-        for result, (_, _, ok) in zip(found, loaded):
-            if not ok:
-                result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
-                                                                    for e in result.entities))
-            results.append(result)
+        results += [result if ok else without_boxes(result) for result, (_, _, ok) in zip(found, loaded)]
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
@@ -134,10 +135,7 @@ def evaluate_generation(model, tokenizer, records: Sequence[Record], images: Ima
     results = []
     for record, output, (_, placement, ok) in zip(records, outputs, loaded):
         result = written_regions(image_id(record), output, placement.width, placement.height)
-        if not ok:
-            result = dataclasses.replace(result, entities=tuple(dataclasses.replace(e, box=None)
-                                                                for e in result.entities))
-        results.append(result)
+        results.append(result if ok else without_boxes(result))
     scores = score([gold_entities(r) for r in records], [[e.as_entity() for e in r.entities] for r in results])
     malformed = [r for r in results if not r.well_formed]
     notes = [stats.summary()]

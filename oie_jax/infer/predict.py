@@ -13,7 +13,6 @@ from oie_jax.data.grounding import image_id
 from oie_jax.data.labels import LabelSet, label_set_for
 from oie_jax.data.packing import with_placeholders
 from oie_jax.data.tokenizer import Tokenizer, load_tokenizer
-from oie_jax.files import location
 from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
 from oie_jax.models import multimodal_dir
@@ -61,7 +60,7 @@ def load_for_generation(directory, dtype: str | None = None):
     overrides = {"dtype": dtype} if dtype else {}
     if multimodal_dir.is_multimodal(directory):
         model, preprocess = multimodal_dir.load_multimodal_model(directory, **overrides)
-        return model, load_tokenizer(location(directory) / "llama"), preprocess
+        return model, load_tokenizer(multimodal_dir.text_dir(directory)), preprocess
     return load_model(directory, **overrides), load_tokenizer(directory), None
 
 

@@ -225,10 +225,11 @@ class Server:
         from oie_jax.data.labels import model_label_sets
         from oie_jax.infer.budget import model_budget
         from oie_jax.infer.predict import load_for_generation
+        from oie_jax.models import multimodal_dir
 
         model, tokenizer, preprocess = load_for_generation(model_dir, dtype)
-        tokenizer_dir = epath.Path(model_dir) / ("llama" if preprocess is not None else "")
-        return cls(model, tokenizer, name or epath.Path(model_dir).name, limits, load_chat_template(tokenizer_dir),
+        return cls(model, tokenizer, name or epath.Path(model_dir).name, limits,
+                   load_chat_template(multimodal_dir.text_dir(model_dir)),
                    model_dir, model_label_sets(model_dir, None), model_budget(model_dir), preprocess)
 
     @functools.cached_property

@@ -28,6 +28,12 @@ def is_multimodal(directory) -> bool:
     return (location(directory) / CONFIG_FILE).is_file()
 
 
+def text_dir(directory):
+    """Where a model directory's LLaMA, tokenizer and chat template are: llama/ of a multimodal one, else
+    the directory itself."""
+    return location(directory) / "llama" if is_multimodal(directory) else location(directory)
+
+
 def abstract_model(llama_cfg, vision_cfg, cfg: MultimodalConfig) -> MultimodalLlama:
     return nnx.eval_shape(lambda: MultimodalLlama(llama_cfg, vision_cfg, cfg, rngs=nnx.Rngs(0)))
 
