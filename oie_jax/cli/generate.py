@@ -3,7 +3,7 @@
 import json
 
 from oie_jax.files import read_lines
-from oie_jax.models.policies import DTYPES
+from oie_jax.models.policies import DTYPES, GENERATION_DTYPE_HELP, generation_overrides
 
 
 def cmd_generate(args):
@@ -14,8 +14,7 @@ def cmd_generate(args):
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     prompts = [args.prompt] if args.prompt is not None else read_lines(args.prompt_file, "prompt")
     tokenizer = load_tokenizer(args.model)
-    overrides = {"dtype": args.dtype} if args.dtype else {}
-    model = load_model(args.model, **overrides)
+    model = load_model(args.model, **generation_overrides(args.dtype))
     new_tokens = generate(model, tokenizer.encode_batch(prompts), args.max_new_tokens, sampling,
                           eos_ids=stop_ids(model.cfg, tokenizer), batch_size=args.batch_size)
     for prompt, tokens in zip(prompts, new_tokens):
@@ -38,6 +37,6 @@ def add_parsers(commands) -> None:
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8)
-    gen.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    gen.add_argument("--dtype", choices=DTYPES, help=GENERATION_DTYPE_HELP)
     gen.add_argument("--jsonl", action="store_true", help="print JSON lines {prompt, output}")
     gen.set_defaults(run=cmd_generate)

@@ -1,7 +1,7 @@
 """`oie-jax serve`: an OpenAI-compatible HTTP server for a model directory."""
 
 from oie_jax.cli.arguments import positive_int
-from oie_jax.models.policies import DTYPES
+from oie_jax.models.policies import DTYPES, GENERATION_DTYPE_HELP
 
 
 def cmd_serve(args):
@@ -41,5 +41,5 @@ def add_parsers(commands) -> None:
     parser.add_argument("--max-request-bytes", type=positive_int, default=1 << 20,
                         help="largest request body (then 413)")
     parser.add_argument("--max-tokens", type=positive_int, default=1024, help="largest max_tokens a request may ask")
-    parser.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the model's)")
+    parser.add_argument("--dtype", choices=DTYPES, help=GENERATION_DTYPE_HELP)
     parser.set_defaults(run=cmd_serve)

@@ -17,6 +17,7 @@ from oie_jax.infer import constrain
 from oie_jax.infer import generate as gen
 from oie_jax.models import multimodal_dir
 from oie_jax.models.checkpoint import load_model
+from oie_jax.models.policies import generation_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,9 @@ class GenerationStats:
 
 def load_for_generation(directory, dtype: str | None = None):
     """(model, tokenizer, image preparation) of a model directory: a text one (preparation None), or a
-    multimodal one (`models/multimodal_dir.py`, its tokenizer in llama/)."""
-    overrides = {"dtype": dtype} if dtype else {}
+    multimodal one (`models/multimodal_dir.py`, its tokenizer in llama/). `dtype`: the LLaMA's weights and
+    computation (`policies.generation_overrides`)."""
+    overrides = generation_overrides(dtype)
     if multimodal_dir.is_multimodal(directory):
         model, preprocess = multimodal_dir.load_multimodal_model(directory, **overrides)
         return model, load_tokenizer(multimodal_dir.text_dir(directory)), preprocess
