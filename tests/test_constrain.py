@@ -213,7 +213,7 @@ def assert_every_output_parses(results, budget_for_all=32):
 
 
 def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm2_dir, capfd):
-    results = budget_outputs(tiny_smollm2_dir, (8, 16, 32, 64, 96))
+    results = budget_outputs(tiny_smollm2_dir, (8, 32, 96))  # too short for some, enough for all, long
     assert_every_output_parses(results)
     assert "shortest complete output" in capfd.readouterr().err  # budget 8 is too short for some: said
     lengths = [len(output) for pairs in results.values() for _, output in pairs]
