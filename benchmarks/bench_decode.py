@@ -51,17 +51,22 @@ def tiny_model() -> tuple[dict, dict]:
     return config, {name: t.detach().numpy() for name, t in model.state_dict().items()}
 
 
-def ours(config: dict, tensors: dict, dtype: str):
+def our_model(config: dict, tensors: dict, dtype: str):
+    """Our LLaMA of the Hugging Face config and tensors, weights and computation in `dtype`."""
     import jax.numpy as jnp
 
     from oie_jax.convert.hf_to_jax import fill_params
-    from oie_jax.infer.generate import generate
     from oie_jax.models.checkpoint import model_from_params
     from oie_jax.models.config import LlamaConfig
 
     cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype, dtype=dtype)
-    params = fill_params(cfg, ((name, tensor, None) for name, tensor in tensors.items()), jnp.dtype(dtype))
-    model = model_from_params(cfg, params)
+    return model_from_params(cfg, fill_params(cfg, ((n, t, None) for n, t in tensors.items()), jnp.dtype(dtype)))
+
+
+def ours(config: dict, tensors: dict, dtype: str):
+    from oie_jax.infer.generate import generate
+
+    model = our_model(config, tensors, dtype)
 
     def run(prompts: list[list[int]], batch: int) -> int:
         out = generate(model, prompts, NEW_TOKENS, eos_ids=(), batch_size=batch)
@@ -100,20 +105,14 @@ def constrained_sides(config: dict, tensors: dict, hf_tokenizer, dtype: str):
     import dataclasses
     import tempfile
 
-    import jax.numpy as jnp
-
-    from oie_jax.convert.hf_to_jax import fill_params
     from oie_jax.data.labels import label_set_for, label_sets
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer import constrain
     from oie_jax.infer.generate import Constraints, generate
     from oie_jax.infer.predict import prompt_tokens
-    from oie_jax.models.checkpoint import model_from_params
-    from oie_jax.models.config import LlamaConfig
 
-    cfg = LlamaConfig.from_hf_config(config, param_dtype=dtype, dtype=dtype)
-    model = model_from_params(cfg, fill_params(cfg, ((n, t, None) for n, t in tensors.items()), jnp.dtype(dtype)))
+    model = our_model(config, tensors, dtype)
     with tempfile.TemporaryDirectory() as directory:  # our tokenizer class over the same tokenizer.json
         hf_tokenizer.save_pretrained(directory)
         tokenizer = load_tokenizer(directory)
@@ -122,7 +121,7 @@ def constrained_sides(config: dict, tensors: dict, hf_tokenizer, dtype: str):
     sets = label_sets(train)
     automata = [constrain.automaton(r.text, r.task, label_set_for(sets, r.task, r.language))
                 for r in records]
-    constraints = Constraints.of(automata, tokenizer, cfg.vocab_size)
+    constraints = Constraints.of(automata, tokenizer, model.cfg.vocab_size)
     prompts = prompt_tokens(records, tokenizer)
 
     def side(constrained: bool):
@@ -154,6 +153,8 @@ def main():
     restart_with_huge_pages(__file__)  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
     global NEW_TOKENS, BATCHES
+    import jax.numpy as jnp
+
     from oie_jax.models.config import LlamaConfig
 
     if args.smoke:  # a random tiny model on random prompts
@@ -178,7 +179,7 @@ def main():
     # the output head too).
     cfg = LlamaConfig.from_hf_config(config)
     read = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
-    weights = (2 if args.dtype == "bfloat16" else 4) * read
+    weights = jnp.dtype(args.dtype).itemsize * read
     ratios = []
     for batch in BATCHES:
         for run in sides.values():  # warm-up: compiles every shape of ours, warms torch's allocator
