@@ -19,7 +19,7 @@ from oie_jax import cli, sharding
 from oie_jax.convert import llava
 from oie_jax.data import synth_picture
 from oie_jax.data.format import Grounding, Record, render_input
-from oie_jax.data.grounding import GroundingPipeline
+from oie_jax.data.image_rows import ImageRowsPipeline
 from oie_jax.data.images import ImageSource, decode, prepare
 from oie_jax.data.packing import EncodeStats, encode
 from oie_jax.data.pipeline import PipelineConfig
@@ -235,9 +235,8 @@ def test_image_batches_put_the_placeholders_after_bos_and_keep_them_when_the_pro
     preprocess = Preprocess((64, 64), (0.5,) * 3, (0.5,) * 3, "squash")
     images = ImageSource(tmp_path / "corpus" / "images", preprocess)
     for seq_len in (128, 60):  # the second cuts every prompt (the text alone is longer than 60 - 16 - answer)
-        pipeline = GroundingPipeline(records, tokenizer, images, PipelineConfig(seq_len, len(records), pack=False,
-                                                                                shuffle=False),
-                                     placeholders=(IMAGE_TOKEN, IMAGE_TOKENS))
+        pipeline = ImageRowsPipeline(records, tokenizer, images, PipelineConfig(seq_len, len(records), shuffle=False),
+                                     (IMAGE_TOKEN, IMAGE_TOKENS))
         (batch,) = pipeline.one_epoch()
         for row, record in enumerate(records):
             tokens, mask = batch["tokens"][row], batch["loss_mask"][row]
@@ -246,7 +245,7 @@ def test_image_batches_put_the_placeholders_after_bos_and_keep_them_when_the_pro
             assert (tokens == IMAGE_TOKEN).sum() == IMAGE_TOKENS and not mask[:1 + IMAGE_TOKENS].any()
             answer = plain.tokens[plain.loss_mask == 1]
             assert tokens[mask == 1].tolist() == answer.tolist()  # the target whole, the prompt cut if need be
-            np.testing.assert_array_equal(batch["image"][row], images.load(record.grounding.image)[0])
+            np.testing.assert_array_equal(batch["image"][row, 0], images.load(record.grounding.image)[0])
         assert (pipeline.stats.prompts_cut > 0) == (seq_len == 60)
 
 

@@ -35,12 +35,16 @@ def test_dry_run_plans_every_config(name):
 def test_a_multimodal_config_plans_its_image_tokens_and_projector():
     config = load_config_file(CONFIGS / "picture_synth.py")  # MobileNetV2 at 128 px: a 4 x 4 grid
     report = plan(config)
-    assert "MobileNetV2 at 128x128" in report and "16 image tokens per row after the BOS (of the 64" in report
+    assert "MobileNetV2 at 128x128" in report and "16 image tokens after each record's BOS" in report
+    assert "1 image per row," in report
     parts = memory(config)
     projector = 1280 * 576 + 576 * 576 + 2 * 576  # LLaVA's two linears with biases, MobileNetV2 to SmolLM2
     assert parts["projector weights"] == 4 * projector and parts["projector moments"] == 8 * projector
+    config.multimodal.images_per_row = 3  # the encoder reads three images per row
+    assert "3 images per row," in plan(config)
+    assert memory(config)["vision activations"] == 3 * parts["vision activations"]
     config.multimodal.pool = 2
-    assert "4 image tokens per row" in plan(config)
+    assert "4 image tokens after each record's BOS" in plan(config)
 
 
 @pytest.mark.parametrize("name, kernel", [("llama3_8b_mmm_tpu", "splash"), ("llama3_8b_mmm_gpu", "cudnn"),

@@ -60,11 +60,9 @@ class GroundingExample:
     boxes: tuple[tuple[tuple[int, int, int, int], ...], ...]  # per entity: gold boxes in original pixels
 
 
-def example(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats,
-            placeholders: tuple[int, int] | None = None) -> GroundingExample | str:
-    """The example of a record, or why there is none (counted in `stats.skipped` like text encoding);
-    `placeholders` as in `packing.encode`."""
-    sequence = encode(record, tokenizer, max_length, stats, placeholders)
+def example(record: Record, tokenizer: Tokenizer, max_length: int, stats: EncodeStats) -> GroundingExample | str:
+    """The example of a record, or why there is none (counted in `stats.skipped` like text encoding)."""
+    sequence = encode(record, tokenizer, max_length, stats)
     if sequence is None:
         return "target longer than max_length"
     start = int(np.argmax(sequence.loss_mask))
@@ -141,17 +139,15 @@ def batches(examples: Sequence[GroundingExample], order: Sequence[int], batch_si
 class GroundingPipeline(EpochBatches):
     """Batches of grounding examples with their images (and user proposals, when given), one example per
     row, in the order of the text pipeline's `epoch_order` (so mixing, shuffling and resuming follow the
-    same rules); this process's rows of each global batch. With `placeholders` (image token id, count),
-    a multimodal LLaMA's: its image placeholders follow each BOS (`packing.encode`)."""
+    same rules); this process's rows of each global batch."""
 
     def __init__(self, records: Sequence[Record], tokenizer: Tokenizer, images: ImageSource, cfg: PipelineConfig,
-                 rows: slice | None = None, proposals: Proposals | None = None,
-                 placeholders: tuple[int, int] | None = None):
+                 rows: slice | None = None, proposals: Proposals | None = None):
         self._start(cfg, rows)
         self.images = images
         self.proposals = proposals
         self.stats = EncodeStats()
-        made = [(example(r, tokenizer, cfg.seq_len, self.stats, placeholders), group_of(r)) for r in records]
+        made = [(example(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
         kept = [(ex, group) for ex, group in made if isinstance(ex, GroundingExample)]
         if not kept:
             raise UserError("no grounding example: no record fits the sequence length")

@@ -92,28 +92,36 @@ class Rows:
 def pack(sequences: list[Sequence], length: int, pad_id: int, open_rows: int = 8) -> Rows:
     """Places sequences into rows of `length` tokens, first fit among the last `open_rows` rows (in
     order, so the result is deterministic); `open_rows=1` gives one sequence after another."""
-    rows: list[list[Sequence]] = []
+    rows = place([len(s.tokens) for s in sequences], length, open_rows)
+    return layout([[sequences[i] for i in row] for row in rows], length, pad_id)
+
+
+def place(lengths: list[int], length: int, open_rows: int = 8, most: int | None = None) -> list[list[int]]:
+    """`pack`'s placement: the indices of the sequences of each row, a row holding at most `most`."""
+    rows: list[list[int]] = []
     used: list[int] = []
-    for sequence in sequences:
-        if len(sequence.tokens) > length:
-            raise ValueError(f"a sequence of {len(sequence.tokens)} tokens does not fit rows of {length}")
+    for index, size in enumerate(lengths):
+        if size > length:
+            raise ValueError(f"a sequence of {size} tokens does not fit rows of {length}")
         first = max(0, len(rows) - open_rows)
-        target = next((i for i in range(first, len(rows)) if used[i] + len(sequence.tokens) <= length), None)
+        target = next((i for i in range(first, len(rows))
+                       if used[i] + size <= length and (most is None or len(rows[i]) < most)), None)
         if target is None:
             rows.append([])
             used.append(0)
             target = len(rows) - 1
-        rows[target].append(sequence)
-        used[target] += len(sequence.tokens)
-    return _layout(rows, length, pad_id)
+        rows[target].append(index)
+        used[target] += size
+    return rows
 
 
 def pad(sequences: list[Sequence], length: int, pad_id: int) -> Rows:
     """One sequence per row."""
-    return _layout([[s] for s in sequences], length, pad_id)
+    return layout([[s] for s in sequences], length, pad_id)
 
 
-def _layout(rows: list[list[Sequence]], length: int, pad_id: int) -> Rows:
+def layout(rows: list[list[Sequence]], length: int, pad_id: int) -> Rows:
+    """Rows of `length` tokens holding the given sequences one after another (segments 1, 2, ...)."""
     tokens = np.full((len(rows), length), pad_id, np.int32)
     loss_mask, segment_ids, positions = (np.zeros((len(rows), length), np.int32) for _ in range(3))
     for r, row in enumerate(rows):

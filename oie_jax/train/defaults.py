@@ -52,6 +52,8 @@ def base_config() -> ConfigDict:
         images="",  # directory of the data's images (IMGID.jpg, .png, ...)
         image_token_id=-1,  # the placeholder token; -1 = the vocabulary's last id (its embedding is never read)
         feature_layer=-2,  # the encoder hidden state the projector reads (as Hugging Face counts them; ViTs only)
+        images_per_row=1,  # records (each with its image) packed into one row, at most: every row's encoder pass reads
+        # this many images (blank after its last record's), so raise it only when data.seq_len holds several records
         pool=1,  # average the grid over pool x pool cells: pool^2 times fewer image tokens (LLaVA export needs 1)
         llama="full",  # full: the LLaMA trains with the projector; frozen: the projector alone learns; lora: the
         # adapters of train.lora (rank > 0) train

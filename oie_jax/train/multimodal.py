@@ -2,9 +2,10 @@
 signals, logs) over the parts of an OIELLM that sees the picture (`models/multimodal.py`): the LLaMA of
 `model`, the encoder of `vision` and a new projector, as the grounding run holds its parts
 (`grounding/parts.py`: the parts in `trainable` are the train state, the others frozen arrays). Batches
-are the grounding run's (one record per row, with its image) with the image placeholders after each
-BOS; the objective is the LLaMA's next-token loss on the targets. Chosen by `multimodal.enabled`
-(`train/runs.py`); exported as a multimodal model directory (`models/multimodal_dir.py`).
+are records with their images, up to `multimodal.images_per_row` packed to a row, the image
+placeholders after each BOS (`data/image_rows.py`); the objective is the LLaMA's next-token loss on the
+targets. Chosen by `multimodal.enabled` (`train/runs.py`); exported as a multimodal model directory
+(`models/multimodal_dir.py`).
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from oie_jax import sharding
-from oie_jax.data.grounding import GroundingPipeline
+from oie_jax.data.image_rows import ImageRowsPipeline
 from oie_jax.data.images import ImageSource
 from oie_jax.data.labels import copy_label_sets
 from oie_jax.data.pipeline import PipelineConfig
@@ -84,14 +85,15 @@ class MultimodalRun(GroundingRun):
         self.images = ImageSource(location(m.images), self.preprocess, strict=config.data.strict)
         self.proposals = None
         data = config.data
-        pipeline = GroundingPipeline(records.train, self.tokenizer, self.images, build.pipeline_config(data), mine,
-                                     placeholders=self.placeholders)
+
+        def pipeline(records, cfg):
+            return ImageRowsPipeline(records, self.tokenizer, self.images, cfg, self.placeholders, m.images_per_row,
+                                     mine)
+
         dev = None
         if records.dev:
-            dev = GroundingPipeline(records.dev, self.tokenizer, self.images,
-                                    PipelineConfig.for_evaluation(data.seq_len, data.batch_size), mine,
-                                    placeholders=self.placeholders)
-        return pipeline, dev
+            dev = pipeline(records.dev, PipelineConfig.for_evaluation(data.seq_len, data.batch_size))
+        return pipeline(records.train, build.pipeline_config(data)), dev
 
     def caching(self) -> bool:
         return False
@@ -142,7 +144,8 @@ class MultimodalRun(GroundingRun):
             f"vision   {size:,.1f}M-parameter {encoders.architecture_of(self.vision_cfg)} at "
             f"{self.preprocess.size[0]}x{self.preprocess.size[1]} "
             + (f"from {self.vision_init}" if self.vision_init else f"(random init of {self.config.vision.preset!r})")
-            + f"; {count} image tokens (id {token}) after each BOS; trained: {', '.join(self.setup.trainable)}",
+            + f"; {count} image tokens (id {token}) after each BOS, up to {self.config.multimodal.images_per_row} "
+            f"records with their images per row; trained: {', '.join(self.setup.trainable)}",
             f"images   {self.images.directory}",
         ]
         return lines

@@ -85,14 +85,17 @@ def vision_activation_bytes(cfg, images: int, size: tuple[int, int], trainable: 
     return sum(blocks) if trainable else max(blocks)
 
 
-def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
+def vision_plan(config: ConfigDict, mesh, rules, rows_per_device: int,
                 text_width: int) -> tuple[list[str], dict[str, int]]:
     """The report lines and memory parts per device of the run's image encoder (none without one): its
-    parameters laid out by the rules, its forward traced on the planned mesh for one image per row; of a
-    multimodal run, also its image tokens and the projector to the LLaMA's `text_width`."""
+    parameters laid out by the rules, its forward traced on the planned mesh for the images of every row
+    (one; a multimodal run's `images_per_row`); of a multimodal run, also its image tokens and the
+    projector to the LLaMA's `text_width`."""
     cfg, init = vision_config(config.vision, planning=True)
     if cfg is None:
         return [], {}
+    per_row = config.multimodal.images_per_row if config.multimodal.enabled else 1
+    images_per_device = rows_per_device * per_row
     size = encoders.preprocess_for(cfg, init).size
     if config.vision.image_size:
         size = (config.vision.image_size,) * 2
@@ -100,7 +103,7 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
     shardings = sharding.param_shardings(state, mesh, rules)
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nnx.to_pure_dict(state), shardings)
-    images = jax.ShapeDtypeStruct((config.data.batch_size, *size, 3), np.float32,
+    images = jax.ShapeDtypeStruct((config.data.batch_size * per_row, *size, 3), np.float32,
                                   sharding=sharding.batch_sharding(mesh, rules))
 
     def forward(params, images):
@@ -128,7 +131,8 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
         f"vision encoder: {encoders.num_params(cfg) / 1e6:.1f}M-parameter {what} at {size[0]}x{size[1]}, "
         f"{cfg.param_dtype} weights, {cfg.dtype} compute, {'trained' if trainable else 'frozen'}"
         + ("" if init else f" (architecture of preset {config.vision.preset!r})"),
-        f"  one image per row, {images_per_device} per device; grid {'x'.join(map(str, grid.shape[1:]))}; "
+        f"  {per_row} image{'s' * (per_row > 1)} per row, {images_per_device} per device; "
+        f"grid {'x'.join(map(str, grid.shape[1:]))}; "
         "forward traced on the planned mesh",
         f"  sharding: {split or 'nothing split'}; whole on every device: {whole}",
     ]
@@ -140,7 +144,7 @@ def vision_plan(config: ConfigDict, mesh, rules, images_per_device: int,
         projector = count * np.dtype(config.model.param_dtype or "float32").itemsize
         parts.update({"projector weights": projector, "projector moments": 2 * count * 4,
                       "projector gradients": projector})
-        lines.append(f"  {tokens} image tokens per row after the BOS (of the {config.data.seq_len} of data.seq_len), "
+        lines.append(f"  {tokens} image tokens after each record's BOS (rows of data.seq_len {config.data.seq_len}), "
                      f"projector {count / 1e6:.1f}M parameters, trained")
     return lines, parts
 
