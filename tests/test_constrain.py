@@ -1,6 +1,8 @@
 """Format-constrained decoding: the jitted token mask against a plain-Python prefix check (a regular
-expression matched partially), and the base SmolLM2 answering in the format on the sample test split."""
+expression matched partially), and the base SmolLM2 answering in the format on the sample test records
+(one of each task in each language)."""
 
+import itertools
 import random
 
 import jax
@@ -154,17 +156,31 @@ def test_label_sets_of_training_data_round_trip_and_prefer_the_records_language(
     assert model_label_sets(tmp_path) == sets
 
 
+SAMPLE = fmt.__file__.rsplit("/", 1)[0] + "/sample/"
+
+
+def spread(records, count: int) -> list:
+    """`count` of the records, one of each (task, language) before a second of any: with `count` at least
+    the number of pairs, every task in every language."""
+    groups: dict = {}
+    for record in records:
+        groups.setdefault((record.task, record.language), []).append(record)
+    rounds = itertools.zip_longest(*(groups[key] for key in sorted(groups)))
+    return [record for round_ in rounds for record in round_ if record is not None][:count]
+
+
 def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smollm2_dir):
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer.predict import generate_outputs
     from oie_jax.models.checkpoint import load_model
 
-    sample = fmt.__file__.rsplit("/", 1)[0] + "/sample/"
-    train, test = (load_source([sample + f"{split}.jsonl"])[1].records for split in ("train", "test"))
+    train, test = (load_source([SAMPLE + f"{split}.jsonl"])[1].records for split in ("train", "test"))
+    test = spread(test, 21)  # each of the 7 tasks in each of the 3 languages once: one batch
+    assert len({(r.task, r.language) for r in test}) == 21
     model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)
-    free, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False)
-    outputs, _ = generate_outputs(model, tokenizer, test, max_new_tokens=32, progress=False,
+    free, _ = generate_outputs(model, tokenizer, test, batch_size=32, max_new_tokens=32, progress=False)
+    outputs, _ = generate_outputs(model, tokenizer, test, batch_size=32, max_new_tokens=32, progress=False,
                                   labels=label_sets(train))
     assert sum(fmt.parse(o, r.task).well_formed for r, o in zip(test, free)) < len(test) // 2  # it cannot alone
     sets = label_sets(train)
@@ -179,19 +195,16 @@ def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smo
             assert all(value in record.text for value in fmt.text_values(record.task, item)), (record.text, output)
 
 
-SAMPLE = fmt.__file__.rsplit("/", 1)[0] + "/sample/"
-
-
 def budget_outputs(model_dir, budgets, records=16) -> dict:
-    """Constrained outputs of the first `records` sample test records (every task and language among them),
-    without label sets and with the training data's: {(labelled, budget): [(record, output)]}."""
+    """Constrained outputs of `records` sample test records (`spread`), without label sets and with the
+    training data's: {(labelled, budget): [(record, output)]}."""
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer.predict import generate_outputs
     from oie_jax.models.checkpoint import load_model
 
     train, test = (load_source([SAMPLE + f"{split}.jsonl"])[1].records for split in ("train", "test"))
-    test = sorted(test, key=lambda r: (r.task, r.language))[::max(1, len(test) // records)][:records]
+    test = spread(test, records)
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     results = {}
     for labelled, sets in ((False, {}), (True, label_sets(train))):

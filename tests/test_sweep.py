@@ -11,9 +11,10 @@ from tests.test_train_loop import TINY
 
 def test_a_sweep_runs_each_setting_on_its_full_schedule_and_tables_where_each_ended(tmp_path):
     fixed = [("train.steps_limit", "4"), ("train.decay", "cosine"), ("log.every", "1")]
-    results = sweep(str(TINY), tmp_path, fixed, ["train.lr=1e-3,3e-3"],
-                    ["train.lr=3e-3 train.lora.rank=4"], say=lambda line: None)
-    assert [r.setting.name for r in results] == ["lr=1e-3", "lr=3e-3", "lr=3e-3,lora.rank=4"]
+    # Two processes: a grid of one value and a single run (the grid's combinations: the test below).
+    results = sweep(str(TINY), tmp_path, fixed, ["train.lr=1e-3"], ["train.lr=3e-3 train.lora.rank=4"],
+                    say=lambda line: None)
+    assert [r.setting.name for r in results] == ["lr=1e-3", "lr=3e-3,lora.rank=4"]
     rates = {}
     for result in results:
         metrics = read_metrics(tmp_path / result.setting.name)
@@ -22,10 +23,16 @@ def test_a_sweep_runs_each_setting_on_its_full_schedule_and_tables_where_each_en
         rates[result.setting.name] = [m["lr"] for m in metrics if "lr" in m]
     # The 12-step schedule of the full run (warmup, then cosine), not one squeezed into 4 steps: 3x the rate.
     assert len(rates["lr=1e-3"]) == 4 and rates["lr=1e-3"][-1] < 1e-3
-    assert rates["lr=3e-3"] == pytest.approx([3 * rate for rate in rates["lr=1e-3"]])
+    assert rates["lr=3e-3,lora.rank=4"] == pytest.approx([3 * rate for rate in rates["lr=1e-3"]])
     assert "lora     rank 4" in (tmp_path / "lr=3e-3,lora.rank=4" / "train.log").read_text()
     rows = (tmp_path / TABLE_FILE).read_text().splitlines()
-    assert len(rows) == 5 and rows[2].startswith("| lr=1e-3 | 4 | ")
+    assert len(rows) == 4 and rows[2].startswith("| lr=1e-3 | 4 | ")
+
+
+def test_the_grid_runs_every_combination_then_the_single_runs():
+    found = settings(["train.lr=1e-3,3e-3", "train.lora.rank=0,4"], ["train.lr=1e-2 model.remat=full"])
+    assert [s.name for s in found] == ["lr=1e-3,lora.rank=0", "lr=1e-3,lora.rank=4", "lr=3e-3,lora.rank=0",
+                                       "lr=3e-3,lora.rank=4", "lr=1e-2,model.remat=full"]
 
 
 @pytest.mark.parametrize("grid, runs, message", [
