@@ -100,24 +100,32 @@ def transformers_peer(config: dict, tensors: dict, pad_id: int, dtype: str):
     return run
 
 
-def constrained_sides(config: dict, tensors: dict, hf_tokenizer, dtype: str):
-    """Our greedy decoding of sample test prompts, free and constrained (infer/constrain.py)."""
-    import dataclasses
+def our_tokenizer(hf_tokenizer):
+    """Our tokenizer class over the same tokenizer.json; without one (the smoke run's model), bytes."""
     import tempfile
+
+    from oie_jax.data.tokenizer import ByteTokenizer, load_tokenizer
+
+    if hf_tokenizer is None:
+        return ByteTokenizer()
+    with tempfile.TemporaryDirectory() as directory:
+        hf_tokenizer.save_pretrained(directory)
+        return load_tokenizer(directory)
+
+
+def constrained_sides(config: dict, tensors: dict, tokenizer, dtype: str, count: int):
+    """Our greedy decoding of `count` sample test prompts, free and constrained (infer/constrain.py)."""
+    import dataclasses
 
     from oie_jax.data.labels import label_set_for, label_sets
     from oie_jax.data.sources.registry import load_source
-    from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer import constrain
     from oie_jax.infer.generate import Constraints, generate
     from oie_jax.infer.predict import prompt_tokens
 
     model = our_model(config, tensors, dtype)
-    with tempfile.TemporaryDirectory() as directory:  # our tokenizer class over the same tokenizer.json
-        hf_tokenizer.save_pretrained(directory)
-        tokenizer = load_tokenizer(directory)
     train, test = (load_source([str(SAMPLE.with_name(f"{split}.jsonl"))])[1].records for split in ("train", "test"))
-    records = test[:16]
+    records = test[:count]
     sets = label_sets(train)
     automata = [constrain.automaton(r.text, r.task, label_set_for(sets, r.task, r.language))
                 for r in records]
@@ -170,7 +178,7 @@ def main():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prompts = prompts_of(tokenizer, args.prompts)
     if args.constrained:
-        sides = constrained_sides(config, tensors, tokenizer, args.dtype)
+        sides = constrained_sides(config, tensors, our_tokenizer(tokenizer), args.dtype, 4 if args.smoke else 16)
     else:
         sides = {"oie-jax": ours(config, tensors, args.dtype),
                  "transformers": transformers_peer(config, tensors, pad_id, args.dtype)}

@@ -10,10 +10,15 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("bench_*.py")))
-def test_every_benchmark_runs_and_names_its_machine(script):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True,
-                            cwd=BENCHMARKS.parent, timeout=600)
+# Every benchmark, and the modes that time something else (flags after the script's name).
+RUNS = [(p.name,) for p in sorted(BENCHMARKS.glob("bench_*.py"))] + [("bench_decode.py", "--constrained")]
+
+
+@pytest.mark.parametrize("command", RUNS, ids=" ".join)
+def test_every_benchmark_runs_and_names_its_machine(command):
+    script, *flags = command
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", *flags], capture_output=True,
+                            text=True, cwd=BENCHMARKS.parent, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "GFLOP/s" in lines[0] and "GB/s" in lines[0], lines[:2]
