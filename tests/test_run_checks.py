@@ -33,6 +33,7 @@ from tests.test_train_loop import ROOT, TINY, tiny
     ("model.remat", "some", "model.remat = 'some': needs one of"),
     ("data.source", "csv", "config field data.source = 'csv': needs auto or one of records, mmm, stockmark"),
     ("train.steps", True, "config field train.steps = True: needs an int, not a bool"),
+    ("multimodal.images_per_row", 0, "config field multimodal.images_per_row = 0: needs >= 1"),
 ])
 def test_every_field_is_checked_before_anything_runs(tmp_path, field, value, message):
     with pytest.raises(UserError, match=message):

@@ -66,6 +66,7 @@ RULES = (
     ("grounding.lm_weight", lambda v: v >= 0, ">= 0"),
     ("multimodal.llama", lambda v: v in ("frozen", "lora", "full"), "frozen, lora or full"),
     ("multimodal.pool", lambda v: v >= 1, ">= 1"),
+    ("multimodal.images_per_row", lambda v: v >= 1, ">= 1"),
     ("mesh.platform", lambda v: v in ("", "tpu", "gpu", "cpu"), "tpu, gpu, cpu or ''"),
     ("mesh.shape", lambda v: len(v) == len(MESH_AXES), f"{len(MESH_AXES)} sizes {MESH_AXES}"),
     ("mesh.dcn_shape", lambda v: len(v) == len(MESH_AXES) and all(n >= 1 for n in v),
