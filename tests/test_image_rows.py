@@ -44,7 +44,7 @@ def test_rows_hold_their_records_sequences_and_images_in_order(corpus):
     images = ImageSource(directory, PREPROCESS)
     for per_row, pack in ((3, True), (3, False), (1, True)):
         source = pipeline(corpus, images_per_row=per_row, pack=pack, shuffle=False)
-        rows, members = source.epoch_rows(0)
+        rows, members = source.epoch_layout(0)
         batches = list(source.one_epoch())
         image = np.concatenate([b["image"] for b in batches])
         tokens = np.concatenate([b["tokens"] for b in batches])
@@ -117,13 +117,13 @@ def test_a_packed_row_scores_each_record_as_its_own_row(corpus, tmp_path):
     packed = pipeline((records, corpus[1]), batch_size=2, shuffle=False)
     alone = pipeline((records, corpus[1]), batch_size=6, images_per_row=1, shuffle=False)
     (batch,) = packed.one_epoch()
-    assert [len(row) for row in packed.epoch_rows(0)[1]] == [3, 3]
-    together = target_losses(model, batch, packed.epoch_rows(0)[1])
+    assert [len(row) for row in packed.epoch_layout(0)[1]] == [3, 3]
+    together = target_losses(model, batch, packed.epoch_layout(0)[1])
     (batch,) = alone.one_epoch()
-    separate = target_losses(model, batch, alone.epoch_rows(0)[1])
+    separate = target_losses(model, batch, alone.epoch_layout(0)[1])
     assert sorted(together) == sorted(separate) == list(range(6))
     for index in range(6):
         np.testing.assert_allclose(together[index], separate[index], atol=2e-4)
     # The images make a difference: another record's picture changes the scores.
     swapped = dict(batch, image=batch["image"][::-1])
-    assert not np.allclose(target_losses(model, swapped, alone.epoch_rows(0)[1])[0], separate[0], atol=2e-4)
+    assert not np.allclose(target_losses(model, swapped, alone.epoch_layout(0)[1])[0], separate[0], atol=2e-4)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from oie_jax.data.format import Record
-from oie_jax.data.packing import EncodeStats, Rows, Sequence, encode, pack, pad
+from oie_jax.data.packing import EncodeStats, Rows, Sequence, encode, layout, place
 from oie_jax.data.tokenizer import Tokenizer
 from oie_jax.errors import UserError
 
@@ -144,27 +144,43 @@ class EpochBatches:
 
 
 class Pipeline(EpochBatches):
-    """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS."""
+    """Iterates this process's part of each global batch, as numpy dicts of BATCH_FIELDS. With
+    `placeholders` (image token id, count), each sequence holds a multimodal model's image placeholders
+    after its BOS (`packing.encode`)."""
 
-    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig, rows: slice | None = None):
+    most_per_row: int | None = None  # sequences a packed row may hold; None: as many as fit
+
+    def __init__(self, records: list[Record], tokenizer: Tokenizer, cfg: PipelineConfig, rows: slice | None = None,
+                 placeholders: tuple[int, int] | None = None):
         self._start(cfg, rows)
         self.stats = EncodeStats()
-        encoded = [(encode(r, tokenizer, cfg.seq_len, self.stats), group_of(r)) for r in records]
-        kept = [(s, g) for s, g in encoded if s is not None]
+        encoded = [(encode(r, tokenizer, cfg.seq_len, self.stats, placeholders), r) for r in records]
+        kept = [(s, r) for s, r in encoded if s is not None]
         if not kept:
-            raise UserError("no record fits the sequence length")
+            raise UserError("no record fits the sequence length"
+                            + (" with its image placeholders" if placeholders is not None else ""))
         self.sequences: list[Sequence] = [s for s, _ in kept]
-        self.groups = [g for _, g in kept]
+        self.records: list[Record] = [r for _, r in kept]  # the record of each sequence
+        self.groups = [group_of(r) for r in self.records]
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        self._rows: tuple[int, Rows] | None = None  # the last epoch laid out
+        self._layout: tuple[int, Rows, list[list[int]]] | None = None  # the last epoch laid out
 
     def epoch_rows(self, epoch: int) -> Rows:
-        if self._rows is None or self._rows[0] != epoch:
-            sequences = [self.sequences[i] for i in epoch_order(self.groups, self.cfg, epoch)]
-            layout = pack if self.cfg.pack else pad
-            rows = layout(sequences, self.cfg.seq_len, self.pad_id)
-            self._rows = epoch, fill_last_batch(rows, self.cfg.batch_size, self.pad_id)
-        return self._rows[1]
+        return self.epoch_layout(epoch)[0]
+
+    def epoch_layout(self, epoch: int) -> tuple[Rows, list[list[int]]]:
+        """The epoch's rows, packed (or one sequence each) and filled to whole batches, and per row the
+        indices of its sequences in order."""
+        if self._layout is None or self._layout[0] != epoch:
+            order = epoch_order(self.groups, self.cfg, epoch)
+            most = self.most_per_row if self.cfg.pack else 1
+            members = [[int(order[k]) for k in row]
+                       for row in place([len(self.sequences[i].tokens) for i in order], self.cfg.seq_len, most=most)]
+            rows = fill_last_batch(layout([[self.sequences[i] for i in row] for row in members], self.cfg.seq_len,
+                                          self.pad_id), self.cfg.batch_size, self.pad_id)
+            members += [[] for _ in range(len(rows.tokens) - len(members))]
+            self._layout = epoch, rows, members
+        return self._layout[1:]
 
     def describe(self) -> str:
         """One line on what encoding did to the records: cut prompts and skipped records."""
