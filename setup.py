@@ -48,5 +48,5 @@ setup(
     package_data={"oie_jax.data.sample": ["*.jsonl"], "oie_jax.translate": ["tables/*.json"]},
     install_requires=CORE,
     extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
-    entry_points={"console_scripts": ["oie-jax=oie_jax.cli:entry"]},
+    entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},
 )

@@ -156,9 +156,6 @@ def main():
                         help="both sides' weights and computation")
     add_smoke_argument(parser)
     args = parser.parse_args()
-    from oie_jax.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages(__file__)  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
     global NEW_TOKENS, BATCHES
     import jax.numpy as jnp

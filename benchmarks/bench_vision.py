@@ -95,9 +95,6 @@ def main():
     parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"comma-separated subset of {ENCODERS}")
     add_smoke_argument(parser)
     args = parser.parse_args()
-    from oie_jax.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages(__file__)  # as the oie-jax command does; both sides run under it
     print(describe(args.smoke), flush=True)
     vit = VIT_TINY if args.smoke else VIT_BASE
     if args.smoke:

@@ -38,18 +38,3 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"oie-jax: error: {exc}", file=sys.stderr)
         return exc.exit_code
-
-
-# Commands whose work is generation: there huge pages for malloc (oie_jax/host_memory.py) made batch-1
-# decoding 1.39x faster, while the train step ran 15% slower with them, so the other commands keep glibc's
-# defaults (benchmarks/bench_huge_pages.py; docs/architecture.md).
-HUGE_PAGE_COMMANDS = frozenset({"generate", "eval", "extract", "ground", "eval-gmner", "serve", "translate"})
-
-
-def entry() -> int:
-    """The `oie-jax` command: `main`, in a process whose malloc uses huge pages for HUGE_PAGE_COMMANDS."""
-    from oie_jax.host_memory import restart_with_huge_pages
-
-    if sys.argv[1:2] and sys.argv[1] in HUGE_PAGE_COMMANDS:
-        restart_with_huge_pages()
-    return main()

@@ -1,5 +1,5 @@
 import sys
 
-from oie_jax.cli import entry
+from oie_jax.cli import main
 
-sys.exit(entry())
+sys.exit(main())
