@@ -5,7 +5,7 @@ import pytest
 
 from oie_jax import cli
 from oie_jax.data.format import render
-from oie_jax.data.packing import EncodeStats, encode, pack, pad
+from oie_jax.data.packing import EncodeStats, encode, pack, pad, place
 from oie_jax.data.sample import DIRECTORY as SAMPLE_DIRECTORY
 from oie_jax.data.sample import load_sample
 from oie_jax.data.tokenizer import load_tokenizer
@@ -76,6 +76,24 @@ def test_packed_rows_keep_sequences_apart(tokenizer):
     other = rows.segment_ids[:, :, None] != rows.segment_ids[:, None, :]
     assert not (mask & other).any() and not mask[rows.segment_ids == 0].any()
     assert rows.efficiency > 1.5 * pad(sequences, 256, pad_id=0).efficiency
+
+
+def test_placing_longest_first_needs_fewer_rows_than_filling_in_order(tokenizer):
+    # In order, 2 5 5 2 2 4 need three rows of 10 ([2 5 2] [5 2] [4]); longest first, two ([5 5] [4 2 2 2]).
+    assert place([2, 5, 5, 2, 2, 4], 10) == [[1, 2], [0, 3, 4, 5]]
+    assert place([2, 5, 5, 2, 2, 4], 10, most=2) == [[1, 2], [0, 5], [3, 4]]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(1, 65, rng.integers(1, 40)).tolist()
+        most = int(rng.integers(1, 5)) if rng.random() < 0.5 else None
+        rows = place(lengths, 64, most=most)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))  # each sequence once
+        assert all(row == sorted(row) and sum(lengths[i] for i in row) <= 64 for row in rows)
+        assert most is None or max(len(row) for row in rows) <= most
+    # The sample's training sequences at 512 (make train's config): one row more than their tokens fill, 28
+    # (in the order of an epoch, 29: a last batch of 4 holding one row of 156 tokens).
+    lengths = [len(encode(r, tokenizer, 512, EncodeStats()).tokens) for r in load_sample("train")]
+    assert len(place(lengths, 512)) <= -(-sum(lengths) // 512) + 1
 
 
 def test_inspect_prints_packing_efficiency(smollm2_hf_dir, capsys):

@@ -6,6 +6,7 @@ start of the text (the instruction word sits at the end of the input, BOS stays)
 never cut: a record whose target alone does not fit is skipped and counted.
 """
 
+import bisect
 import collections
 import dataclasses
 
@@ -89,30 +90,33 @@ class Rows:
         return float((self.segment_ids > 0).mean()) if self.segment_ids.size else 0.0
 
 
-def pack(sequences: list[Sequence], length: int, pad_id: int, open_rows: int = 8) -> Rows:
-    """Places sequences into rows of `length` tokens, first fit among the last `open_rows` rows (in
-    order, so the result is deterministic); `open_rows=1` gives one sequence after another."""
-    rows = place([len(s.tokens) for s in sequences], length, open_rows)
+def pack(sequences: list[Sequence], length: int, pad_id: int) -> Rows:
+    """Places sequences into rows of `length` tokens (`place`)."""
+    rows = place([len(s.tokens) for s in sequences], length)
     return layout([[sequences[i] for i in row] for row in rows], length, pad_id)
 
 
-def place(lengths: list[int], length: int, open_rows: int = 8, most: int | None = None) -> list[list[int]]:
-    """`pack`'s placement: the indices of the sequences of each row, a row holding at most `most`."""
+def place(lengths: list[int], length: int, most: int | None = None) -> list[list[int]]:
+    """The indices of the sequences of each row, a row holding at most `most`: best fit decreasing (longest
+    first, each into the fullest row it fits), which leaves fewer rows than filling rows in the given order
+    (the sample's 126 training sequences: 28 rows of 512 instead of 29, one more than their tokens would fill
+    to the last slot). Rows come longest first, each lists its indices in ascending order; deterministic."""
     rows: list[list[int]] = []
-    used: list[int] = []
-    for index, size in enumerate(lengths):
+    open_rows: list[tuple[int, int]] = []  # (room left, row) of the rows that can take more, sorted
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        size = lengths[index]
         if size > length:
             raise ValueError(f"a sequence of {size} tokens does not fit rows of {length}")
-        first = max(0, len(rows) - open_rows)
-        target = next((i for i in range(first, len(rows))
-                       if used[i] + size <= length and (most is None or len(rows[i]) < most)), None)
-        if target is None:
+        k = bisect.bisect_left(open_rows, (size, -1))
+        if k < len(open_rows):
+            room, row = open_rows.pop(k)
+        else:
+            room, row = length, len(rows)
             rows.append([])
-            used.append(0)
-            target = len(rows) - 1
-        rows[target].append(index)
-        used[target] += size
-    return rows
+        rows[row].append(index)
+        if room > size and (most is None or len(rows[row]) < most):
+            bisect.insort(open_rows, (room - size, row))
+    return [sorted(row) for row in rows]
 
 
 def pad(sequences: list[Sequence], length: int, pad_id: int) -> Rows:

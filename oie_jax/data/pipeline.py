@@ -174,8 +174,10 @@ class Pipeline(EpochBatches):
         if self._layout is None or self._layout[0] != epoch:
             order = epoch_order(self.groups, self.cfg, epoch)
             most = self.most_per_row if self.cfg.pack else 1
-            members = [[int(order[k]) for k in row]
-                       for row in place([len(self.sequences[i].tokens) for i in order], self.cfg.seq_len, most=most)]
+            placed = place([len(self.sequences[i].tokens) for i in order], self.cfg.seq_len, most=most)
+            if self.cfg.shuffle:  # placing starts rows with the longest sequences: the rows come in random order
+                placed = [placed[r] for r in np.random.default_rng([self.cfg.seed, epoch, 1]).permutation(len(placed))]
+            members = [[int(order[k]) for k in row] for row in placed]
             rows = fill_last_batch(layout([[self.sequences[i] for i in row] for row in members], self.cfg.seq_len,
                                           self.pad_id), self.cfg.batch_size, self.pad_id)
             members += [[] for _ in range(len(rows.tokens) - len(members))]
