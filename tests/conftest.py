@@ -48,13 +48,19 @@ def smollm2_hf_dir(request) -> Path:
 
 
 def write_smollm2_hf(out: Path) -> None:
+    """Read by `transformers` into PyTorch, the reference for our own GGUF reader (`test_smollm2.py`)."""
+    import torch
+    import transformers
     from safetensors.numpy import save_file
 
     from oie_jax.assets import smollm2_gguf
-    from oie_jax.convert.hf_to_jax import read_gguf
 
     gguf = smollm2_gguf()
-    config, tensors, tokenizer = read_gguf(gguf.parent, gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    tensors = {name: t.detach().numpy() for name, t in model.state_dict().items()}
     if config.get("tie_word_embeddings"):
         tensors.pop("lm_head.weight", None)  # tied: the same storage as the embedding
     (out / "config.json").write_text(json.dumps(config, indent=2))

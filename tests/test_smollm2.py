@@ -75,7 +75,9 @@ def test_generate_cli_matches_transformers_greedy(smollm2_dir, smollm2_torch, hf
     assert [p["output"] for p in printed] == expected
 
 
-def test_gguf_import_equals_safetensors_import(smollm2_dir, tmp_path, capsys):
+def test_gguf_import_equals_transformers_reading_the_file(smollm2_dir, tmp_path, capsys):
+    """Our GGUF reader (numpy, no torch) against `transformers` loading the file into PyTorch, whose
+    tensors `smollm2_dir` was converted from: same config, same float32 tensors, same tokenizer."""
     gguf = smollm2_gguf()
     out = tmp_path / "from-gguf"
     assert cli.main(["convert", "hf-to-jax", str(gguf.parent), str(out), "--gguf-file", gguf.name]) == 0

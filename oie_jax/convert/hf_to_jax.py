@@ -1,7 +1,7 @@
 """Hugging Face LLaMA checkpoint -> oie_jax model directory.
 
 Safetensors are read tensor by tensor into preallocated output arrays, so peak host memory stays
-near the size of the output. GGUF files go through `transformers` (dequantized, whole model).
+near the size of the output. GGUF files are dequantized whole (`gguf_file`).
 """
 
 from collections.abc import Iterator
@@ -12,6 +12,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from oie_jax.convert import layout
+from oie_jax.convert.gguf_file import read_gguf
 from oie_jax.convert.tensors import NUMPY_DTYPES, allocated_at, iter_safetensors, safetensors_files, set_at
 from oie_jax.data.tokenizer import copy_tokenizer_files
 from oie_jax.errors import UserError
@@ -81,24 +82,6 @@ def convert_safetensors_dir(src: Path, out: Path, dtype: str | None = None) -> L
     checkpoint.save_model(out, cfg, params)
     copy_tokenizer_files(src, out)
     return cfg
-
-
-def read_gguf(src: Path, gguf_file: str):
-    """(Hugging Face config dict, {name: float32 array}, tokenizer) of a GGUF file, through transformers."""
-    import torch
-    import transformers
-
-    path = src / gguf_file
-    if not path.is_file():
-        raise UserError("GGUF file not found", path)
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file, dtype=torch.float32)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
-    except (ValueError, OSError, KeyError) as exc:
-        raise UserError(f"cannot read GGUF file ({str(exc).splitlines()[0][:200]})", path) from None
-    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
-    tensors = {name: t.detach().numpy() for name, t in model.state_dict().items()}
-    return config, tensors, tokenizer
 
 
 def convert_gguf(src: Path, gguf_file: str, out: Path, dtype: str | None = None) -> LlamaConfig:
