@@ -87,4 +87,7 @@ def test_gguf_import_equals_transformers_reading_the_file(smollm2_dir, tmp_path,
     ours, reference = load_params(out, cfg), load_params(smollm2_dir, cfg)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    read = lambda directory, name: (directory / name).read_text()  # noqa: E731
+    assert json.loads(read(out, "tokenizer.json")) == json.loads(read(smollm2_dir, "tokenizer.json"))
+    assert read(out, "chat_template.jinja") == read(smollm2_dir, "chat_template.jinja")
     assert load_tokenizer(out).encode("日本語 text") == load_tokenizer(smollm2_dir).encode("日本語 text")

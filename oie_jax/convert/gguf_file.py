@@ -2,8 +2,8 @@
 
 The tensors are dequantized by the `gguf` package's numpy kernels and renamed to Hugging Face's names,
 the config comes from the file's metadata, the tokenizer from `transformers`' GGUF tokenizer converter
-(the `tokenizers` library underneath). `tests/test_convert.py` checks all three against `transformers`
-loading the same file into PyTorch.
+(the `tokenizers` library underneath) fed with that metadata. `tests/test_smollm2.py` checks all three
+against `transformers` loading the same file into PyTorch.
 """
 
 import re
@@ -27,6 +27,11 @@ CONFIG_FIELDS = {"block_count": "num_hidden_layers", "context_length": "max_posi
                  "attention.key_length": "head_dim", "rope.freq_base": "rope_theta",
                  "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size"}
 TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "padding_token_id": "pad_token_id"}
+# The tokenizer's special tokens, by the metadata key of their id.
+SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                  "pad_token": "padding_token_id"}
+TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                    "tokenizer.ggml.scores")
 
 
 def hf_name(name: str, path: Path) -> str:
@@ -64,11 +69,35 @@ def read_config(metadata: dict, tensor_names: set[str], vocabulary: int | None, 
     return config
 
 
+def read_tokenizer(reader, metadata: dict, path: Path):
+    """The file's tokenizer, built from its vocabulary by `transformers`' GGUF tokenizer converter (its own
+    metadata reader imports torch, so the metadata comes from ours)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    values = metadata | {name: reader.fields[name].contents() for name in TOKENIZER_ARRAYS if name in reader.fields}
+    settings = {group: {field: values[f"tokenizer.{key}"] for key, field in renames.items()
+                        if f"tokenizer.{key}" in values} for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    vocabulary, config = settings["tokenizer"], settings["tokenizer_config"]
+    if "tokens" not in vocabulary:
+        raise UserError("the GGUF file has no tokenizer (tokenizer.ggml.tokens)", path)
+    if vocabulary.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary by default
+        config.setdefault("add_bos_token", True)
+    for name, key in SPECIAL_TOKENS.items():
+        token_id = values.get(f"tokenizer.ggml.{key}")
+        config[name] = vocabulary["tokens"][token_id] if token_id is not None else None
+    try:
+        backend, more = convert_gguf_tokenizer(metadata["general.architecture"], vocabulary)
+    except ValueError as exc:
+        raise UserError(f"cannot build the GGUF file's tokenizer ({str(exc).splitlines()[0][:200]})", path) from None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **more)
+
+
 def read_gguf(src: Path, gguf_file: str):
     """(Hugging Face config dict, {Hugging Face name: float32 array}, tokenizer) of a LLaMA GGUF file."""
     try:
         import gguf
-        import transformers
+        import transformers  # noqa: F401 (the tokenizer's converter)
     except ModuleNotFoundError as exc:
         raise UserError(f"reading GGUF files needs the {exc.name} package: pip install 'oie-jax[gguf]'") from None
     path = src / gguf_file
@@ -78,8 +107,7 @@ def read_gguf(src: Path, gguf_file: str):
         reader = gguf.GGUFReader(str(path))
     except (ValueError, OSError) as exc:
         raise UserError(f"cannot read GGUF file ({str(exc).splitlines()[0][:200]})", path) from None
-    arrays = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
-    metadata = {name: field.contents() for name, field in reader.fields.items() if name not in arrays}
+    metadata = {name: field.contents() for name, field in reader.fields.items() if name not in TOKENIZER_ARRAYS}
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     config = read_config(metadata, {tensor.name for tensor in reader.tensors}, tokens and len(tokens.data), path)
     heads = {"q_proj": config["num_attention_heads"],
@@ -94,8 +122,4 @@ def read_gguf(src: Path, gguf_file: str):
                             f"{tensor.tensor_type.name}", path) from None
         projection = name.split(".")[-2]
         tensors[name] = unpermute(value, heads[projection]) if projection in heads else value
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
-    except (ValueError, OSError, KeyError) as exc:
-        raise UserError(f"cannot read the GGUF file's tokenizer ({str(exc).splitlines()[0][:200]})", path) from None
-    return config, tensors, tokenizer
+    return config, tensors, read_tokenizer(reader, metadata, path)
