@@ -459,7 +459,8 @@ class Run:
             memory,
             f"eval     {self.evaluation_plan()}",
             f"generate {self.budget_line()}",
-            f"saving   every {config.checkpoint.every} steps (keep {config.checkpoint.keep}"
+            f"saving   {f'every {config.checkpoint.every} steps' if config.checkpoint.every else 'at the end'} "
+            f"(keep {config.checkpoint.keep}"
             + (f", best by {config.checkpoint.best_metric} ({config.checkpoint.best_mode})"
                if config.checkpoint.best_metric else "") + "); "
             + (f"resumed at step {self.start}" if self.start else "fresh start"),
