@@ -255,9 +255,9 @@ def test_best_metric_must_be_one_the_run_computes(tmp_path):
         Run(tiny(**{"data.dev": ""}), tmp_path)
 
 
-def test_dev_records_are_read_once_in_order_whatever_the_mixture(tmp_path):
+def test_dev_records_are_read_once_whatever_the_mixture(tmp_path):
     # Groups of unequal size (12 English SCNM records, 2 of every other subset and language): a mixture at
-    # temperature 2 would change both their counts and their order.
+    # temperature 2 would change their counts. (Rows come as packing places them, longest first.)
     train_scnm = [r for r in load_sample("train") if (r.subset, r.language) == ("SCNM", "en")]
     dev = load_sample("dev") + train_scnm + train_scnm[:4]
     write_jsonl(dev, tmp_path / "dev.jsonl")
@@ -266,7 +266,7 @@ def test_dev_records_are_read_once_in_order_whatever_the_mixture(tmp_path):
             for row, segments in zip(batch["tokens"], batch["segment_ids"]) for s in range(1, segments.max() + 1)]
     stats = EncodeStats()
     expected = [encode(r, ByteTokenizer(), run.config.data.seq_len, stats).tokens.tolist() for r in dev]
-    assert seen == expected
+    assert sorted(seen) == sorted(expected)
 
 
 def test_a_held_out_dev_set_is_written_to_the_workdir_for_eval(tmp_path):

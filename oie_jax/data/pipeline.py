@@ -40,7 +40,7 @@ class PipelineConfig:
 
     @classmethod
     def for_evaluation(cls, seq_len: int, batch_size: int, pack: bool = True) -> "PipelineConfig":
-        """Every example exactly once, in order: no mixture, no shuffling."""
+        """Every example exactly once: no mixture, no shuffling."""
         return cls(seq_len=seq_len, batch_size=batch_size, pack=pack, mixture_temperature=1.0, shuffle=False)
 
     def __post_init__(self):
