@@ -43,13 +43,6 @@ def shapes_by_path(tree) -> dict[str, tuple]:
     return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in leaves}
 
 
-def _arrays() -> ocp.PyTreeCheckpointHandler:
-    """The handler of parameter and train-state trees: arrays written uncompressed (Orbax's default is
-    zstd), as weights and Adam moments barely compress (SmolLM2's train state: 1.61 GB, 1.49 zstd) and
-    compressing took 8.5 s of a save that takes 1.3 s without, on 2 cores."""
-    return ocp.PyTreeCheckpointHandler(use_compression=False)
-
-
 def _manager(directory: epath.Path, items: dict, keep: int, async_save: bool, barrier: str):
     """A manager of {item: handler}: with the handlers known, a new process can read an item's
     metadata before restoring it."""
@@ -64,14 +57,14 @@ class Checkpoints:
     def __init__(self, workdir: epath.Path, settings: ConfigDict):
         self.directory = workdir / "checkpoints"
         self.best_metric, self.best_mode = settings.best_metric, settings.best_mode
-        self.manager = _manager(self.directory, {"state": _arrays(),
+        self.manager = _manager(self.directory, {"state": ocp.StandardCheckpointHandler(),
                                                  "data": ocp.JsonCheckpointHandler(),
                                                  "config": ocp.JsonCheckpointHandler()},
                                 settings.keep, settings.async_save, "latest")
         self.best = None
         self.best_so_far: tuple[int, float] | None = None  # (step, value)
         if self.best_metric:
-            self.best = _manager(workdir / "best", {"params": _arrays(),
+            self.best = _manager(workdir / "best", {"params": ocp.StandardCheckpointHandler(),
                                                     "metrics": ocp.JsonCheckpointHandler(),
                                                     "config": ocp.JsonCheckpointHandler()},
                                  1, settings.async_save, "best")
@@ -91,7 +84,7 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, data_state: dict, config: dict) -> None:
         replace_step(self.manager, step)
         self.manager.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),
+            state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config)))
 
     def latest_step(self) -> int | None:
@@ -108,7 +101,7 @@ class Checkpoints:
             return False
         replace_step(self.best, step)
         self.best.save(step, force=True, args=ocp.args.Composite(
-            params=ocp.args.PyTreeSave(params), metrics=ocp.args.JsonSave({self.best_metric: value}),
+            params=ocp.args.StandardSave(params), metrics=ocp.args.JsonSave({self.best_metric: value}),
             config=ocp.args.JsonSave(config)))
         self.best_so_far = step, value
         return True
@@ -136,8 +129,8 @@ class Checkpoints:
                 return None
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target)),
-                    data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+                    config=ocp.args.JsonRestore()))
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 # Several processes cannot agree to skip a step safely; and an error that is not damage
