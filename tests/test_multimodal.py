@@ -238,7 +238,8 @@ def test_image_batches_put_the_placeholders_after_bos_and_keep_them_when_the_pro
         pipeline = ImageRowsPipeline(records, tokenizer, images, PipelineConfig(seq_len, len(records), shuffle=False),
                                      (IMAGE_TOKEN, IMAGE_TOKENS))
         (batch,) = pipeline.one_epoch()
-        for row, record in enumerate(records):
+        for row, (index,) in enumerate(pipeline.epoch_layout(0)[1]):  # one record a row, as packing placed them
+            record = records[index]
             tokens, mask = batch["tokens"][row], batch["loss_mask"][row]
             plain = encode(record, tokenizer, seq_len, EncodeStats())
             assert tokens[0] == tokenizer.bos_id and (tokens[1:1 + IMAGE_TOKENS] == IMAGE_TOKEN).all()
