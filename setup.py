@@ -28,7 +28,7 @@ CORE = [
 GGUF = ["gguf>=0.10", "transformers>=4.50"]
 # Reading PyTorch files (`convert vision-to-jax` of a .pth) and the tests' PyTorch references.
 # torch and torchvision are pinned together: PyPI's torchvision does not import beside other torch builds.
-TORCH = ["torch==2.14.1", "transformers>=4.50", "accelerate>=1.0",  # transformers' GGUF loading into torch
+TORCH = ["torch==2.14.1", "accelerate>=1.0",  # transformers' GGUF loading into torch
          "peft>=0.13"]  # loads the LoRA adapters `oie-jax export --format peft` writes
 # The references of the vision side: torchvision's MobileNetV2 and RoIAlign, real photos of scikit-image.
 VISION_TEST = ["torchvision==0.29.1", "scikit-image>=0.22"]

@@ -26,10 +26,9 @@ CONFIG_FIELDS = {"block_count": "num_hidden_layers", "context_length": "max_posi
                  "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
                  "attention.key_length": "head_dim", "rope.freq_base": "rope_theta",
                  "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size"}
-TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "padding_token_id": "pad_token_id"}
-# The tokenizer's special tokens, by the metadata key of their id.
-SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
-                  "pad_token": "padding_token_id"}
+# The special tokens ("bos" -> `bos_token` in the tokenizer, `bos_token_id` in the config) by the metadata key of
+# their id (after "tokenizer.ggml.").
+SPECIAL_TOKENS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
 TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                     "tokenizer.ggml.scores")
 
@@ -62,7 +61,7 @@ def read_config(metadata: dict, tensor_names: set[str], vocabulary: int | None, 
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
               "tie_word_embeddings": "output.weight" not in tensor_names, "torch_dtype": "float32"}
     config |= {field: metadata[f"llama.{key}"] for key, field in CONFIG_FIELDS.items() if f"llama.{key}" in metadata}
-    config |= {field: metadata[f"tokenizer.ggml.{key}"] for key, field in TOKEN_IDS.items()
+    config |= {f"{name}_token_id": metadata[f"tokenizer.ggml.{key}"] for name, key in SPECIAL_TOKENS.items()
                if f"tokenizer.ggml.{key}" in metadata}
     if "vocab_size" not in config and vocabulary is not None:
         config["vocab_size"] = vocabulary
@@ -85,7 +84,7 @@ def read_tokenizer(reader, metadata: dict, path: Path):
         config.setdefault("add_bos_token", True)
     for name, key in SPECIAL_TOKENS.items():
         token_id = values.get(f"tokenizer.ggml.{key}")
-        config[name] = vocabulary["tokens"][token_id] if token_id is not None else None
+        config[f"{name}_token"] = vocabulary["tokens"][token_id] if token_id is not None else None
     try:
         backend, more = convert_gguf_tokenizer(metadata["general.architecture"], vocabulary)
     except ValueError as exc:
