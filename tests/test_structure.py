@@ -180,3 +180,9 @@ def test_the_library_never_imports_the_command_line_nor_tfds():
     assert "oie_jax.train.runs" in loaded and "oie_jax.eval.metrics" in loaded
     assert not any(name.startswith("oie_jax.cli") for name in loaded)
     assert "tensorflow_datasets" not in loaded
+
+
+def test_only_training_loads_tensorflow():
+    """Its import takes ~3 s of every process: commands that generate, score, serve, translate or convert
+    never need it (tf.data feeds training only)."""
+    assert "tensorflow" not in imported_after([m for m in LIBRARY if not m.startswith("oie_jax.train")])

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from oie_jax.data.format import Record
 from oie_jax.data.packing import EncodeStats, Rows, Sequence, encode, layout, place
@@ -199,6 +198,8 @@ class Pipeline(EpochBatches):
         steps = len(rows.tokens) // self.cfg.batch_size
         local = {name: getattr(rows, name).reshape(steps, self.cfg.batch_size, -1)[:, self.rows]
                  for name in BATCH_FIELDS}
+        import tensorflow as tf  # here: generating commands import this module and never need its 3 s import
+
         return tf.data.Dataset.from_tensor_slices(local).skip(start).prefetch(self.cfg.prefetch).as_numpy_iterator()
 
     def _fingerprint_parts(self) -> Iterator[bytes]:
