@@ -235,3 +235,26 @@ def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm
 
 def test_constrained_outputs_of_the_base_model_parse_at_every_budget(smollm2_dir):
     assert_every_output_parses(budget_outputs(smollm2_dir, (8, 96), records=8))
+
+
+def test_rows_with_their_own_budgets_in_one_batch_answer_as_each_alone(tiny_smollm2_dir):
+    """The server batches `oie` requests with different max_tokens: each row closes within its own."""
+    import dataclasses
+
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer import generate as gen
+    from oie_jax.infer.predict import prompt_tokens, record_constraints
+    from oie_jax.models.checkpoint import load_model
+
+    records = spread(load_source([SAMPLE + "test.jsonl"])[1].records, 4)
+    model, tokenizer = load_model(tiny_smollm2_dir), load_tokenizer(tiny_smollm2_dir)
+    prompts, eos_ids = prompt_tokens(records, tokenizer), gen.stop_ids(model.cfg, tokenizer)
+    constraints = record_constraints(records, tokenizer, {}, model.cfg.vocab_size)
+    budgets = [20, 32, 24, 17]  # one room of 32
+    together = gen.generate(model, prompts, budgets, eos_ids=eos_ids, constraints=constraints)
+    for i, (record, budget) in enumerate(zip(records, budgets)):
+        alone = gen.generate(model, [prompts[i]], budget, eos_ids=eos_ids,
+                             constraints=dataclasses.replace(constraints, automata=[constraints.automata[i]]))[0]
+        assert together[i] == alone and len(alone) <= budget
+        assert fmt.parse(tokenizer.decode(alone, skip_special_tokens=True), record.task).well_formed

@@ -69,15 +69,29 @@ def test_compiled_once_per_bucket(pair):
     gen.generate(model, prompts_of([5, 9]), max_new_tokens=4, eos_ids=NO_EOS)
     before = gen.trace_count()
     gen.generate(model, prompts_of([6, 11]), max_new_tokens=4, eos_ids=NO_EOS)  # same (2, 16) bucket
+    gen.generate(model, prompts_of([6, 11]), max_new_tokens=13, eos_ids=NO_EOS)  # same room for 16 new tokens
     assert gen.trace_count() == before
     hot = gen.Sampling(temperature=0.7, top_p=0.9, seed=3)
     gen.generate(model, prompts_of([2, 16]), max_new_tokens=4, eos_ids=NO_EOS, sampling=hot)  # sampling compiles
     gen.generate(model, prompts_of([3, 12]), max_new_tokens=4, eos_ids=NO_EOS,
                  sampling=gen.Sampling(temperature=1.3, top_p=0.5, seed=4))  # its values are traced
     assert gen.trace_count() == before + 1
-    gen.generate(model, prompts_of([5, 9, 12]), max_new_tokens=4, eos_ids=NO_EOS)  # batch bucket 4
+    gen.generate(model, prompts_of([5, 9, 12, 3, 7]), max_new_tokens=4, eos_ids=NO_EOS)  # batch bucket 8
     gen.generate(model, prompts_of([20]), max_new_tokens=4, eos_ids=NO_EOS)  # batch 1, length bucket 32
     assert gen.trace_count() == before + 3
+
+
+def test_each_row_stops_at_its_own_budget_and_budgets_share_a_bucket(pair):
+    _, model = pair
+    prompts = prompts_of([5, 12, 8])
+    alone = [gen.generate(model, [p], max_new_tokens=n, eos_ids=NO_EOS)[0] for p, n in zip(prompts, (3, 17, 9))]
+    assert [len(tokens) for tokens in alone] == [3, 17, 9]
+    before = gen.trace_count()
+    assert gen.generate(model, prompts, max_new_tokens=[3, 17, 9], eos_ids=NO_EOS) == alone  # room for 32
+    assert gen.generate(model, prompts, max_new_tokens=[20, 31, 32], eos_ids=NO_EOS) != alone
+    assert gen.trace_count() == before + 1
+    with pytest.raises(UserError, match="at least 1"):
+        gen.generate(model, prompts, max_new_tokens=[3, 0, 9])
 
 
 def test_sampling_is_seeded_and_filters_reduce_to_greedy(pair):

@@ -395,15 +395,16 @@ def token_ends(table: jax.Array, state: jax.Array, trie: tuple) -> jax.Array:
 
 def allowed(tables, accept, states, trie, eos_ids, finish=None, left=None) -> tuple[jax.Array, jax.Array]:
     """(mask of the allowed tokens (batch, vocab), the state each token leads to). With `finish` (batch,
-    states) and `left` (tokens left in the budget, this one included), only tokens after which the rest
-    of the budget can close the output, unless none is (a budget too small for any complete output).
+    states) and `left` (tokens left in the budget, this one included: one for all rows, or one per row),
+    only tokens after which the rest of the budget can close the output, unless none is (a budget too
+    small for any complete output).
     End-of-sequence ids are allowed in accepting states, and also where nothing else is (a dead end
     never stalls a row)."""
     ends = jax.vmap(token_ends, in_axes=(0, 0, None))(tables, states, trie)
     mask = ends != DEAD
     complete = jnp.take_along_axis(accept, states[:, None], axis=1)[:, 0]
     if finish is not None:  # (where the output is complete, stopping is in time)
-        in_time = mask & (jnp.take_along_axis(finish, ends, axis=1) < left)
+        in_time = mask & (jnp.take_along_axis(finish, ends, axis=1) < jnp.reshape(left, (-1, 1)))
         mask = jnp.where((jnp.any(in_time, axis=1) | complete)[:, None], in_time, mask)
     eos = jnp.asarray(eos_ids, jnp.int32)
     stop = complete | ~jnp.any(mask, axis=1)

@@ -1,8 +1,9 @@
-"""Batched generation with a preallocated KV cache, compiled once per (batch, length) bucket.
+"""Batched generation with a preallocated KV cache, compiled once per (batch, length, budget) bucket.
 
-Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), so
-one compiled program serves every batch that falls into it (for one model, max_new_tokens, set of
-EOS ids and kind of sampling). Positions follow the real tokens of each row, as in Hugging Face
+Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), and the
+cache and output have room for the budget rounded up to a power of two, each row stopping at its own
+budget (a traced value), so one compiled program serves every batch that falls into the bucket (for
+one model, set of EOS ids and kind of sampling). Positions follow the real tokens of each row, as in Hugging Face
 `generate`, and each row stops on its own at any of the EOS ids (`stop_ids`: one rule for every
 caller). A model whose parameters are sharded over a mesh generates with its rows split over the
 mesh's batch axes, on one process or several (every process passes the same prompts).
@@ -12,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import sys
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from oie_jax.models.llama import Llama, init_cache, unstack_layers
 from oie_jax.models.multimodal import MultimodalLlama, check_placeholders
 
 MIN_LENGTH_BUCKET = 16
+MIN_BUDGET_BUCKET = 16
 _traces = {"count": 0}
 _sink = {"observe": None}  # who sees an observed generation's tokens, step by step (set around each call)
 
@@ -122,9 +125,10 @@ def sample_tokens(logits, key, temperature, top_p, filters: Filters):
     return categorical(key, scaled).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filters", "eos_ids", "pad_id", "observe"))
-def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperature, top_p, constraint, images, *,
-              max_new_tokens, filters, eos_ids, pad_id, observe=False):
+@functools.partial(jax.jit, static_argnames=("graphdef", "room", "filters", "eos_ids", "pad_id", "observe"))
+def _generate(graphdef, state, layers, tokens, prompt_mask, budgets, key_data, temperature, top_p, constraint, images,
+              *, room, filters, eos_ids, pad_id, observe=False):
+    """`budgets` (batch,): each row's new tokens, at most `room` (the cache's and the output's)."""
     _traces["count"] += 1  # runs once per trace, i.e. per compilation
     model = nnx.merge(graphdef, state)
     inputs_embeds = None
@@ -134,7 +138,7 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     keys = jax.random.wrap_key_data(key_data)  # each row its own: a row's sample does not depend on the others
     split = jax.vmap(jax.random.split)
     batch, prompt_length = tokens.shape
-    cache = init_cache(model.cfg, batch, prompt_length + max_new_tokens)
+    cache = init_cache(model.cfg, batch, prompt_length + room)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
     hidden, cache = model.hidden_states(tokens, positions, prompt_mask, cache, layers, inputs_embeds=inputs_embeds)
     logits = model.logits(hidden[:, -1:])  # only the last position picks a token
@@ -143,17 +147,17 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     def pick(logits, key, done, at, step):  # at: each row's automaton state (unused without constraint)
         if constraint is not None:  # only the tokens that keep each row a valid prefix (infer/constrain.py)
             tables, accept, _, finish, trie = constraint
-            allowed, ends = constrain.allowed(tables, accept, at, trie, eos_ids, finish, max_new_tokens - step)
+            allowed, ends = constrain.allowed(tables, accept, at, trie, eos_ids, finish, budgets - step)
             logits = jnp.where(allowed, logits, -jnp.inf)
         token = sample_tokens(logits, key, temperature, top_p, filters)
         token = jnp.where(done, pad_id, token)
         if constraint is not None:
             at = jnp.where(done, at, jnp.take_along_axis(ends, token[:, None], axis=1)[:, 0])
-        return token, done | jnp.isin(token, eos), at
+        return token, done | jnp.isin(token, eos) | (step + 1 >= budgets), at
 
     pair = split(keys)
     keys, first_keys = pair[:, 0], pair[:, 1]
-    empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
+    empty_row = (prompt_mask.sum(axis=1) == 0) | (budgets < 1)  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
     def observed(step, token, done):
         """With `observe`, each step's tokens go to the host as they are made (streaming, stop strings), and
@@ -165,11 +169,11 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
 
     token, done, at = pick(logits[:, -1], first_keys, empty_row, at, 0)
     done = observed(0, token, done)
-    out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
+    out = jnp.full((batch, room), pad_id, jnp.int32).at[:, 0].set(token)
 
     def keep_going(carry):
         step, _, _, _, done, _, _, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
+        return (step < room) & ~jnp.all(done)
 
     def step_once(carry):
         step, cache, token, position, done, out, keys, at = carry
@@ -184,16 +188,17 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, key_data, temperatur
     return jax.lax.while_loop(keep_going, step_once, carry)[5]
 
 
-def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_tokens: int,
+def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_tokens: "int | Sequence[int]",
              sampling: Sampling = Sampling(), eos_ids=None, pad_id: int | None = None, batch_size: int = 8, rules=None,
              constraints: "Constraints | None" = None, on_tokens=None,
              row_seeds: list[tuple[int, int]] | None = None, images: np.ndarray | None = None) -> list[list[int]]:
-    """New tokens for each prompt (token ids), up to and including the first EOS id (default: the
-    config's; callers with a tokenizer pass `stop_ids(cfg, tokenizer)`). `rules` place the rows of a
-    sharded model (default: the rules of the current `sharding.activation_rules` context).
+    """New tokens for each prompt (token ids), at most `max_new_tokens` (one budget for all, or one per
+    prompt), up to and including the first EOS id (default: the config's; callers with a tokenizer pass
+    `stop_ids(cfg, tokenizer)`). `rules` place the rows of a sharded model (default: the rules of the
+    current `sharding.activation_rules` context).
     `constraints` restricts each prompt's output to its automaton (format-constrained decoding).
     `on_tokens(prompt_indices, step, tokens)` receives each step's tokens while they are made (a row's
-    tokens after its EOS, and past max_new_tokens, mean nothing) and may return, per row, whether it ends
+    tokens after its EOS, and past its budget, mean nothing) and may return, per row, whether it ends
     there (a stop string it completed). A sampled row draws from its own key,
     `fold_in(key(seed), salt)` with each prompt's `row_seeds` (default: the sampling's seed and the
     prompt's index), so its sample does not depend on the prompts that share its batch. `images` (a
@@ -203,8 +208,9 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
         raise ValueError(f"{len(constraints.automata)} automata for {len(prompts)} prompts")
     if any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: every prompt needs at least one token")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise UserError(f"max_new_tokens and batch_size must be at least 1 (got {max_new_tokens}, {batch_size})")
+    budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int32), (len(prompts),))
+    if budgets.min(initial=1) < 1 or batch_size < 1:
+        raise UserError(f"max_new_tokens and batch_size must be at least 1 (got {budgets.min()}, {batch_size})")
     llama = text_model(model)
     if images is not None:
         if llama is model:
@@ -221,7 +227,7 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
                         "(is the tokenizer the model's own?)")
     eos_ids = tuple(cfg.eos_token_ids if eos_ids is None else eos_ids)
     pad_id = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-    longest = max(len(p) for p in prompts) + max_new_tokens
+    longest = max(len(p) + int(b) for p, b in zip(prompts, budgets))
     if longest > cfg.max_position_embeddings:
         print(f"warning: {longest} positions exceed max_position_embeddings={cfg.max_position_embeddings}",
               file=sys.stderr)
@@ -242,6 +248,8 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         tokens, mask = left_pad([prompts[i] for i in rows], pad_id, placement.row_multiple)
+        batch_budgets = np.zeros((tokens.shape[0],), np.int32)  # padding rows: none (done from the start)
+        batch_budgets[:len(rows)] = budgets[rows]
         batch_keys = np.zeros((tokens.shape[0], *key_data.shape[1:]), key_data.dtype)  # padding rows: any key
         batch_keys[:len(rows)] = key_data[rows]
         batch_images = None
@@ -268,14 +276,15 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
         try:
             with placement.context():
                 out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
-                                placement.rows(batch_keys), np.float32(sampling.temperature),
-                                np.float32(sampling.top_p), constraint, batch_images, max_new_tokens=max_new_tokens,
+                                placement.rows(batch_budgets), placement.rows(batch_keys),
+                                np.float32(sampling.temperature), np.float32(sampling.top_p), constraint,
+                                batch_images, room=bucket(int(batch_budgets.max()), MIN_BUDGET_BUCKET),
                                 filters=filters, eos_ids=eos_ids, pad_id=pad_id, observe=on_tokens is not None)
             out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)
         finally:
             _sink["observe"] = None
         for row, i in enumerate(rows):
-            results[i] = cut_at_eos(out[row].tolist()[:stopped_at.get(i, max_new_tokens - 1) + 1], eos_ids)
+            results[i] = cut_at_eos(out[row].tolist()[:stopped_at.get(i, budgets[i] - 1) + 1], eos_ids)
             if constraints is not None:
                 results[i] = constrain.complete_prefix(constraints.automata[i], results[i], constraints.pieces,
                                                        eos_ids)

@@ -27,7 +27,6 @@ from oie_jax.errors import UserError
 from oie_jax.infer import generate as gen
 from oie_jax.infer.chat import checked_messages, load_chat_template, read_image_url
 
-MIN_NEW_TOKENS_BUCKET = 16  # max_tokens rounded up to a power of two: few compiled programs
 SAMPLING_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
                    "user", "stream", "stream_options")
 FIELDS = {"completions": ("prompt", "oie", *SAMPLING_FIELDS), "chat": ("messages", "oie", *SAMPLING_FIELDS)}
@@ -133,9 +132,6 @@ class Batcher:
 
     def _generate(self, sampling: gen.Sampling, jobs: list[Job]) -> None:
         constrained = jobs[0].constraints is not None
-        # An `oie` job makes exactly its max_tokens (the budget is part of its constraint); others a bucket.
-        new_tokens = (max(job.max_tokens for job in jobs) if constrained else
-                      gen.bucket(max(job.max_tokens for job in jobs), MIN_NEW_TOKENS_BUCKET))
         made_so_far = [[] for _ in jobs]
 
         def on_tokens(indices, step, made):
@@ -157,7 +153,8 @@ class Batcher:
         try:
             constraints = dataclasses.replace(jobs[0].constraints, automata=[
                 auto for job in jobs for auto in job.constraints.automata]) if constrained else None
-            outputs = gen.generate(self.model, [job.prompt for job in jobs], new_tokens, sampling,
+            # Each job its own budget (an `oie` job's is part of its constraint), in one compiled program.
+            outputs = gen.generate(self.model, [job.prompt for job in jobs], [job.max_tokens for job in jobs], sampling,
                                    eos_ids=self.eos_ids, batch_size=self.limits.batch_size, constraints=constraints,
                                    on_tokens=on_tokens if streamed else None,
                                    row_seeds=[(job.sampling.seed, job.salt) for job in jobs],
@@ -527,7 +524,6 @@ class Server:
         return [self._finish(tokens, max_tokens, stop) for tokens in outputs]
 
     def _finish(self, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, str, int]:
-        tokens = tokens[:max_tokens]  # the batch generated up to its bucket
         ended = bool(tokens) and tokens[-1] in self.batcher.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
