@@ -218,6 +218,33 @@ def test_an_oie_request_is_answered_as_oie_jax_extract_would(tiny_smollm2_dir, t
     assert wrong[0] == 400 and wrong[1]["error"]["param"] == "oie"
 
 
+def test_oie_requests_with_their_own_max_tokens_share_a_batch_and_each_closes_within_its_own(tiny_smollm2_dir):
+    """In process, both requests queued before the generation thread starts: one batch, two budgets."""
+    from oie_jax.data.labels import model_label_sets
+    from oie_jax.infer.extract import extract
+    from oie_jax.infer.serve import Server
+
+    texts = ["Marie Curie worked in Paris.", "Soseki was born in Edo and lived in Tokyo."]
+    budgets = (24, 17)
+    expected = [[e.to_json() for e in extract(str(tiny_smollm2_dir), texts, "NER", max_new_tokens=budget,
+                                              labels=model_label_sets(tiny_smollm2_dir))] for budget in budgets]
+    server = Server.from_directory(tiny_smollm2_dir)
+
+    async def scenario():
+        requests = [asyncio.ensure_future(server.extract("text_completion", "cmpl", texts,
+                                                         {"oie": {"task": "NER"}, "max_tokens": budget}))
+                    for budget in budgets]
+        await asyncio.sleep(0)  # each has queued its rows
+        server.batcher.start()
+        return await asyncio.gather(*requests)
+
+    answers = asyncio.run(scenario())
+    server.batcher.stop()
+    assert server.batcher.batches == 1
+    assert all(e["well_formed"] for outputs in expected for e in outputs) and expected[0] != expected[1]
+    assert [[choice["oie"] for choice in answer["choices"]] for answer in answers] == expected
+
+
 def test_the_official_openai_client_gets_answers_choices_stops_and_errors(tiny_dir):
     import openai
 
