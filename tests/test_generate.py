@@ -87,8 +87,10 @@ def test_each_row_stops_at_its_own_budget_and_budgets_share_a_bucket(pair):
     alone = [gen.generate(model, [p], max_new_tokens=n, eos_ids=NO_EOS)[0] for p, n in zip(prompts, (3, 17, 9))]
     assert [len(tokens) for tokens in alone] == [3, 17, 9]
     before = gen.trace_count()
-    assert gen.generate(model, prompts, max_new_tokens=[3, 17, 9], eos_ids=NO_EOS) == alone  # room for 32
-    assert gen.generate(model, prompts, max_new_tokens=[20, 31, 32], eos_ids=NO_EOS) != alone
+    assert gen.generate(model, prompts, max_new_tokens=[3, 17, 9], eos_ids=NO_EOS) == alone  # room for 24
+    assert gen.generate(model, prompts, max_new_tokens=[20, 24, 11], eos_ids=NO_EOS) != alone
+    assert [gen.room_for(n) for n in (1, 16, 17, 24, 25, 32, 33, 48, 49, 96, 97, 1000)] == [
+        16, 16, 24, 24, 32, 32, 48, 48, 64, 96, 128, 1024]
     assert gen.trace_count() == before + 1
     with pytest.raises(UserError, match="at least 1"):
         gen.generate(model, prompts, max_new_tokens=[3, 0, 9])

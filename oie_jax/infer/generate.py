@@ -1,7 +1,7 @@
 """Batched generation with a preallocated KV cache, compiled once per (batch, length, budget) bucket.
 
 Prompts are left-padded into a bucket (batch and prompt length rounded up to powers of two), and the
-cache and output have room for the budget rounded up to a power of two, each row stopping at its own
+cache and output have room for the largest budget rounded up (`room_for`), each row stopping at its own
 budget (a traced value), so one compiled program serves every batch that falls into the bucket (for
 one model, set of EOS ids and kind of sampling). Positions follow the real tokens of each row, as in Hugging Face
 `generate`, and each row stops on its own at any of the EOS ids (`stop_ids`: one rule for every
@@ -77,6 +77,14 @@ def trace_count() -> int:
 
 def bucket(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
+
+
+def room_for(budget: int) -> int:
+    """The new tokens a program has room for: the budget rounded up to a power of two or 1.5 times one
+    (..., 64, 96, 128, 192, ...), at least 16. Every position of the cache is attended to at every step:
+    rounding 96 up to 128 made SmolLM2's batch-16 decoding 8% slower on this CPU."""
+    power = bucket(budget)
+    return max(MIN_BUDGET_BUCKET, power * 3 // 4 if budget <= power * 3 // 4 else power)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +286,7 @@ def generate(model: Llama | MultimodalLlama, prompts: list[list[int]], max_new_t
                 out = _generate(graphdef, state, layers, placement.rows(tokens), placement.rows(mask),
                                 placement.rows(batch_budgets), placement.rows(batch_keys),
                                 np.float32(sampling.temperature), np.float32(sampling.top_p), constraint,
-                                batch_images, room=bucket(int(batch_budgets.max()), MIN_BUDGET_BUCKET),
+                                batch_images, room=room_for(int(batch_budgets.max())),
                                 filters=filters, eos_ids=eos_ids, pad_id=pad_id, observe=on_tokens is not None)
             out = placement.gather(out)  # (waits for the run: its callbacks need the sink until then)
         finally:
