@@ -77,7 +77,7 @@ def test_compiled_once_per_bucket(pair):
                  sampling=gen.Sampling(temperature=1.3, top_p=0.5, seed=4))  # its values are traced
     assert gen.trace_count() == before + 1
     gen.generate(model, prompts_of([5, 9, 12, 3, 7]), max_new_tokens=4, eos_ids=NO_EOS)  # batch bucket 8
-    gen.generate(model, prompts_of([20]), max_new_tokens=4, eos_ids=NO_EOS)  # batch 1, length bucket 32
+    gen.generate(model, prompts_of([20]), max_new_tokens=4, eos_ids=NO_EOS)  # batch 1, length bucket 24
     assert gen.trace_count() == before + 3
 
 
@@ -89,7 +89,7 @@ def test_each_row_stops_at_its_own_budget_and_budgets_share_a_bucket(pair):
     before = gen.trace_count()
     assert gen.generate(model, prompts, max_new_tokens=[3, 17, 9], eos_ids=NO_EOS) == alone  # room for 24
     assert gen.generate(model, prompts, max_new_tokens=[20, 24, 11], eos_ids=NO_EOS) != alone
-    assert [gen.room_for(n) for n in (1, 16, 17, 24, 25, 32, 33, 48, 49, 96, 97, 1000)] == [
+    assert [gen.length_bucket(n) for n in (1, 16, 17, 24, 25, 32, 33, 48, 49, 96, 97, 1000)] == [
         16, 16, 24, 24, 32, 32, 48, 48, 64, 96, 128, 1024]
     assert gen.trace_count() == before + 1
     with pytest.raises(UserError, match="at least 1"):

@@ -125,7 +125,7 @@ def generate_outputs(model, tokenizer: Tokenizer, records: Sequence[Record], bat
     start = time.perf_counter()
     for rows in batches:
         batch = [prompts[i] for i in rows]
-        buckets.add((gen.bucket(len(batch)), gen.bucket(max(map(len, batch)), gen.MIN_LENGTH_BUCKET)))
+        buckets.add((gen.bucket(len(batch)), gen.length_bucket(max(map(len, batch)))))
         traced, began = gen.trace_count(), time.perf_counter()
         rows_constraints = None if constraints is None else dataclasses.replace(
             constraints, automata=[constraints.automata[i] for i in rows])
