@@ -166,7 +166,7 @@ def _generate(graphdef, state, layers, tokens, prompt_mask, budgets, key_data, t
 
     pair = split(keys)
     keys, first_keys = pair[:, 0], pair[:, 1]
-    empty_row = (prompt_mask.sum(axis=1) == 0) | (budgets < 1)  # bucket padding: never blocks the early exit
+    empty_row = prompt_mask.sum(axis=1) == 0  # bucket padding: never blocks the early exit
     at = constraint[2] if constraint is not None else jnp.zeros((batch,), jnp.int32)
     def observed(step, token, done):
         """With `observe`, each step's tokens go to the host as they are made (streaming, stop strings), and
