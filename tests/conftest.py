@@ -2,17 +2,11 @@
 
 import json
 import os
-from pathlib import Path
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# JAX's persistent compilation cache, shared by the xdist workers and every process a test starts (the CLI
-# tests compile the same SmolLM2 and tiny-model programs again and again), and kept between runs beside
-# pytest's own cache. Entries are keyed by the program, the devices, the flags and JAX's version.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "d" / "jax-compilation-cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # least recently used entries go first
+
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
