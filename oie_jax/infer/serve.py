@@ -521,9 +521,9 @@ class Server:
             for job in jobs:
                 job.cancelled = True
             raise
-        return [self._finish(tokens, max_tokens, stop) for tokens in outputs]
+        return [self._finish(tokens, stop) for tokens in outputs]
 
-    def _finish(self, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, str, int]:
+    def _finish(self, tokens: list[int], stop: tuple[str, ...]) -> tuple[str, str, int]:
         ended = bool(tokens) and tokens[-1] in self.batcher.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
