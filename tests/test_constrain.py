@@ -197,22 +197,31 @@ def test_the_base_smollm2_answers_in_the_format_with_entities_from_its_input(smo
 
 def budget_outputs(model_dir, budgets, records=16) -> dict:
     """Constrained outputs of `records` sample test records (`spread`), without label sets and with the
-    training data's: {(labelled, budget): [(record, output)]}."""
+    training data's, at each budget: {(labelled, budget): [(record, output)]}. One batch holds every
+    (labelled, budget, record) row, each decoded to its own budget (one compiled program, not one per
+    budget and label setting: a row decodes in a batch as alone, test_rows_with_their_own_budgets_...)."""
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
-    from oie_jax.infer.predict import generate_outputs
+    from oie_jax.infer import generate as gen
+    from oie_jax.infer.predict import prompt_tokens, record_automata
     from oie_jax.models.checkpoint import load_model
 
     train, test = (load_source([SAMPLE + f"{split}.jsonl"])[1].records for split in ("train", "test"))
     test = spread(test, records)
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    results = {}
-    for labelled, sets in ((False, {}), (True, label_sets(train))):
-        for budget in budgets:
-            outputs, _ = generate_outputs(model, tokenizer, test, batch_size=16, max_new_tokens=budget,
-                                          progress=False, labels=sets)
-            results[labelled, budget] = list(zip(test, outputs))
-    return results
+    pieces, _ = gen.vocabulary(tokenizer, model.cfg.vocab_size)
+    settings = [(labelled, budget) for labelled in (False, True) for budget in budgets]
+    automata = {labelled: record_automata(test, tokenizer, label_sets(train) if labelled else {}, pieces)
+                for labelled in (False, True)}
+    constraints = gen.Constraints.of([a for labelled, _ in settings for a in automata[labelled]], tokenizer,
+                                     model.cfg.vocab_size)
+    prompts = prompt_tokens(test, tokenizer) * len(settings)
+    row_budgets = [budget for _, budget in settings for _ in test]
+    outputs = gen.generate(model, prompts, row_budgets, eos_ids=gen.stop_ids(model.cfg, tokenizer),
+                           batch_size=len(prompts), constraints=constraints)
+    assert all(len(tokens) <= budget for tokens, budget in zip(outputs, row_budgets))
+    texts = iter(tokenizer.decode(tokens, skip_special_tokens=True) for tokens in outputs)
+    return {setting: [(record, next(texts)) for record in test] for setting in settings}
 
 
 def assert_every_output_parses(results, budget_for_all=32):
@@ -226,11 +235,22 @@ def assert_every_output_parses(results, budget_for_all=32):
 
 
 def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm2_dir, capfd):
+    from oie_jax.data.sources.registry import load_source
+    from oie_jax.data.tokenizer import load_tokenizer
+    from oie_jax.infer.predict import generate_outputs
+    from oie_jax.models.checkpoint import load_model
+
     results = budget_outputs(tiny_smollm2_dir, (8, 32, 96))  # too short for some, enough for all, long
     assert_every_output_parses(results)
-    assert "shortest complete output" in capfd.readouterr().err  # budget 8 is too short for some: said
     lengths = [len(output) for pairs in results.values() for _, output in pairs]
     assert max(lengths) > 100  # it does talk on until the budget ends
+    # What eval runs at the short budget: the same outputs, and it says that some cannot close.
+    records = [record for record, _ in results[True, 8]]
+    outputs, _ = generate_outputs(load_model(tiny_smollm2_dir), load_tokenizer(tiny_smollm2_dir), records,
+                                  max_new_tokens=8, progress=False,
+                                  labels=label_sets(load_source([SAMPLE + "train.jsonl"])[1].records))
+    assert "shortest complete output" in capfd.readouterr().err
+    assert outputs == [output for _, output in results[True, 8]]
 
 
 def test_constrained_outputs_of_the_base_model_parse_at_every_budget(smollm2_dir):
