@@ -7,6 +7,7 @@ import functools
 import os
 import platform
 import time
+from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -27,6 +28,18 @@ def memory_gib() -> float | None:
     except OSError:
         pass
     return None
+
+
+def last_level_cache() -> str | None:
+    """The size of the CPU's largest cache as the kernel reports it ("480 MiB L3"): arrays that fit in it
+    are read faster than the read bandwidth below, which is measured past it."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
+    try:
+        level, size = max((int((c / "level").read_text()), (c / "size").read_text().strip()) for c in caches)
+    except (OSError, ValueError):  # no such files (not Linux), or an unexpected format
+        return None
+    kib = int(size.rstrip("K")) if size.endswith("K") else None
+    return f"{kib / 1024:,.0f} MiB L{level}" if kib else f"{size} L{level}"
 
 
 @functools.cache  # measured once per process: describe() and a benchmark's own figures share it
@@ -57,6 +70,7 @@ def describe(smoke: bool = False) -> str:
     bandwidth = read_bandwidth(16 if smoke else 1024, 2 if smoke else 5)
     return (f"machine: {cpu_model()}, {os.cpu_count()} logical cores"
             + (f", {memory:.0f} GiB" if memory else "")
+            + (f", {cache} cache" if (cache := last_level_cache()) else "")
             + f"; JAX {jax.__version__} on {len(devices)} {devices[0].platform} device(s); jitted float32 matmul "
             f"{peak / 1e9:,.0f} GFLOP/s, read bandwidth {bandwidth / 1e9:,.1f} GB/s"
             + (" (smoke sizes)" if smoke else ""))
