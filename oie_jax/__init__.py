@@ -1,12 +1,26 @@
 """oie-jax: OIELLM information extraction in JAX/Flax, from a laptop CPU to TPU pods."""
 
 import os
+import sys
 
 # Bucket paths (gs://) go through etils.epath's fsspec backend (gcsfs): the one rehearsed against a GCS
 # server on 127.0.0.1 (tests/test_bucket_workdir.py). Left to itself, epath takes TensorFlow's GCS client
 # because TensorFlow is installed, and that client's endpoint cannot be pointed anywhere but Google's.
 # EPATH_USE_TF=1 in the environment chooses it all the same.
 os.environ.setdefault("EPATH_USE_TF", "false")
+
+# NumPy asks the kernel to back every large array with huge pages (madvise). Where the kernel then compacts
+# memory at the first touch of such an array (transparent_hugepage/defrag = madvise, a common default), a
+# fragmented host spends seconds of system time on it: loading SmolLM2 took 1.8-3.0 s instead of 0.55 s and
+# `oie-jax eval` 2 s longer (docs/architecture.md, "Huge pages"). A user's own NUMPY_MADVISE_HUGEPAGE wins.
+if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"  # read when NumPy is imported: here, and in child processes
+    if "numpy" in sys.modules:  # imported before us: told directly
+        try:
+            from numpy._core.multiarray import _set_madvise_hugepage
+        except ImportError:  # NumPy 1.x
+            from numpy.core.multiarray import _set_madvise_hugepage
+        _set_madvise_hugepage(False)
 
 
 def __getattr__(name):

@@ -4,6 +4,7 @@ a lazy import is still a dependency). Checked twice: on the source (every import
 that runs only on some path escapes) and in fresh interpreters (what importing a floor really loads)."""
 
 import ast
+import os
 import pkgutil
 import subprocess
 import sys
@@ -186,3 +187,25 @@ def test_only_training_loads_tensorflow():
     """Its import takes ~3 s of every process: commands that generate, score, serve, translate or convert
     never need it (tf.data feeds training only)."""
     assert "tensorflow" not in imported_after([m for m in LIBRARY if not m.startswith("oie_jax.train")])
+
+
+@pytest.mark.parametrize("first", ["numpy, oie_jax", "oie_jax, numpy"])
+def test_numpy_asks_for_no_huge_pages_unless_the_user_says_so(first):
+    """Huge-page advice made every first touch of a large array slow on a host that compacts memory at the
+    fault (oie_jax/__init__.py), whether NumPy was imported before oie_jax or after; a child process
+    inherits the setting, and a user's own NUMPY_MADVISE_HUGEPAGE is left alone."""
+    def advised(setting: str | None, child: bool = False) -> str:
+        code = f"import {first}\nfrom numpy._core.multiarray import _set_madvise_hugepage\n"
+        if child:  # a process it starts, which does not import oie_jax
+            code += ("import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'from numpy._core.multiarray "
+                     "import _set_madvise_hugepage as s; print(s(True))'], capture_output=True, text=True).stdout)")
+        else:
+            code += "print(_set_madvise_hugepage(True))"  # returns the setting it replaces
+        env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+        if setting is not None:
+            env["NUMPY_MADVISE_HUGEPAGE"] = setting
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()
+
+    assert advised(None) == "False" and advised(None, child=True) == "False"
+    assert advised("1") == "True"
