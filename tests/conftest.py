@@ -71,11 +71,19 @@ def write_smollm2_hf(out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_hf_dir, tmp_path_factory) -> Path:
-    """SmolLM2 converted to an oie-jax model directory by our converter."""
+    """SmolLM2 converted to an oie-jax model directory by our converter, once per test run (the tests only
+    read it): the first pytest-xdist worker that needs it converts, the others wait for it."""
+    from filelock import FileLock
+
     from oie_jax.convert import hf_to_jax
 
-    out = tmp_path_factory.mktemp("smollm2-jax")
-    hf_to_jax.convert(smollm2_hf_dir, out)
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smollm2-jax"  # the run's own
+    done = out.with_name(out.name + ".done")  # written after the conversion: a cut-off one is redone
+    with FileLock(str(out) + ".lock"):
+        if not done.is_file():
+            hf_to_jax.convert(smollm2_hf_dir, out, overwrite=True)
+            done.touch()
     return out
 
 
