@@ -200,21 +200,22 @@ def budget_outputs(model_dir, budgets, records=16) -> dict:
     training data's, at each budget: {(labelled, budget): [(record, output)]}. One batch holds every
     (labelled, budget, record) row, each decoded to its own budget (one compiled program, not one per
     budget and label setting: a row decodes in a batch as alone, test_rows_with_their_own_budgets_...)."""
+    import dataclasses
+
     from oie_jax.data.sources.registry import load_source
     from oie_jax.data.tokenizer import load_tokenizer
     from oie_jax.infer import generate as gen
-    from oie_jax.infer.predict import prompt_tokens, record_automata
+    from oie_jax.infer.predict import prompt_tokens, record_constraints
     from oie_jax.models.checkpoint import load_model
 
     train, test = (load_source([SAMPLE + f"{split}.jsonl"])[1].records for split in ("train", "test"))
     test = spread(test, records)
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    pieces, _ = gen.vocabulary(tokenizer, model.cfg.vocab_size)
     settings = [(labelled, budget) for labelled in (False, True) for budget in budgets]
-    automata = {labelled: record_automata(test, tokenizer, label_sets(train) if labelled else {}, pieces)
-                for labelled in (False, True)}
-    constraints = gen.Constraints.of([a for labelled, _ in settings for a in automata[labelled]], tokenizer,
-                                     model.cfg.vocab_size)
+    by_setting = {labelled: record_constraints(test, tokenizer, label_sets(train) if labelled else {},
+                                               model.cfg.vocab_size) for labelled in (False, True)}
+    constraints = dataclasses.replace(by_setting[False], automata=[
+        automaton for labelled, _ in settings for automaton in by_setting[labelled].automata])
     prompts = prompt_tokens(test, tokenizer) * len(settings)
     row_budgets = [budget for _, budget in settings for _ in test]
     outputs = gen.generate(model, prompts, row_budgets, eos_ids=gen.stop_ids(model.cfg, tokenizer),
