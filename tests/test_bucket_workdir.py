@@ -62,10 +62,11 @@ def read_object(url: str, name: str) -> str:
 
 
 def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs, tmp_path):
-    cwd = tmp_path / "cwd"
+    cwd, temp = tmp_path / "cwd", tmp_path / "temp"
     cwd.mkdir()
+    temp.mkdir()
     env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", TMPDIR=str(temp))
 
     def train(steps):
         result = subprocess.run([sys.executable, *CLI, "train", "--config", str(TINY), "--workdir",
@@ -73,6 +74,8 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs,
                                  "--config.eval.every=3", "--config.export.model=True"],
                                 cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        # the TensorBoard files' local stand-in was copied into the bucket and is gone
+        assert not [p.name for p in temp.iterdir() if p.name.startswith("oie-jax-tensorboard-")]
         return result.stdout
 
     train(6)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import tempfile
 
 from etils import epath
@@ -76,6 +77,8 @@ class MetricsLog:
         if self.writer is not None:
             self.flush()
             self.writer.close()
+            if self.remote:  # the local stand-in for the bucket's event files, copied over by flush()
+                shutil.rmtree(self.local_events, ignore_errors=True)
 
 
 def read_metrics(workdir) -> list[dict]:
