@@ -62,7 +62,7 @@ def test_a_multimodal_run_on_grounded_records_and_eval_gmner_of_its_model(corpus
     assert not any('"none"' in line for line in boxed)
     (corpus / "corpus" / "train.jsonl").write_text("\n".join(boxed) + "\n")
     (corpus / "corpus" / "dev.jsonl").write_text((corpus / "dev.jsonl").read_text())
-    (corpus / "tiny_grounded.py").write_text(TINY_MULTIMODAL.format(corpus=corpus / "corpus"))
+    (corpus / "tiny_grounded.py").write_text(TINY_MULTIMODAL.format(corpus=corpus / "corpus", encoder=""))
     config = load_config_file(corpus / "tiny_grounded.py")
     config.data.seq_len, config.train.steps = 160, 4
     config.checkpoint.every = config.eval.every = 4

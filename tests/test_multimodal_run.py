@@ -1,17 +1,21 @@
-"""The multimodal run (`train/multimodal.py`) of a tiny random LLaMA and MobileNetV2 on the picture-decides
-corpus: it learns, evaluates with the images, exports a model that generates; a SIGKILLed run resumes to
-the uninterrupted one's losses; the sharded objective equals one device's."""
+"""The multimodal run (`train/multimodal.py`) of a tiny random LLaMA and a random MobileNetV2 (saved once as
+a vision model directory, as users load a converted one: every run then reads it instead of compiling its
+initialisation) on the picture-decides corpus: it learns, evaluates with the images, exports a model that
+generates; a SIGKILLed run resumes to the uninterrupted one's losses; the sharded objective equals one
+device's. tests/test_grounded_generation.py runs the same config with a random init of the preset."""
 
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from oie_jax import sharding
 from oie_jax.data import synth_picture
 from oie_jax.data.tokenizer import ByteTokenizer
 from oie_jax.infer.predict import generate_outputs
+from oie_jax.models import encoders
 from oie_jax.models.multimodal_dir import load_multimodal_model
 from oie_jax.train.config_file import load_config_file
 from oie_jax.train.grounding import parts
@@ -26,7 +30,8 @@ CONFIG = textwrap.dedent("""
         c = base_config()
         c.model.preset = "tiny"
         c.model.tokenizer = "bytes"
-        c.vision.preset = "mobilenet-v2"  # random, frozen: its 2 x 2 grid at 64 px is 4 image tokens
+        c.vision.preset = "mobilenet-v2"  # frozen: its 2 x 2 grid at 64 px is 4 image tokens
+        c.vision.init = "{encoder}"  # a saved random one ("": a random init of the preset)
         c.vision.image_size = 64
         c.vision.resize = "squash"
         c.multimodal.enabled = True
@@ -51,8 +56,11 @@ CONFIG = textwrap.dedent("""
 def config_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("multimodal")
     synth_picture.synthesize(root / "corpus", 60, seed=2)
+    cfg = encoders.preset("mobilenet-v2")
+    encoders.save_vision_model(root / "mobilenet", cfg, encoders.Preprocess((64, 64), (0.5,) * 3, (0.5,) * 3, "squash"),
+                               jax.jit(lambda: nnx.to_pure_dict(nnx.state(encoders.build(cfg, nnx.Rngs(5)))))())
     path = root / "tiny_multimodal.py"
-    path.write_text(CONFIG.format(corpus=root / "corpus"))
+    path.write_text(CONFIG.format(corpus=root / "corpus", encoder=root / "mobilenet"))
     return path
 
 
