@@ -289,8 +289,9 @@ def test_image_tokens_count_the_cells_of_the_encoders_grid(preset):
     cfg = encoders.preset(preset)
     if preset != "mobilenet-v2":  # the grid depends on the patches alone: a narrow, one-layer tower
         cfg = cfg.replace(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4)
-    model = encoders.build(cfg, nnx.Rngs(0))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: encoders.build(cfg, nnx.Rngs(0))))  # shapes alone
     for size in [(128, 128), (100, 97), (224, 64)]:  # MobileNetV2 counts a partial cell, a ViT whole patches
-        grid = jax.eval_shape(lambda x: model(x).grid, jax.ShapeDtypeStruct((1, *size, 3), np.float32))
+        grid = jax.eval_shape(lambda state, x: nnx.merge(graphdef, state)(x).grid, state,
+                              jax.ShapeDtypeStruct((1, *size, 3), np.float32))
         assert MultimodalConfig(0).image_tokens(cfg, size) == grid.shape[1] * grid.shape[2], size
         assert MultimodalConfig(0, pool=2).image_tokens(cfg, size) == (grid.shape[1] // 2) * (grid.shape[2] // 2)
