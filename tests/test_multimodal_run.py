@@ -57,8 +57,9 @@ def config_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("multimodal")
     synth_picture.synthesize(root / "corpus", 60, seed=2)
     cfg = encoders.preset("mobilenet-v2")
-    encoders.save_vision_model(root / "mobilenet", cfg, encoders.Preprocess((64, 64), (0.5,) * 3, (0.5,) * 3, "squash"),
-                               jax.jit(lambda: nnx.to_pure_dict(nnx.state(encoders.build(cfg, nnx.Rngs(5)))))())
+    params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(encoders.build(cfg, nnx.Rngs(5)))))()
+    # a random init's preprocessing; the config's vision.image_size and vision.resize apply over it
+    encoders.save_vision_model(root / "mobilenet", cfg, encoders.preprocess_for(cfg), params)
     path = root / "tiny_multimodal.py"
     path.write_text(CONFIG.format(corpus=root / "corpus", encoder=root / "mobilenet"))
     return path
