@@ -24,6 +24,20 @@ SLOW_FIRST = ("test_train_loop.py", "test_train_learned.py", "test_grounding_run
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes a notebook (minutes; `make notebooks`, not `make test`)")
+    share_compilations(config)
+
+
+def share_compilations(config) -> None:
+    """One persistent JAX compilation cache (in pytest's cache) for every test process and every command
+    they start (which inherit the environment): the suite compiles the same small models' programs in many
+    processes. A size limit also makes JAX lock the directory, so concurrent writers never leave a
+    half-written entry to a reader. Set here, before any test module imports JAX."""
+    cache = getattr(config, "cache", None)  # absent under `-p no:cacheprovider`
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache.mkdir("jax-compilation-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 
 def pytest_collection_modifyitems(items):

@@ -108,8 +108,9 @@ def test_uninterrupted_run_learns_and_keeps_checkpoints(uninterrupted):
 
 def test_sigkill_then_rerun_equals_uninterrupted_and_loads_its_compiled_steps(uninterrupted, tmp_path):
     # Log compilations and cache every executable, however fast it compiled: the restarted job loads the
-    # train step that the killed one compiled from the workdir's cache.
-    env = {**os.environ, "JAX_LOG_COMPILES": "1", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    # train step that the killed one compiled from the workdir's cache (not from the suite's, conftest.py).
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_LOG_COMPILES="1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     hit = "Persistent compilation cache hit for 'jit_train_step'"
     killed = run(["-c", SIGNAL_AFTER_STEP, tmp_path / "run", "7", "SIGKILL", TINY], env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
