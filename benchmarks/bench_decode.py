@@ -5,8 +5,8 @@ both make every token), at batch 1 and batch 16, after a warm-up of each shape; 
 computes both sides' weights in bfloat16 (our generating commands' --dtype). Prints the new tokens/s
 of both sides per batch size, at batch 1 the weight bytes each side reads per second as a fraction of
 the machine's read bandwidth (a jitted reduction over 1 GiB; the roofline of batch-1 decoding), and last
-`ratio=` (the smaller of ours / transformers over the two batch
-sizes). The target is the batch-1 fraction: >= 80% of the read bandwidth.
+`ratio=` (the smaller of ours / transformers over the two batch sizes). The target is the batch-1
+fraction: >= 80% of the read bandwidth.
 
     .venv/bin/python benchmarks/bench_decode.py [--rounds 3] [--dtype bfloat16]
 
