@@ -4,12 +4,9 @@ compilation rather than a fast run (set before JAX starts)."""
 import json
 import os
 
-# The suite compiles hundreds of small programs and runs each a few times, so it asks XLA for quick compilation:
-# LLVM's optimization level 1 instead of the default, and XLA's older loop emitters instead of its fusion emitters
-# (which fuse a few more operations). A tiny model's train step compiles in 1.0 s instead of 2.1 and runs as fast;
-# SmolLM2's runs ~20% slower, which the few tests of the real model pay out of what the rest save. Flags set by
-# the user come after these and win; the commands the tests start inherit them.
-FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+from tests.helpers import FAST_COMPILE  # numpy only: before JAX starts
+
+# Flags set by the user come after these and win; the commands the tests start inherit them.
 os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

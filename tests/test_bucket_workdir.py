@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.helpers import xla_flags
 from tests.test_train_loop import ROOT, TINY
 
 CLI = ["-m", "oie_jax.cli"]  # the `oie-jax` command
@@ -66,7 +67,7 @@ def test_a_run_in_a_bucket_trains_saves_resumes_and_exports_into_the_bucket(gcs,
     cwd.mkdir()
     temp.mkdir()
     env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", TMPDIR=str(temp))
+               XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu", TMPDIR=str(temp))
 
     def train(steps):
         result = subprocess.run([sys.executable, *CLI, "train", "--config", str(TINY), "--workdir",
@@ -106,7 +107,7 @@ def test_every_output_path_may_be_a_bucket(gcs, tmp_path):
     save_random_hf_llama(cwd / "src", llama31_hf_config())
     save_word_tokenizer(cwd / "src", 320)
     env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+               XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
 
     def cli(*args):
         result = subprocess.run([sys.executable, *CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True,

@@ -16,6 +16,7 @@ from oie_jax.data.pipeline import Pipeline, PipelineConfig, epoch_order
 from oie_jax.data.sample import load_sample
 from oie_jax.data.tokenizer import load_tokenizer
 from oie_jax.errors import UserError
+from tests.helpers import xla_flags
 
 CONFIG = PipelineConfig(seq_len=256, batch_size=4, seed=3)
 
@@ -136,7 +137,7 @@ TWO_PROCESS = textwrap.dedent("""
 
 
 def run_two_processes(tmp_path, phase, tokenizer_dir, port):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, str(rank), str(port), str(tmp_path), phase,
                                str(tokenizer_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=Path(__file__).parents[1]) for rank in range(2)]

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from oie_jax.cli.train import slurm_node_devices
+from tests.helpers import xla_flags
 from tests.test_train_loop import ROOT, TINY, cli, losses
 
 # The `oie-jax` command, then what JAX made of the cluster.
@@ -31,7 +32,7 @@ def srun_env(task: int, tasks: int, nodes: int, devices_per_node: int, port: int
             "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_JOB_NODELIST": "127.0.0.1", "SLURM_PROCID": str(task),
             "SLURM_LOCALID": str(task % per_node), "SLURM_NODEID": str(task // per_node),
             "SLURM_GPUS_ON_NODE": str(devices_per_node), "JAX_COORDINATOR_PORT": str(port),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_node // per_node}",
+            "XLA_FLAGS": xla_flags(devices_per_node // per_node),
             "JAX_PLATFORMS": "cpu"}
 
 
@@ -57,7 +58,7 @@ def test_two_slurm_nodes_of_two_devices_train_like_one_process_of_four(tmp_path)
         assert "VISIBLE 0,1 2 2" in out, out[-2000:]
     one = cli("--config", TINY, "--workdir", tmp_path / "one", "--config.train.steps=4", "--config.eval.every=0",
               "--config.mesh.shape=(1, 4, 1)",
-              env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"))
+              env=dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu"))
     assert one.returncode == 0, one.stderr[-2000:]
     slurm, single = losses(tmp_path / "slurm"), losses(tmp_path / "one")
     assert sorted(slurm) == [1, 2, 3, 4]

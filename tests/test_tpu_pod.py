@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.helpers import xla_flags
 from tests.test_bucket_workdir import free_port, gcs, listing  # noqa: F401  (gcs is a fixture)
 from tests.test_train_loop import ROOT
 
@@ -32,7 +33,7 @@ def pod(gcs, tmp_path):  # noqa: F811
                # the worker: this checkout's oie-jax, a bucket on 127.0.0.1, one process JAX sees as a cluster
                OIE_JAX=str(ROOT / ".venv" / "bin" / "oie-jax"), RUN_DIR=str(ROOT), STORAGE_EMULATOR_HOST=gcs,
                TENSORSTORE_GCS_HTTP_URL=gcs, GOOGLE_CLOUD_PROJECT="test", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", SLURM_JOB_ID="7", SLURM_NTASKS="1",
+               XLA_FLAGS=xla_flags(1), SLURM_JOB_ID="7", SLURM_NTASKS="1",
                SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NODELIST="127.0.0.1", SLURM_STEP_NUM_NODES="1",
                JAX_COORDINATOR_PORT=str(free_port()),
                # setup: the package alone (its dependencies are this machine's), no jax[tpu]

@@ -24,6 +24,7 @@ from oie_jax.train.checkpointing import Checkpoints
 from oie_jax.train.loop import Run
 from oie_jax.train.metrics_log import read_metrics
 from oie_jax.train.runs import train
+from tests.helpers import xla_flags
 from tests.metrics_reference import reference_metrics
 from tests.test_train_loop import ROOT, TINY, cli, losses, tiny
 
@@ -234,7 +235,7 @@ def test_two_processes_train_evaluate_checkpoint_and_resume_like_one(learned, tm
     (ICI) x 2 processes (DCN), fine-tuning the learned model of the easy task with dev loss and dev F1
     (generation split over both processes). 4 steps, then a second launch extends the run to 6; losses
     and F1 equal one process on 4 devices."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
     port = 21000 + os.getpid() % 9000
     run_dir, _, _ = learned
     common = [f"--config.model.init={run_dir / 'model'}", f"--config.data.train={run_dir.parent / 'train.jsonl'}",
@@ -261,7 +262,7 @@ def test_two_processes_train_evaluate_checkpoint_and_resume_like_one(learned, tm
     launch(4, port)
     assert "resuming from step 4" in launch(6, port + 1)
     one = cli("--config", TINY, "--workdir", tmp_path / "one", "--config.train.steps=6", *common,
-              "--config.mesh.shape=(1, 4, 1)", env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+              "--config.mesh.shape=(1, 4, 1)", env=dict(env, XLA_FLAGS=xla_flags(4)))
     assert one.returncode == 0, one.stderr[-2000:]
     multi, single = losses(tmp_path / "multi"), losses(tmp_path / "one")
     assert sorted(multi) == list(range(1, 7))

@@ -32,6 +32,7 @@ from oie_jax.train.loop import DEV_FILE, Run, TrainingDiverged
 from oie_jax.train.metrics_log import read_metrics
 from oie_jax.train.runs import train
 from oie_jax.train.step import state_shardings
+from tests.helpers import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_debug.py"
@@ -76,7 +77,7 @@ def two_processes(workdir, *args: str, command=("-m", "oie_jax.cli"), offset: in
                   config=TINY) -> tuple[list, list]:
     """`COMMAND train` of `config` (the tiny one) on `workdir` in two CPU processes of two devices each (fsdp
     over the four, two per process), run to their end: (exit statuses, stderrs)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
     port = 21000 + (os.getpid() + offset) % 9000
     procs = [subprocess.Popen(
         [sys.executable, *command, "train", "--config", str(config), "--workdir", str(workdir), *args,
