@@ -255,7 +255,7 @@ def test_constrained_outputs_of_a_random_model_parse_at_every_budget(tiny_smollm
 
 
 def test_constrained_outputs_of_the_base_model_parse_at_every_budget(smollm2_dir):
-    assert_every_output_parses(budget_outputs(smollm2_dir, (8, 96), records=8))
+    assert_every_output_parses(budget_outputs(smollm2_dir, (8, 32), records=8))
 
 
 def test_rows_with_their_own_budgets_in_one_batch_answer_as_each_alone(tiny_smollm2_dir):

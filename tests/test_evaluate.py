@@ -78,7 +78,7 @@ def test_eval_score_and_extract_commands_on_smollm2(smollm2_dir, tmp_path, capsy
     data = tmp_path / "dev.jsonl"
     data.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in load_sample("dev")[:8]))
     out = tmp_path / "eval"
-    code = cli.main(["eval", "--model", str(smollm2_dir), "--data", str(data), "--batch-size", "4",
+    code = cli.main(["eval", "--model", str(smollm2_dir), "--data", str(data), "--batch-size", "8",  # one program
                      "--max-new-tokens", "12", "--out", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0 and "compilations for" in printed and "tokens/s" in printed
