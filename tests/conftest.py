@@ -4,10 +4,9 @@ compilation rather than a fast run (set before JAX starts)."""
 import json
 import os
 
-from tests.helpers import FAST_COMPILE  # numpy only: before JAX starts
+from tests.helpers import xla_flags  # numpy only: before JAX starts
 
-# Flags set by the user come after these and win; the commands the tests start inherit them.
-os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = xla_flags(8)  # the commands the tests start inherit it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402

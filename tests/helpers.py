@@ -1,6 +1,7 @@
 """Builders shared by the tests: small random Hugging Face checkpoints."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,14 @@ import numpy as np
 # the fusion emitters: the few tests of the real model pay that out of what the rest save, and share their
 # programs (the same batch, prompt and room buckets) where they can.
 FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+# The user's own flags, read before tests/conftest.py replaces XLA_FLAGS (it imports this module first).
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 
 
 def xla_flags(devices: int) -> str:
-    """XLA_FLAGS of a command a test starts with its own number of virtual CPU devices, compiling quickly."""
-    return f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
+    """XLA_FLAGS of a test process or a command a test starts, with its number of virtual CPU devices:
+    compiling quickly, the user's own flags after ours (they win)."""
+    return f"{FAST_COMPILE} {USER_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
 
 
 def llama31_hf_config(tie: bool = False, **changes) -> dict:
