@@ -14,6 +14,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import oie_jax  # noqa: E402, F401  reads XLA_FLAGS above: XLA's CPU pools get room for the eight devices
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The files that take minutes, longest first: pytest-xdist (`make test` runs three workers, one file each at
 # a time, --no-loadscope-reorder) hands files out in collection order, so these start at once and the

@@ -189,6 +189,22 @@ def test_only_training_loads_tensorflow():
     assert "tensorflow" not in imported_after([m for m in LIBRARY if not m.startswith("oie_jax.train")])
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
+@pytest.mark.parametrize("inherited", [None, "4", "20"])
+def test_virtual_cpu_devices_get_two_threads_each(inherited):
+    """With one thread per virtual device, a device waiting in two collectives at once starved another and the
+    run hung until XLA aborted it (oie_jax/__init__.py): XLA's pool holds twice as many threads as devices,
+    also when a smaller PJRT_NPROC is inherited; a larger one is kept."""
+    code = ("import oie_jax, jax, os\njax.devices()\nprint(sum(open(f'/proc/self/task/{t}/comm').read().strip()"
+            ".endswith('XLAEigen') for t in os.listdir('/proc/self/task')))")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env.pop("PJRT_NPROC", None)  # the one tests/conftest.py set by importing oie_jax
+    if inherited is not None:
+        env["PJRT_NPROC"] = inherited
+    threads = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert int(threads) == max(len(os.sched_getaffinity(0)), 16, int(inherited or 0))
+
+
 @pytest.mark.parametrize("first", ["numpy, oie_jax", "oie_jax, numpy"])
 def test_numpy_asks_for_no_huge_pages_unless_the_user_says_so(first):
     """Huge-page advice made every first touch of a large array slow on a host that compacts memory at the
