@@ -33,7 +33,8 @@ def _room_for_virtual_cpu_devices() -> None:
     threads as devices leave room: PJRT_NPROC, read when JAX starts its CPU backend, is raised to that (a larger
     one, the user's or inherited, is kept)."""
     forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
-    devices = int(os.environ.get("JAX_NUM_CPU_DEVICES") or (forced[-1] if forced else 1))
+    asked = os.environ.get("JAX_NUM_CPU_DEVICES", "") or (forced[-1] if forced else "")
+    devices = int(asked) if asked.isdigit() else 1  # JAX itself reports a malformed value
     if devices > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         given = os.environ.get("PJRT_NPROC", "")

@@ -190,14 +190,19 @@ def test_only_training_loads_tensorflow():
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
-@pytest.mark.parametrize("inherited", [None, "4", "20"])
-def test_virtual_cpu_devices_get_two_threads_each(inherited):
+@pytest.mark.parametrize("asked, inherited", [
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, None),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, "4"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, "20"),
+    ({"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "8"}, None),
+])
+def test_virtual_cpu_devices_get_two_threads_each(asked, inherited):
     """With one thread per virtual device, a device waiting in two collectives at once starved another and the
     run hung until XLA aborted it (oie_jax/__init__.py): XLA's pool holds twice as many threads as devices,
     also when a smaller PJRT_NPROC is inherited; a larger one is kept."""
     code = ("import oie_jax, jax, os\njax.devices()\nprint(sum(open(f'/proc/self/task/{t}/comm').read().strip()"
             ".endswith('XLAEigen') for t in os.listdir('/proc/self/task')))")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **asked)
     env.pop("PJRT_NPROC", None)  # the one tests/conftest.py set by importing oie_jax
     if inherited is not None:
         env["PJRT_NPROC"] = inherited
