@@ -94,8 +94,9 @@ def test_a_dropped_connection_leaves_the_run_going_and_logs_follows_it_to_the_en
 
 def test_a_preempted_slice_is_recreated_and_the_run_resumes_from_the_bucket(pod):
     env, root = pod
-    user = tpu_pod(env, "--retries", "1", *run_args("gs://bucket/preempted", 100))
-    wait_for(lambda: "| 50/100" in worker_log(root), "step 50 (checkpoints of steps 20 and 40 behind it)")
+    steps = 100
+    user = tpu_pod(env, "--retries", "1", *run_args("gs://bucket/preempted", steps))
+    wait_for(lambda: f"| 50/{steps}" in worker_log(root), "step 50 (checkpoints of steps 20 and 40 behind it)")
     # Preemption: the slice's state changes and its processes die with it.
     (root / "state").write_text("PREEMPTED\n")
     os.killpg(int((root / "worker-0" / "oie-jax-train.pid").read_text()), signal.SIGKILL)
@@ -104,7 +105,7 @@ def test_a_preempted_slice_is_recreated_and_the_run_resumes_from_the_bucket(pod)
     assert "slice n is PREEMPTED (preempted); re-creating it (retry 1 of 1)" in err
     calls = (root / "calls").read_text()
     assert "tpu-vm delete n" in calls and "tpu-vm create n" in calls and "worker_setup.sh" in calls
-    assert "resuming from step" in out and "100/100" in out
+    assert "resuming from step" in out and f"{steps}/{steps}" in out
 
 
 def test_stop_saves_the_step_and_exits_0(pod):

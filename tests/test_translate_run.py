@@ -218,10 +218,12 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
         with urllib.request.urlopen(url + "/health") as response:
             return json.load(response)["requests"]
 
+    records, languages = 25, ("en", "zh")
+
     def command(out):
         return [sys.executable, "-m", "oie_jax.cli", "translate", "--from", "stockmark", str(STOCKMARK),
-                "--to", "en,zh", "--endpoint", url + "/v1", "--model", tiny_smollm2_dir.name, "--out", str(out),
-                "--limit", "25", "--max-tokens", "24", "--concurrency", "4", "--no-progress"]
+                "--to", ",".join(languages), "--endpoint", url + "/v1", "--model", tiny_smollm2_dir.name,
+                "--out", str(out), "--limit", str(records), "--max-tokens", "24", "--concurrency", "4", "--no-progress"]
 
     # --batch-size 1: each answer depends on its prompt alone, whatever else is asked at the same time.
     with server(tiny_smollm2_dir, "--batch-size", "1") as (url, _):
@@ -240,7 +242,8 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
         finished = subprocess.run(command(killed), capture_output=True, text=True, env=dict(os.environ))
         assert finished.returncode == 0, finished.stderr
         distinct = cached_answers(killed)
-        assert answered < distinct <= 100  # a cut answer is asked again with twice the budget: two per record
+        # a cut answer is asked again with twice the budget: two per question
+        assert answered < distinct <= 2 * records * len(languages)
         assert served_requests(url) - asked_before == distinct - answered  # nothing asked twice
 
         whole = tmp_path / "whole"
@@ -257,5 +260,5 @@ def test_a_run_killed_and_restarted_asks_only_what_was_not_answered_and_writes_t
     assert served == {f"{tiny_smollm2_dir.name} ({weights_fingerprint(tiny_smollm2_dir)})"}
     killed_report, whole_report = (json.loads((d / "report.json").read_text()) for d in (killed, whole))
     assert killed_report["groups"] == whole_report["groups"]
-    assert killed_report["total"]["in"] == 50  # 25 records x 2 languages
+    assert killed_report["total"]["in"] == records * len(languages)
     assert (killed / "report.png").read_bytes()[:4] == b"\x89PNG"
