@@ -43,7 +43,7 @@ test: $(STAMP)
 PROFILE := $(CURDIR)/.pytest_cache/suite-profile.jsonl
 test-profile: $(STAMP)
 	mkdir -p $(dir $(PROFILE)) && rm -f $(PROFILE)
-	OIE_SUITE_PROFILE=$(PROFILE) PYTHONPATH=$(CURDIR)/tests/suite_profile $(BIN)/python -m pytest $(SUITE)
+	OIE_SUITE_PROFILE=$(PROFILE) PYTHONPATH=$(CURDIR)/tests/suite_profile$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m pytest $(SUITE)
 	$(BIN)/python tests/suite_profile/report.py $(PROFILE)
 
 # Every notebook executed top to bottom by a Jupyter kernel at a small scale (minutes; CI runs it after `make test`).
