@@ -38,8 +38,8 @@ def _on_duration(event: str, seconds: float, **fields) -> None:
 
 
 class _ListenWhenJaxLoads(importlib.abc.MetaPathFinder):
-    """Registers the listeners as JAX's monitoring module loads: importing JAX here would cost every process
-    (most never use it) a second."""
+    """Registers the listeners as JAX's monitoring module loads: importing JAX here would cost a second to every
+    process that never uses it (pytest's controller, the fake gcloud, pip)."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "jax._src.monitoring":
