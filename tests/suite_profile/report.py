@@ -12,6 +12,15 @@ def test_file(test: str) -> str:
     return test.split("::")[0] or "(no test running)"
 
 
+def totals(records: list[dict], key, value: str) -> tuple[collections.Counter, collections.Counter]:
+    """(the sum of each record's `value`, the number of records) per `key(record)`."""
+    sums, counts = collections.Counter(), collections.Counter()
+    for r in records:
+        sums[key(r)] += r[value]
+        counts[key(r)] += 1
+    return sums, counts
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log")
@@ -30,34 +39,22 @@ def main():
           f"(wall, each in its own process); {len(compiles) - len(compiled):,} loaded from the persistent cache, "
           f"{sum(r['seconds'] for r in compiles if r['cached']):,.0f} s\n")
 
-    by_file = collections.defaultdict(lambda: [0.0, 0.0, 0])
-    for r in compiled:
-        by_file[test_file(r["test"])][0] += r["seconds"]
-    for r in commands:
-        by_file[test_file(r["test"])][1] += r["cpu"]
-        by_file[test_file(r["test"])][2] += 1
+    by_test = lambda r: test_file(r["test"])  # noqa: E731
+    compiling = totals(compiled, by_test, "seconds")[0]
+    started_cpu, started = totals(commands, by_test, "cpu")
     print(f"{'test file':<44} {'compiling s':>11} {'commands CPU s':>14} {'commands':>8}")
-    for name, (seconds, cpu, count) in sorted(by_file.items(), key=lambda kv: -kv[1][0] - kv[1][1])[:args.top]:
-        print(f"{name:<44} {seconds:>11.1f} {cpu:>14.1f} {count:>8}")
+    for name in sorted(compiling.keys() | started_cpu.keys(), key=lambda n: -compiling[n] - started_cpu[n])[:args.top]:
+        print(f"{name:<44} {compiling[name]:>11.1f} {started_cpu[name]:>14.1f} {started[name]:>8}")
 
-    programs = collections.defaultdict(lambda: [0.0, 0])
-    for r in compiled:
-        key = (test_file(r["test"]), r["program"])
-        programs[key][0] += r["seconds"]
-        programs[key][1] += 1
+    seconds, times = totals(compiled, lambda r: (r["program"], test_file(r["test"])), "seconds")
     print(f"\n{'compiled program':<24} {'times':>5} {'s':>7}  test file")
-    for (name, program), (seconds, count) in sorted(programs.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print(f"{program[:24]:<24} {count:>5} {seconds:>7.1f}  {name}")
+    for (program, name), total in seconds.most_common(args.top):
+        print(f"{program[:24]:<24} {times[program, name]:>5} {total:>7.1f}  {name}")
 
-    started = collections.defaultdict(lambda: [0.0, 0])
-    for r in commands:
-        key = " ".join(r["command"].split()[:2])
-        started[key][0] += r["cpu"]
-        started[key][1] += 1
+    cpu, times = totals(commands, lambda r: " ".join(r["command"].split()[:2]), "cpu")
     print(f"\n{'command':<60} {'times':>5} {'CPU s':>7}")
-    for command, (cpu, count) in sorted(started.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print(f"{command[:60]:<60} {count:>5} {cpu:>7.1f}")
-
+    for command, total in cpu.most_common(args.top):
+        print(f"{command[:60]:<60} {times[command]:>5} {total:>7.1f}")
 
 if __name__ == "__main__":
     main()
