@@ -11,7 +11,8 @@ import numpy as np
 # (which fuse a few more operations). A tiny model's train step compiles in 1.0 s instead of 2.1 and runs as fast;
 # SmolLM2's runs ~20% slower, and its generation program (30 unrolled layers) compiles in 7.3 s instead of 4.4 with
 # the fusion emitters: the few tests of the real model pay that out of what the rest save, and share their
-# programs (the same batch, prompt and room buckets) where they can.
+# programs (the same batch, prompt and room buckets) where they can. test_constrain.py (mostly the real model)
+# took 129 s of CPU from an empty cache with either emitters and 156 s at the default optimization level.
 FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 # The user's own flags, read before tests/conftest.py replaces XLA_FLAGS (it imports this module first).
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
