@@ -8,8 +8,8 @@ import collections
 import json
 
 
-def test_file(test: str) -> str:
-    return test.split("::")[0] or "(no test running)"
+def test_file(record: dict) -> str:
+    return record["test"].split("::")[0] or "(no test running)"
 
 
 def totals(records: list[dict], key, value: str) -> tuple[collections.Counter, collections.Counter]:
@@ -39,14 +39,13 @@ def main():
           f"(wall, each in its own process); {len(compiles) - len(compiled):,} loaded from the persistent cache, "
           f"{sum(r['seconds'] for r in compiles if r['cached']):,.0f} s\n")
 
-    by_test = lambda r: test_file(r["test"])  # noqa: E731
-    compiling = totals(compiled, by_test, "seconds")[0]
-    started_cpu, started = totals(commands, by_test, "cpu")
+    compiling = totals(compiled, test_file, "seconds")[0]
+    started_cpu, started = totals(commands, test_file, "cpu")
     print(f"{'test file':<44} {'compiling s':>11} {'commands CPU s':>14} {'commands':>8}")
     for name in sorted(compiling.keys() | started_cpu.keys(), key=lambda n: -compiling[n] - started_cpu[n])[:args.top]:
         print(f"{name:<44} {compiling[name]:>11.1f} {started_cpu[name]:>14.1f} {started[name]:>8}")
 
-    seconds, times = totals(compiled, lambda r: (r["program"], test_file(r["test"])), "seconds")
+    seconds, times = totals(compiled, lambda r: (r["program"], test_file(r)), "seconds")
     print(f"\n{'compiled program':<24} {'times':>5} {'s':>7}  test file")
     for (program, name), total in seconds.most_common(args.top):
         print(f"{program[:24]:<24} {times[program, name]:>5} {total:>7.1f}  {name}")
@@ -55,6 +54,7 @@ def main():
     print(f"\n{'command':<60} {'times':>5} {'CPU s':>7}")
     for command, total in cpu.most_common(args.top):
         print(f"{command[:60]:<60} {times[command]:>5} {total:>7.1f}")
+
 
 if __name__ == "__main__":
     main()
